@@ -1,0 +1,426 @@
+//! The configuration file of `weir serve` (TOML). Unknown keys are an error.
+//!
+//! Every section has defaults, so an empty file (or no file) runs Weir on loopback with
+//! embedded storage under `./weir-data` and one tenant `default` that needs no token.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::names::is_valid_name;
+
+/// The tenant used when no tenants are configured.
+pub const DEFAULT_TENANT: &str = "default";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub listen: Listen,
+    #[serde(default)]
+    pub admin: Admin,
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantConfig>,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub plugins: PluginLimits,
+    #[serde(default)]
+    pub hot: HotConfig,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("weir-data")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    #[serde(default = "d_http")]
+    pub http: String,
+    #[serde(default = "d_grpc")]
+    pub grpc: String,
+    #[serde(default = "d_tcp")]
+    pub tcp: String,
+    #[serde(default = "d_admin")]
+    pub admin: String,
+}
+fn d_http() -> String {
+    "127.0.0.1:7070".into()
+}
+fn d_grpc() -> String {
+    "127.0.0.1:7071".into()
+}
+fn d_tcp() -> String {
+    "127.0.0.1:7072".into()
+}
+fn d_admin() -> String {
+    "127.0.0.1:7073".into()
+}
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            http: d_http(),
+            grpc: d_grpc(),
+            tcp: d_tcp(),
+            admin: d_admin(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    #[serde(default)]
+    pub tokens: Vec<String>,
+    #[serde(default)]
+    pub streams: BTreeMap<String, StreamConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// The plugin chain, in order.
+    #[serde(default)]
+    pub plugins: Vec<PluginRef>,
+}
+
+/// One entry of a plugin chain.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PluginRef {
+    /// `builtin:NAME` for a first-party plugin carried by the binary, or `file:PATH` for a
+    /// component on disk.
+    pub plugin: String,
+    /// Passed to the plugin's `init` as JSON text.
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Largest request body accepted, as sent (compressed or not): 413 above it.
+    #[serde(default = "d_max_body")]
+    pub max_body_bytes: usize,
+    /// Largest body after decompression: 413 above it.
+    #[serde(default = "d_max_decoded")]
+    pub max_decoded_bytes: usize,
+    /// Largest single record: a longer line is rejected on its own.
+    #[serde(default = "d_max_record")]
+    pub max_record_bytes: usize,
+}
+fn d_max_body() -> usize {
+    16 << 20
+}
+fn d_max_decoded() -> usize {
+    64 << 20
+}
+fn d_max_record() -> usize {
+    1 << 20
+}
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_body_bytes: d_max_body(),
+            max_decoded_bytes: d_max_decoded(),
+            max_record_bytes: d_max_record(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Number of partitions of the embedded log. Fixed once data exists.
+    #[serde(default = "d_partitions")]
+    pub partitions: u32,
+    /// Retention: processed entries beyond this many bytes per partition are deleted.
+    #[serde(default = "d_ret_bytes")]
+    pub retention_bytes: u64,
+    /// Retention: processed entries older than this are deleted.
+    #[serde(default = "d_ret_secs")]
+    pub retention_secs: u64,
+    /// Backpressure: when the unprocessed bytes of a partition exceed this, ingest answers
+    /// 429 until the workers catch up.
+    #[serde(default = "d_max_lag")]
+    pub max_lag_bytes: u64,
+    /// Requests waiting for the group committer; beyond it ingest answers 429.
+    #[serde(default = "d_queue")]
+    pub commit_queue: usize,
+}
+fn d_partitions() -> u32 {
+    4
+}
+fn d_ret_bytes() -> u64 {
+    1 << 30
+}
+fn d_ret_secs() -> u64 {
+    24 * 3600
+}
+fn d_max_lag() -> u64 {
+    256 << 20
+}
+fn d_queue() -> usize {
+    4096
+}
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            partitions: d_partitions(),
+            retention_bytes: d_ret_bytes(),
+            retention_secs: d_ret_secs(),
+            max_lag_bytes: d_max_lag(),
+            commit_queue: d_queue(),
+        }
+    }
+}
+
+/// Sandbox limits applied to every plugin instance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginLimits {
+    /// Linear memory cap per instance, in MiB.
+    #[serde(default = "d_mem")]
+    pub memory_mb: u64,
+    /// Wall-clock deadline per call, in milliseconds (epoch interruption).
+    #[serde(default = "d_deadline")]
+    pub deadline_ms: u64,
+    /// A call's output may be at most this many times its input (plus 64 KiB).
+    #[serde(default = "d_ratio")]
+    pub max_output_ratio: u64,
+}
+fn d_mem() -> u64 {
+    64
+}
+fn d_deadline() -> u64 {
+    2000
+}
+fn d_ratio() -> u64 {
+    4
+}
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            memory_mb: d_mem(),
+            deadline_ms: d_deadline(),
+            max_output_ratio: d_ratio(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HotConfig {
+    /// Memory bound of the hot store (Arrow batches), in MiB. Oldest rows are evicted
+    /// beyond it, and counted.
+    #[serde(default = "d_hot")]
+    pub max_mb: u64,
+    /// Rows per worker batch (one plugin call per tenant and stream in it).
+    #[serde(default = "d_batch")]
+    pub batch_records: usize,
+}
+fn d_hot() -> u64 {
+    1024
+}
+fn d_batch() -> usize {
+    8192
+}
+impl Default for HotConfig {
+    fn default() -> Self {
+        HotConfig {
+            max_mb: d_hot(),
+            batch_records: d_batch(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        toml::from_str("").expect("empty config is valid")
+    }
+}
+
+impl Config {
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let mut seen: HashMap<&str, &str> = HashMap::new();
+        for (tenant, tc) in &self.tenants {
+            if !is_valid_name(tenant) {
+                return bad(format!(
+                    "tenant name {tenant:?} must be 1-64 chars of [A-Za-z0-9_.-]"
+                ));
+            }
+            for token in &tc.tokens {
+                if token.is_empty() {
+                    return bad(format!("tenant {tenant} has an empty token"));
+                }
+                if let Some(other) = seen.insert(token, tenant) {
+                    return bad(format!("a token is shared by tenants {other} and {tenant}"));
+                }
+            }
+            for (stream, sc) in &tc.streams {
+                if !is_valid_name(stream) {
+                    return bad(format!(
+                        "stream name {stream:?} of tenant {tenant} is invalid"
+                    ));
+                }
+                for p in &sc.plugins {
+                    if !(p.plugin.starts_with("builtin:") || p.plugin.starts_with("file:")) {
+                        return bad(format!(
+                            "plugin {:?} in {tenant}/{stream}: expected builtin:NAME or file:PATH",
+                            p.plugin
+                        ));
+                    }
+                }
+            }
+        }
+        if self.log.partitions == 0 || self.log.partitions > 1024 {
+            return bad("log.partitions must be 1..=1024".into());
+        }
+        if self.plugins.memory_mb == 0 || self.plugins.deadline_ms == 0 {
+            return bad("plugins.memory_mb and plugins.deadline_ms must be positive".into());
+        }
+        if self.hot.batch_records == 0 {
+            return bad("hot.batch_records must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Whether requests need a token: false only when no tenant is configured.
+    pub fn open_mode(&self) -> bool {
+        self.tenants.is_empty()
+    }
+
+    /// The tenant a bearer token belongs to.
+    pub fn tenant_for_token(&self, token: &str) -> Option<&str> {
+        self.tenants
+            .iter()
+            .find(|(_, t)| t.tokens.iter().any(|x| x == token))
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// The plugin chain of a tenant's stream (empty when none is configured).
+    pub fn pipeline(&self, tenant: &str, stream: &str) -> &[PluginRef] {
+        self.tenants
+            .get(tenant)
+            .and_then(|t| t.streams.get(stream))
+            .map(|s| s.plugins.as_slice())
+            .unwrap_or(&[])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DESIGN_EXAMPLE: &str = r#"
+data_dir = "weir-data"
+[listen]
+http = "127.0.0.1:7070"
+grpc = "127.0.0.1:7071"
+tcp = "127.0.0.1:7072"
+admin = "127.0.0.1:7073"
+[admin]
+token = "admin-secret"
+[tenants.acme]
+tokens = ["acme-token"]
+[tenants.acme.streams.app]
+plugins = [{ plugin = "builtin:pii-redact" }]
+"#;
+
+    #[test]
+    fn design_example_parses() {
+        let c = Config::from_toml(DESIGN_EXAMPLE).unwrap();
+        assert_eq!(c.tenant_for_token("acme-token"), Some("acme"));
+        assert_eq!(c.tenant_for_token("nope"), None);
+        assert_eq!(c.pipeline("acme", "app")[0].plugin, "builtin:pii-redact");
+        assert!(c.pipeline("acme", "other").is_empty());
+        assert!(!c.open_mode());
+        assert_eq!(c.admin.token.as_deref(), Some("admin-secret"));
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::default();
+        assert_eq!(c.data_dir, PathBuf::from("weir-data"));
+        assert_eq!(c.listen.http, "127.0.0.1:7070");
+        assert!(c.open_mode());
+        assert_eq!(c.log.partitions, 4);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = Config::from_toml("data_dri = \"x\"").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let e = Config::from_toml("[listen]\nhttps = \"x\"").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn plugin_config_is_json() {
+        let c = Config::from_toml(
+            r#"
+[tenants.t]
+tokens = ["k"]
+[tenants.t.streams.s]
+plugins = [{ plugin = "builtin:pii-redact", config = { action = "hash", fields = ["a.b"] } }]
+"#,
+        )
+        .unwrap();
+        let cfg = c.pipeline("t", "s")[0].config.clone().unwrap();
+        assert_eq!(cfg["action"], "hash");
+        assert_eq!(cfg["fields"][0], "a.b");
+    }
+
+    #[test]
+    fn shared_tokens_and_bad_names_refused() {
+        let e = Config::from_toml("[tenants.a]\ntokens=[\"x\"]\n[tenants.b]\ntokens=[\"x\"]")
+            .unwrap_err();
+        assert!(e.to_string().contains("shared"), "{e}");
+        assert!(Config::from_toml("[tenants.\"a b\"]\ntokens=[\"x\"]").is_err());
+        assert!(Config::from_toml(
+            "[tenants.a]\ntokens=[\"x\"]\n[tenants.a.streams.s]\nplugins=[{plugin=\"pii\"}]"
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! Weir's shared vocabulary, used by every other engine crate.
+//!
+//! Layout:
+//! - [`config`]: the TOML configuration file of `weir serve` (and its defaults).
+//! - [`batch`]: [`Batch`], a group of NDJSON records of one tenant and stream, and its
+//!   stable binary encoding in the log.
+//! - [`partition`]: the stable partitioning hash (FNV-1a, fixed forever).
+//! - [`metrics`]: a small Prometheus text-format registry shared by all layers.
+//! - [`names`]: validation of tenant, stream and plugin names.
+
+pub mod batch;
+pub mod config;
+pub mod metrics;
+pub mod names;
+pub mod partition;
+
+pub use batch::{Batch, BatchDecodeError};
+pub use config::{Config, ConfigError};

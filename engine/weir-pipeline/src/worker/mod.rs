@@ -1,0 +1,292 @@
+//! [`Worker`]: the processing loop of one partition.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use weir_core::batch::ndjson_lines;
+use weir_core::metrics::{Counter, Family, Histogram, Registry};
+use weir_core::Batch;
+use weir_store::{DeadLetter, HotStore, Segment};
+use weir_transport::{Entry, Log};
+
+use crate::catalog::{Catalog, Stage};
+
+/// Metrics of all workers.
+pub struct WorkerMetrics {
+    pub records_in: Arc<Family<Counter>>,
+    pub records_out: Arc<Family<Counter>>,
+    pub dead_letters: Arc<Family<Counter>>,
+    pub plugin_calls: Arc<Family<Counter>>,
+    pub plugin_errors: Arc<Family<Counter>>,
+    pub plugin_traps: Arc<Family<Counter>>,
+    pub plugin_seconds: Arc<Family<Histogram>>,
+    pub commit_seconds: Arc<Family<Histogram>>,
+}
+
+impl WorkerMetrics {
+    pub fn new(r: &Registry) -> Self {
+        WorkerMetrics {
+            records_in: r.counter(
+                "weir_worker_records_in_total",
+                "Records read from the log by workers.",
+            ),
+            records_out: r.counter(
+                "weir_worker_records_out_total",
+                "Rows written to the hot store.",
+            ),
+            dead_letters: r.counter(
+                "weir_dead_letter_records_total",
+                "Records sent to the dead-letter store.",
+            ),
+            plugin_calls: r.counter("weir_plugin_calls_total", "Plugin calls (one per batch)."),
+            plugin_errors: r.counter(
+                "weir_plugin_errors_total",
+                "Plugin calls that refused their batch.",
+            ),
+            plugin_traps: r.counter(
+                "weir_plugin_traps_total",
+                "Plugin calls that trapped, timed out or hit a limit.",
+            ),
+            plugin_seconds: r.histogram("weir_plugin_call_seconds", "Plugin call time."),
+            commit_seconds: r.histogram(
+                "weir_store_commit_seconds",
+                "Hot store commit time per worker batch.",
+            ),
+        }
+    }
+}
+
+/// A failure of one entry in a chain.
+struct Failure {
+    plugin: String,
+    sha256: String,
+    error: String,
+}
+
+type ChainKey = (String, String);
+
+/// The processing loop of one partition. Owns its plugin instances.
+pub struct Worker {
+    partition: u32,
+    log: Arc<dyn Log>,
+    store: Arc<HotStore>,
+    catalog: Arc<Catalog>,
+    batch_records: usize,
+    metrics: Arc<WorkerMetrics>,
+    chains: HashMap<ChainKey, Result<Vec<Stage>, String>>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Worker {
+    pub fn new(
+        partition: u32,
+        log: Arc<dyn Log>,
+        store: Arc<HotStore>,
+        catalog: Arc<Catalog>,
+        batch_records: usize,
+        metrics: Arc<WorkerMetrics>,
+    ) -> Worker {
+        Worker {
+            partition,
+            log,
+            store,
+            catalog,
+            batch_records,
+            metrics,
+            chains: HashMap::new(),
+        }
+    }
+
+    /// Loop until `stop` is set; the batch in hand is always finished and committed.
+    pub fn run(mut self, stop: &AtomicBool) {
+        let p = self.partition;
+        let mut pos = self.store.position(p);
+        self.log.release(p, pos);
+        while !stop.load(Ordering::SeqCst) {
+            let entries = match self.log.read(p, pos, self.batch_records) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(partition = p, error = %e, "log read failed; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                    continue;
+                }
+            };
+            if entries.is_empty() {
+                self.log.wait_for(p, pos, Duration::from_millis(200));
+                continue;
+            }
+            // On shutdown, stop between entries and commit what is done.
+            let (done, segments, dead) = self.process(&entries, stop);
+            let next = entries[..done].last().map_or(pos, Entry::end);
+            let started = Instant::now();
+            // The commit is retried until it succeeds: skipping it would lose rows.
+            let mut backoff = Duration::from_millis(50);
+            while let Err(e) = self.store.commit(p, next, &segments, &dead) {
+                tracing::error!(partition = p, error = %e, "hot store commit failed; retrying");
+                if stop.load(Ordering::SeqCst) {
+                    return; // Nothing was committed: the entries are replayed on restart.
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            self.metrics
+                .commit_seconds
+                .with(&[])
+                .observe(started.elapsed().as_secs_f64());
+            pos = next;
+            self.log.release(p, pos);
+        }
+    }
+
+    /// Run entries through their chains until done or `stop` is set; returns how many
+    /// entries were processed and their outcome.
+    fn process(
+        &mut self,
+        entries: &[Entry],
+        stop: &AtomicBool,
+    ) -> (usize, Vec<Segment>, Vec<DeadLetter>) {
+        let mut segments = Vec::with_capacity(entries.len());
+        let mut dead = Vec::new();
+        let mut done = 0;
+        for e in entries {
+            if done > 0 && stop.load(Ordering::SeqCst) {
+                break;
+            }
+            done += 1;
+            let b = &e.batch;
+            self.metrics
+                .records_in
+                .with(&[("tenant", &b.tenant)])
+                .add(u64::from(b.count));
+            match self.run_chain(b) {
+                Ok(records) => {
+                    let count = ndjson_lines(&records).count() as u32;
+                    self.metrics
+                        .records_out
+                        .with(&[("tenant", &b.tenant)])
+                        .add(u64::from(count));
+                    segments.push(Segment {
+                        partition: self.partition,
+                        offset: e.offset,
+                        batch: Batch {
+                            tenant: b.tenant.clone(),
+                            stream: b.stream.clone(),
+                            ingest_ts_ms: b.ingest_ts_ms,
+                            count,
+                            records,
+                        },
+                    });
+                }
+                Err(f) => {
+                    tracing::warn!(tenant = %b.tenant, stream = %b.stream, partition = self.partition,
+                        offset = e.offset, plugin = %f.plugin, error = %f.error, "batch dead-lettered");
+                    self.metrics
+                        .dead_letters
+                        .with(&[("tenant", &b.tenant), ("plugin", &f.plugin)])
+                        .add(u64::from(b.count));
+                    dead.push(DeadLetter {
+                        tenant: b.tenant.clone(),
+                        stream: b.stream.clone(),
+                        partition: self.partition,
+                        offset: e.offset,
+                        count: b.count,
+                        plugin: f.plugin,
+                        plugin_sha256: f.sha256,
+                        error: f.error,
+                        ingest_ts_ms: b.ingest_ts_ms,
+                        failed_at_ms: now_ms(),
+                        records: String::from_utf8_lossy(&b.records).into_owned(),
+                    });
+                }
+            }
+        }
+        (done, segments, dead)
+    }
+
+    fn run_chain(&mut self, b: &Batch) -> Result<Vec<u8>, Failure> {
+        let key = (b.tenant.clone(), b.stream.clone());
+        let catalog = &self.catalog;
+        let chain = self.chains.entry(key).or_insert_with(|| {
+            catalog
+                .chain(&b.tenant, &b.stream)
+                .map_err(|e| e.to_string())
+        });
+        let stages = match chain {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(Failure {
+                    plugin: "(pipeline)".into(),
+                    sha256: String::new(),
+                    error: format!("pipeline unavailable: {e}"),
+                })
+            }
+        };
+        if stages.is_empty() {
+            return Ok(b.records.clone());
+        }
+        let mut data = std::borrow::Cow::Borrowed(&b.records[..]);
+        for stage in stages.iter_mut() {
+            let labels = [
+                ("tenant", b.tenant.as_str()),
+                ("plugin", stage.spec.as_str()),
+            ];
+            let started = Instant::now();
+            let res = stage.instance.process(&data);
+            self.metrics
+                .plugin_seconds
+                .with(&labels)
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics.plugin_calls.with(&labels).inc();
+            let fail = |error: String| Failure {
+                plugin: stage.spec.clone(),
+                sha256: stage.instance.plugin().sha256().to_owned(),
+                error,
+            };
+            match res {
+                Ok(out) => {
+                    if let Some((line, why)) = invalid_output(&out) {
+                        self.metrics.plugin_errors.with(&labels).inc();
+                        return Err(fail(format!(
+                            "plugin output line {line} is not a JSON object: {why}"
+                        )));
+                    }
+                    data = std::borrow::Cow::Owned(out);
+                }
+                Err(e) => {
+                    if e.is_trap() {
+                        self.metrics.plugin_traps.with(&labels).inc();
+                    } else {
+                        self.metrics.plugin_errors.with(&labels).inc();
+                    }
+                    return Err(fail(e.to_string()));
+                }
+            }
+        }
+        Ok(data.into_owned())
+    }
+}
+
+/// The first output line that is not a JSON object, with the reason.
+fn invalid_output(out: &[u8]) -> Option<(usize, String)> {
+    for (i, line) in ndjson_lines(out).enumerate() {
+        let first = line.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            return Some((i + 1, "not an object".into()));
+        }
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(line) {
+            return Some((i + 1, e.to_string()));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,70 @@
+//! Plugin call cost: an empty batch, a 1k-record batch through a pass-through plugin, and
+//! the redactor in Wasm against the same rules run natively.
+//!
+//! Run: `cargo bench -p weir-plugin-host --bench plugin_call`
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use weir_plugin_host::{Limits, PluginHost};
+use weir_plugin_sdk_bench_input as input;
+
+mod weir_plugin_sdk_bench_input {
+    /// `n` realistic log records (~350-450 bytes) with PII in some fields.
+    pub fn records(n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let line = serde_json::json!({
+                "timestamp": format!("2026-11-28T01:{:02}:{:02}.{:03}Z", (i / 60) % 60, i % 60, i % 1000),
+                "level": if i % 10 == 0 { "error" } else { "info" },
+                "service": "checkout",
+                "host": format!("web-{}", i % 16),
+                "message": format!("user {} paid order {} with card 4111 1111 1111 1111 from 10.0.{}.{}", format_args!("user{i}@example.com"), 100000 + i, i % 256, (i * 7) % 256),
+                "http": {"method": "POST", "path": "/api/v1/checkout", "status": 200, "duration_ms": (i % 500) as u64},
+                "user": {"id": i, "phone": "+1 555 123 4567"},
+                "trace_id": format!("{:032x}", i * 7919),
+            });
+            out.extend_from_slice(line.to_string().as_bytes());
+            out.push(b'\n');
+        }
+        out
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let host = PluginHost::new().unwrap();
+    let limits = Limits::default();
+    let pass = host
+        .compile(
+            "hostile",
+            weir_builtins::fixture("weir-fixture-hostile").unwrap(),
+        )
+        .unwrap();
+    let redact = host
+        .compile("pii-redact", weir_builtins::get("pii-redact").unwrap())
+        .unwrap();
+    let batch = input::records(1000);
+
+    let mut g = c.benchmark_group("plugin_call");
+    let mut p = pass
+        .instantiate("bench", r#"{"mode":"ok"}"#, &limits)
+        .unwrap();
+    g.bench_function("empty_batch", |b| b.iter(|| p.process(b"").unwrap()));
+    g.throughput(Throughput::Bytes(batch.len() as u64));
+    g.bench_function("passthrough_1k_records", |b| {
+        b.iter(|| p.process(&batch).unwrap())
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("redact_1k_records");
+    g.throughput(Throughput::Elements(1000));
+    let mut w = redact.instantiate("bench", "{}", &limits).unwrap();
+    g.bench_function("wasm", |b| b.iter(|| w.process(&batch).unwrap()));
+    let mut native =
+        <pii_redact::PiiRedact as weir_plugin_sdk::Transform>::new(&serde_json::json!({})).unwrap();
+    g.bench_function("native", |b| {
+        b.iter(|| weir_plugin_sdk::run_native(&mut native, &batch).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,140 @@
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn host() -> PluginHost {
+    PluginHost::new().unwrap()
+}
+
+fn hostile(host: &PluginHost) -> CompiledPlugin {
+    host.compile(
+        "hostile",
+        weir_builtins::fixture("weir-fixture-hostile").expect("fixtures feature"),
+    )
+    .unwrap()
+}
+
+fn limits() -> Limits {
+    Limits {
+        memory_bytes: 32 << 20,
+        deadline: Duration::from_millis(200),
+        max_output_ratio: 4,
+    }
+}
+
+const BATCH: &[u8] = b"{\"msg\":\"from a@b.io\"}\n{\"msg\":\"fine\"}\n";
+
+#[test]
+fn redactor_runs_in_wasm() {
+    let h = host();
+    let p = h
+        .compile("pii-redact", weir_builtins::get("pii-redact").unwrap())
+        .unwrap();
+    assert_eq!(p.sha256().len(), 64);
+    let mut i = p.instantiate("t", "{}", &limits()).unwrap();
+    let out = i.process(BATCH).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "{\"msg\":\"from [REDACTED:email]\"}\n{\"msg\":\"fine\"}\n"
+    );
+    // The instance is reused across calls.
+    assert_eq!(i.process(b"").unwrap(), b"");
+}
+
+#[test]
+fn invalid_config_is_an_init_error() {
+    let h = host();
+    let p = h
+        .compile("pii-redact", weir_builtins::get("pii-redact").unwrap())
+        .unwrap();
+    let e = p
+        .instantiate("t", r#"{"action":"hash"}"#, &limits())
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("hash_key"), "{e}");
+}
+
+#[test]
+fn bad_components_are_refused_with_a_reason() {
+    let h = host();
+    assert!(matches!(
+        h.compile("x", b"garbage bytes"),
+        Err(HostError::NotWasm)
+    ));
+    let core = b"\0asm\x01\0\0\0"; // an empty core module
+    assert!(matches!(h.compile("x", core), Err(HostError::CoreModule)));
+    let empty_component = b"\0asm\x0d\0\x01\0"; // an empty component
+    assert!(matches!(
+        h.compile("x", empty_component),
+        Err(HostError::WrongWorld(_))
+    ));
+}
+
+#[test]
+fn infinite_loop_times_out_and_instance_recovers() {
+    let h = host();
+    let p = hostile(&h);
+    let mut i = p.instantiate("t", r#"{"mode":"loop"}"#, &limits()).unwrap();
+    let t = Instant::now();
+    assert_eq!(
+        i.process(BATCH),
+        Err(CallError::Timeout(Duration::from_millis(200)))
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "stopped near its deadline"
+    );
+    // Next call gets a fresh instance (which loops again, and is stopped again).
+    assert!(matches!(i.process(BATCH), Err(CallError::Timeout(_))));
+}
+
+#[test]
+fn memory_bomb_is_stopped_at_the_cap() {
+    let h = host();
+    let p = hostile(&h);
+    let mut i = p
+        .instantiate("t", r#"{"mode":"alloc"}"#, &limits())
+        .unwrap();
+    assert_eq!(i.process(BATCH), Err(CallError::MemoryLimit(32 << 20)));
+}
+
+#[test]
+fn trap_fails_the_batch_and_the_next_batch_works() {
+    let h = host();
+    let p = hostile(&h);
+    let mut bad = p
+        .instantiate("t", r#"{"mode":"fail-if","marker":"poison"}"#, &limits())
+        .unwrap();
+    assert!(matches!(
+        bad.process(b"{\"a\":\"poison\"}\n"),
+        Err(CallError::Rejected(_))
+    ));
+    assert_eq!(bad.process(BATCH).unwrap(), BATCH);
+    let mut t = p.instantiate("t", r#"{"mode":"trap"}"#, &limits()).unwrap();
+    let e = t.process(BATCH).unwrap_err();
+    assert!(matches!(e, CallError::Trap(_)), "{e:?}");
+    assert!(e.is_trap());
+}
+
+#[test]
+fn output_bomb_is_capped() {
+    let h = host();
+    let p = hostile(&h);
+    let mut i = p
+        .instantiate("t", r#"{"mode":"flood"}"#, &limits())
+        .unwrap();
+    assert!(matches!(
+        i.process(BATCH),
+        Err(CallError::OutputTooLarge { .. })
+    ));
+}
+
+#[test]
+fn no_wasi_capabilities_leak() {
+    // The redactor imports WASI (Rust std does); it must run with an empty context.
+    // The hostile fixture in `ok` mode passes data through untouched.
+    let h = host();
+    let p = hostile(&h);
+    let mut i = p.instantiate("t", "{}", &limits()).unwrap();
+    assert_eq!(i.process(BATCH).unwrap(), BATCH);
+}

@@ -1,0 +1,386 @@
+//! [`HotStore`]: recent rows in memory as Arrow, persisted in redb with the positions.
+//!
+//! redb file `store.redb`, tables:
+//! - `positions`: partition → next log offset to process;
+//! - `segments`: `(partition, offset)` → one processed log entry (an encoded [`Batch`]
+//!   of the plugin chain's output, same tenant, stream and ingest time as the entry);
+//! - `dead_letters`: `(partition, offset)` → JSON of a [`DeadLetter`].
+//!
+//! [`HotStore::commit`] writes a worker's segments, dead letters and new position in one
+//! transaction, then publishes the rows in memory. After a crash the store holds exactly
+//! the segments before its persisted position, so replaying the log from there neither
+//! loses nor duplicates a row. At startup every segment is loaded back into memory.
+//!
+//! Memory bound: when the Arrow batches exceed `max_bytes`, the oldest segments are
+//! removed from memory and from redb, and counted in `evicted_rows` (until the cold tier
+//! exists, this bound is the hot tier's retention).
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use datafusion::arrow::array::RecordBatch;
+use parking_lot::{Mutex, RwLock};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use weir_core::Batch;
+
+use crate::rows::segment_rows;
+
+const POSITIONS: TableDefinition<u32, u64> = TableDefinition::new("positions");
+const SEGMENTS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("segments");
+const DEAD: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("dead_letters");
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("no space left on the store's disk: {0}")]
+    DiskFull(String),
+    #[error("store error: {0}")]
+    Storage(String),
+    #[error("corrupt segment in partition {partition} at offset {offset}: {reason}")]
+    Corrupt {
+        partition: u32,
+        offset: u64,
+        reason: String,
+    },
+}
+
+fn storage_err(e: impl std::fmt::Display) -> StoreError {
+    let msg = e.to_string();
+    if msg.contains("No space left") || msg.contains("os error 28") {
+        StoreError::DiskFull(msg)
+    } else {
+        StoreError::Storage(msg)
+    }
+}
+
+/// The processed output of one log entry.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    pub partition: u32,
+    /// First offset of the source log entry.
+    pub offset: u64,
+    /// Processed records (tenant, stream and ingest time of the source entry).
+    pub batch: Batch,
+}
+
+/// A log entry that a plugin failed on, kept with the reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub tenant: String,
+    pub stream: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub count: u32,
+    pub plugin: String,
+    pub plugin_sha256: String,
+    pub error: String,
+    pub ingest_ts_ms: i64,
+    pub failed_at_ms: i64,
+    /// The entry's records as they were given to the failing plugin (NDJSON).
+    pub records: String,
+}
+
+struct Held {
+    tenant: String,
+    partition: u32,
+    offset: u64,
+    rows: usize,
+    bytes: usize,
+}
+
+#[derive(Default)]
+struct Mem {
+    /// Per tenant, its batches in commit order.
+    tenants: HashMap<String, Vec<(u32, u64, RecordBatch)>>,
+    /// Every segment held, oldest first (for eviction).
+    order: VecDeque<Held>,
+    bytes: usize,
+}
+
+/// The hot store. Shared by all workers and queries.
+pub struct HotStore {
+    db: Database,
+    mem: RwLock<Mem>,
+    positions: Mutex<HashMap<u32, u64>>,
+    max_bytes: usize,
+    evicted_rows: AtomicU64,
+}
+
+impl HotStore {
+    pub fn open(path: &Path, max_bytes: usize) -> Result<HotStore, StoreError> {
+        let db = Database::create(path).map_err(storage_err)?;
+        let w = db.begin_write().map_err(storage_err)?;
+        let mut positions = HashMap::new();
+        let mut mem = Mem::default();
+        {
+            let pos = w.open_table(POSITIONS).map_err(storage_err)?;
+            for row in pos.iter().map_err(storage_err)? {
+                let (k, v) = row.map_err(storage_err)?;
+                positions.insert(k.value(), v.value());
+            }
+            w.open_table(DEAD).map_err(storage_err)?;
+            let segs = w.open_table(SEGMENTS).map_err(storage_err)?;
+            for row in segs.iter().map_err(storage_err)? {
+                let (k, v) = row.map_err(storage_err)?;
+                let (partition, offset) = k.value();
+                let batch = Batch::decode(v.value()).map_err(|e| StoreError::Corrupt {
+                    partition,
+                    offset,
+                    reason: e.to_string(),
+                })?;
+                insert_mem(&mut mem, partition, offset, &batch);
+            }
+        }
+        w.commit().map_err(storage_err)?;
+        let store = HotStore {
+            db,
+            mem: RwLock::new(mem),
+            positions: Mutex::new(positions),
+            max_bytes,
+            evicted_rows: AtomicU64::new(0),
+        };
+        store.evict_over_bound()?;
+        Ok(store)
+    }
+
+    /// The next log offset to process for `partition` (0 when never committed).
+    pub fn position(&self, partition: u32) -> u64 {
+        self.positions.lock().get(&partition).copied().unwrap_or(0)
+    }
+
+    /// Atomically store segments and dead letters of `partition` and move its position to
+    /// `next`. Rows become queryable when this returns.
+    pub fn commit(
+        &self,
+        partition: u32,
+        next: u64,
+        segments: &[Segment],
+        dead: &[DeadLetter],
+    ) -> Result<(), StoreError> {
+        let w = self.db.begin_write().map_err(storage_err)?;
+        {
+            let mut segs = w.open_table(SEGMENTS).map_err(storage_err)?;
+            let mut buf = Vec::new();
+            for s in segments {
+                buf.clear();
+                s.batch.encode_into(&mut buf);
+                segs.insert((s.partition, s.offset), buf.as_slice())
+                    .map_err(storage_err)?;
+            }
+            let mut dl = w.open_table(DEAD).map_err(storage_err)?;
+            for d in dead {
+                let json = serde_json::to_vec(d).map_err(storage_err)?;
+                dl.insert((d.partition, d.offset), json.as_slice())
+                    .map_err(storage_err)?;
+            }
+            let mut pos = w.open_table(POSITIONS).map_err(storage_err)?;
+            pos.insert(partition, next).map_err(storage_err)?;
+        }
+        w.commit().map_err(storage_err)?;
+        self.positions.lock().insert(partition, next);
+        {
+            let mut mem = self.mem.write();
+            for s in segments {
+                insert_mem(&mut mem, s.partition, s.offset, &s.batch);
+            }
+        }
+        self.evict_over_bound()
+    }
+
+    fn evict_over_bound(&self) -> Result<(), StoreError> {
+        let mut doomed = Vec::new();
+        {
+            let mut mem = self.mem.write();
+            while mem.bytes > self.max_bytes {
+                let Some(h) = mem.order.pop_front() else {
+                    break;
+                };
+                mem.bytes -= h.bytes;
+                if let Some(list) = mem.tenants.get_mut(&h.tenant) {
+                    if let Some(i) = list
+                        .iter()
+                        .position(|(p, o, _)| *p == h.partition && *o == h.offset)
+                    {
+                        list.remove(i);
+                    }
+                }
+                self.evicted_rows
+                    .fetch_add(h.rows as u64, Ordering::Relaxed);
+                doomed.push((h.partition, h.offset));
+            }
+        }
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let w = self.db.begin_write().map_err(storage_err)?;
+        {
+            let mut segs = w.open_table(SEGMENTS).map_err(storage_err)?;
+            for k in &doomed {
+                segs.remove(*k).map_err(storage_err)?;
+            }
+        }
+        w.commit().map_err(storage_err)?;
+        tracing::warn!(
+            segments = doomed.len(),
+            "hot store over its memory bound: evicted oldest rows"
+        );
+        Ok(())
+    }
+
+    /// The tenant's `logs` batches (cheap `Arc` clones).
+    pub fn tenant_batches(&self, tenant: &str) -> Vec<RecordBatch> {
+        self.mem
+            .read()
+            .tenants
+            .get(tenant)
+            .map(|v| v.iter().map(|(_, _, b)| b.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The tenant's dead letters, oldest first.
+    pub fn dead_letters(&self, tenant: &str) -> Result<Vec<DeadLetter>, StoreError> {
+        let r = self.db.begin_read().map_err(storage_err)?;
+        let t = r.open_table(DEAD).map_err(storage_err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(storage_err)? {
+            let (_, v) = row.map_err(storage_err)?;
+            let d: DeadLetter = serde_json::from_slice(v.value()).map_err(storage_err)?;
+            if d.tenant == tenant {
+                out.push(d);
+            }
+        }
+        out.sort_by_key(|d| (d.failed_at_ms, d.partition, d.offset));
+        Ok(out)
+    }
+
+    /// Rows held in memory across tenants, and their Arrow size.
+    pub fn stats(&self) -> (usize, usize) {
+        let mem = self.mem.read();
+        (mem.order.iter().map(|h| h.rows).sum(), mem.bytes)
+    }
+
+    pub fn evicted_rows(&self) -> u64 {
+        self.evicted_rows.load(Ordering::Relaxed)
+    }
+}
+
+fn insert_mem(mem: &mut Mem, partition: u32, offset: u64, batch: &Batch) {
+    let rows = segment_rows(
+        &batch.stream,
+        partition,
+        offset,
+        batch.ingest_ts_ms,
+        &batch.records,
+    );
+    if rows.num_rows() == 0 {
+        return;
+    }
+    let bytes = rows.get_array_memory_size();
+    mem.bytes += bytes;
+    mem.order.push_back(Held {
+        tenant: batch.tenant.clone(),
+        partition,
+        offset,
+        rows: rows.num_rows(),
+        bytes,
+    });
+    mem.tenants
+        .entry(batch.tenant.clone())
+        .or_default()
+        .push((partition, offset, rows));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(tenant: &str, partition: u32, offset: u64, n: u32) -> Segment {
+        let mut records = Vec::new();
+        for i in 0..n {
+            records.extend_from_slice(format!("{{\"message\":\"m{offset}-{i}\"}}\n").as_bytes());
+        }
+        Segment {
+            partition,
+            offset,
+            batch: Batch {
+                tenant: tenant.into(),
+                stream: "s".into(),
+                ingest_ts_ms: 1,
+                count: n,
+                records,
+            },
+        }
+    }
+
+    fn rows(store: &HotStore, tenant: &str) -> usize {
+        store
+            .tenant_batches(tenant)
+            .iter()
+            .map(|b| b.num_rows())
+            .sum()
+    }
+
+    #[test]
+    fn commit_persists_rows_and_position_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        {
+            let s = HotStore::open(&path, usize::MAX).unwrap();
+            assert_eq!(s.position(0), 0);
+            s.commit(0, 5, &[seg("a", 0, 0, 2), seg("b", 0, 2, 3)], &[])
+                .unwrap();
+            s.commit(1, 1, &[seg("a", 1, 0, 1)], &[]).unwrap();
+            assert_eq!(rows(&s, "a"), 3);
+            assert_eq!(rows(&s, "b"), 3);
+        }
+        let s = HotStore::open(&path, usize::MAX).unwrap();
+        assert_eq!(s.position(0), 5);
+        assert_eq!(s.position(1), 1);
+        assert_eq!(rows(&s, "a"), 3);
+        assert_eq!(rows(&s, "b"), 3);
+        assert_eq!(rows(&s, "c"), 0);
+    }
+
+    #[test]
+    fn dead_letters_are_per_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = HotStore::open(&dir.path().join("store.redb"), usize::MAX).unwrap();
+        let d = DeadLetter {
+            tenant: "a".into(),
+            stream: "s".into(),
+            partition: 0,
+            offset: 7,
+            count: 2,
+            plugin: "x".into(),
+            plugin_sha256: "00".into(),
+            error: "boom".into(),
+            ingest_ts_ms: 1,
+            failed_at_ms: 2,
+            records: "{}\n{}\n".into(),
+        };
+        s.commit(0, 9, &[], std::slice::from_ref(&d)).unwrap();
+        assert_eq!(s.dead_letters("a").unwrap(), vec![d]);
+        assert!(s.dead_letters("b").unwrap().is_empty());
+        assert_eq!(s.position(0), 9);
+    }
+
+    #[test]
+    fn memory_bound_evicts_oldest_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let one =
+            segment_rows("s", 0, 0, 1, &seg("a", 0, 0, 100).batch.records).get_array_memory_size();
+        let s = HotStore::open(&path, one * 2 + one / 2).unwrap();
+        for i in 0..5u64 {
+            s.commit(0, (i + 1) * 100, &[seg("a", 0, i * 100, 100)], &[])
+                .unwrap();
+        }
+        assert_eq!(rows(&s, "a"), 200);
+        assert_eq!(s.evicted_rows(), 300);
+        drop(s);
+        let s = HotStore::open(&path, usize::MAX).unwrap();
+        assert_eq!(rows(&s, "a"), 200, "evicted rows are gone from disk too");
+    }
+}

@@ -1,0 +1,19 @@
+//! Weir's storage and query layer: the hot store and SQL over it.
+//!
+//! Layout:
+//! - [`hot`]: [`HotStore`], processed rows as Arrow record batches in memory, persisted
+//!   in redb together with each partition's consumer position (so a restart neither
+//!   loses nor duplicates rows), with a memory bound; and the dead-letter table.
+//! - [`rows`]: turning processed NDJSON into Arrow rows of the `logs` table.
+//! - [`query`]: DataFusion SQL over one tenant's tables, results as JSON or Arrow IPC.
+//!
+//! Tenant isolation sits below SQL: a query's session only ever holds the tables of
+//! the tenant that asked, built from that tenant's batches, and DDL, DML, `COPY` and
+//! URL tables are refused, so no statement can name or reach other rows.
+
+pub mod hot;
+pub mod query;
+pub mod rows;
+
+pub use hot::{DeadLetter, HotStore, Segment, StoreError};
+pub use query::{QueryError, QueryResult};

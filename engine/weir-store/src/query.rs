@@ -1,0 +1,284 @@
+//! SQL over one tenant's tables with DataFusion.
+//!
+//! Each query gets a fresh `SessionContext` holding only the asking tenant's tables:
+//! - `logs`: the hot rows (see [`crate::rows`] for the columns);
+//! - `dead_letters`: batches a plugin failed on (`tenant, stream, partition, offset,
+//!   count, plugin, plugin_sha256, error, ingest_ts, failed_at, records`).
+//!
+//! DDL, DML and other statements are refused, URL tables are not enabled, and the
+//! session's memory is bounded, so a query can neither reach other rows nor the disk
+//! nor exhaust the node. JSON helpers (`json_get_str`, `json_get_int`, `->`, `->>`, ...)
+//! from datafusion-functions-json are registered for the `record` column.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::arrow::json::writer::{JsonArray, WriterBuilder};
+use datafusion::datasource::MemTable;
+use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::hot::{DeadLetter, HotStore};
+use crate::rows::logs_schema;
+
+#[derive(Debug, Error)]
+pub enum QueryError {
+    #[error("{0}")]
+    Sql(String),
+    #[error("query failed: {0}")]
+    Execution(String),
+    #[error("{0}")]
+    Store(#[from] crate::hot::StoreError),
+}
+
+/// The answer of a query: its schema and batches.
+pub struct QueryResult {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+/// Memory one query may use (sorts, joins, aggregations).
+const QUERY_MEMORY: usize = 1 << 30;
+
+fn dead_letters_schema() -> SchemaRef {
+    let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("tenant", DataType::Utf8, false),
+        Field::new("stream", DataType::Utf8, false),
+        Field::new("partition", DataType::UInt32, false),
+        Field::new("offset", DataType::UInt64, false),
+        Field::new("count", DataType::UInt32, false),
+        Field::new("plugin", DataType::Utf8, false),
+        Field::new("plugin_sha256", DataType::Utf8, false),
+        Field::new("error", DataType::Utf8, false),
+        Field::new("ingest_ts", ts.clone(), false),
+        Field::new("failed_at", ts, false),
+        Field::new("records", DataType::Utf8, false),
+    ]))
+}
+
+fn dead_letters_batch(d: &[DeadLetter]) -> RecordBatch {
+    let s = |f: fn(&DeadLetter) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(d.iter().map(f)))
+    };
+    let ts = |f: fn(&DeadLetter) -> i64| -> ArrayRef {
+        Arc::new(TimestampMillisecondArray::from_iter_values(d.iter().map(f)).with_timezone("UTC"))
+    };
+    let cols: Vec<ArrayRef> = vec![
+        s(|x| &x.tenant),
+        s(|x| &x.stream),
+        Arc::new(UInt32Array::from_iter_values(d.iter().map(|x| x.partition))),
+        Arc::new(UInt64Array::from_iter_values(d.iter().map(|x| x.offset))),
+        Arc::new(UInt32Array::from_iter_values(d.iter().map(|x| x.count))),
+        s(|x| &x.plugin),
+        s(|x| &x.plugin_sha256),
+        s(|x| &x.error),
+        ts(|x| x.ingest_ts_ms),
+        ts(|x| x.failed_at_ms),
+        s(|x| &x.records),
+    ];
+    RecordBatch::try_new(dead_letters_schema(), cols).expect("columns match")
+}
+
+impl HotStore {
+    /// Run `sql` over `tenant`'s tables only.
+    pub async fn query(&self, tenant: &str, sql: &str) -> Result<QueryResult, QueryError> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(GreedyMemoryPool::new(QUERY_MEMORY)))
+            .build_arc()
+            .map_err(|e| QueryError::Execution(e.to_string()))?;
+        let config = SessionConfig::new()
+            .with_target_partitions(2)
+            .with_information_schema(false);
+        let mut ctx = SessionContext::new_with_config_rt(config, runtime);
+        datafusion_functions_json::register_all(&mut ctx)
+            .map_err(|e| QueryError::Execution(e.to_string()))?;
+
+        // Split the tenant's batches in two partitions so both cores scan.
+        let batches = self.tenant_batches(tenant);
+        let mut parts = vec![Vec::new(), Vec::new()];
+        for (i, b) in batches.into_iter().enumerate() {
+            parts[i % 2].push(b);
+        }
+        let logs = MemTable::try_new(logs_schema(), parts)
+            .map_err(|e| QueryError::Execution(e.to_string()))?;
+        ctx.register_table("logs", Arc::new(logs))
+            .map_err(|e| QueryError::Execution(e.to_string()))?;
+        let dead = self.dead_letters(tenant)?;
+        let dl = MemTable::try_new(dead_letters_schema(), vec![vec![dead_letters_batch(&dead)]])
+            .map_err(|e| QueryError::Execution(e.to_string()))?;
+        ctx.register_table("dead_letters", Arc::new(dl))
+            .map_err(|e| QueryError::Execution(e.to_string()))?;
+
+        let opts = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let df = ctx
+            .sql_with_options(sql, opts)
+            .await
+            .map_err(|e| QueryError::Sql(e.to_string()))?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df
+            .collect()
+            .await
+            .map_err(|e| QueryError::Execution(e.to_string()))?;
+        Ok(QueryResult { schema, batches })
+    }
+}
+
+impl QueryResult {
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+
+    /// `{"columns":[...],"rows":[[...]]}`: values as JSON, timestamps as RFC 3339 text.
+    pub fn to_json(&self) -> Result<Value, QueryError> {
+        let columns: Vec<String> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let mut buf = Vec::new();
+        {
+            let mut w = WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, JsonArray>(&mut buf);
+            for b in &self.batches {
+                w.write(b)
+                    .map_err(|e| QueryError::Execution(e.to_string()))?;
+            }
+            w.finish()
+                .map_err(|e| QueryError::Execution(e.to_string()))?;
+        }
+        let objects: Vec<Map<String, Value>> = if buf.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_slice(&buf).map_err(|e| QueryError::Execution(e.to_string()))?
+        };
+        let rows: Vec<Value> = objects
+            .into_iter()
+            .map(|mut o| {
+                Value::Array(
+                    columns
+                        .iter()
+                        .map(|c| o.remove(c).unwrap_or(Value::Null))
+                        .collect(),
+                )
+            })
+            .collect();
+        Ok(serde_json::json!({ "columns": columns, "rows": rows }))
+    }
+
+    /// The result as an Arrow IPC stream.
+    pub fn to_arrow_ipc(&self) -> Result<Vec<u8>, QueryError> {
+        let mut buf = Vec::new();
+        {
+            let mut w = StreamWriter::try_new(&mut buf, &self.schema)
+                .map_err(|e| QueryError::Execution(e.to_string()))?;
+            for b in &self.batches {
+                w.write(b)
+                    .map_err(|e| QueryError::Execution(e.to_string()))?;
+            }
+            w.finish()
+                .map_err(|e| QueryError::Execution(e.to_string()))?;
+        }
+        Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hot::Segment;
+    use weir_core::Batch;
+
+    fn store_with_two_tenants() -> (tempfile::TempDir, HotStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = HotStore::open(&dir.path().join("store.redb"), usize::MAX).unwrap();
+        let seg = |tenant: &str, offset: u64, lines: &str| Segment {
+            partition: 0,
+            offset,
+            batch: Batch {
+                tenant: tenant.into(),
+                stream: "app".into(),
+                ingest_ts_ms: 1_700_000_000_000,
+                count: lines.lines().count() as u32,
+                records: lines.as_bytes().to_vec(),
+            },
+        };
+        s.commit(
+            0,
+            10,
+            &[
+                seg("a", 0, "{\"level\":\"info\",\"message\":\"a1\",\"user\":{\"id\":7}}\n{\"level\":\"error\",\"message\":\"a2\"}\n"),
+                seg("b", 2, "{\"level\":\"info\",\"message\":\"secret-b\"}\n"),
+            ],
+            &[],
+        )
+        .unwrap();
+        (dir, s)
+    }
+
+    #[tokio::test]
+    async fn counts_and_json_shape() {
+        let (_d, s) = store_with_two_tenants();
+        let r = s
+            .query(
+                "a",
+                "SELECT level, count(*) AS n FROM logs GROUP BY level ORDER BY level",
+            )
+            .await
+            .unwrap();
+        let j = r.to_json().unwrap();
+        assert_eq!(j["columns"], serde_json::json!(["level", "n"]));
+        assert_eq!(j["rows"], serde_json::json!([["error", 1], ["info", 1]]));
+        let r = s
+            .query(
+                "a",
+                "SELECT json_get_int(record, 'user', 'id') AS id FROM logs WHERE message = 'a1'",
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.to_json().unwrap()["rows"], serde_json::json!([[7]]));
+        assert!(!r.to_arrow_ipc().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn no_sql_reaches_another_tenant() {
+        let (_d, s) = store_with_two_tenants();
+        for sql in [
+            "SELECT count(*) FROM logs",
+            "SELECT count(*) FROM logs WHERE message = 'secret-b'",
+            "SELECT count(*) FROM (SELECT * FROM logs UNION ALL SELECT * FROM logs) WHERE message LIKE 'secret%'",
+        ] {
+            let r = s.query("a", sql).await.unwrap();
+            let n = r.to_json().unwrap()["rows"][0][0].as_i64().unwrap();
+            assert!(n <= 4 && !r.to_json().unwrap().to_string().contains("secret-b"), "{sql}");
+        }
+        let r = s
+            .query("a", "SELECT count(*) FROM logs WHERE message = 'secret-b'")
+            .await
+            .unwrap();
+        assert_eq!(r.to_json().unwrap()["rows"], serde_json::json!([[0]]));
+        for sql in [
+            "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
+            "SELECT * FROM 'store.redb'",
+            "SELECT * FROM b.logs",
+            "SELECT * FROM information_schema.tables",
+            "INSERT INTO logs SELECT * FROM logs",
+            "COPY logs TO '/tmp/x.csv'",
+            "SET datafusion.execution.batch_size = 1",
+        ] {
+            assert!(s.query("a", sql).await.is_err(), "{sql} must be refused");
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Processed NDJSON → Arrow rows of the `logs` table.
+//!
+//! Columns: `ts` (the record's own `timestamp`/`@timestamp`/`ts`/`time` — RFC 3339 text or
+//! epoch seconds/milliseconds — else the ingest time), `stream`, `level`, `message`, the
+//! full `record` as JSON text (query it with `json_get_str(record, 'user', 'id')` and
+//! friends), and its provenance: `partition`, `offset` (first offset of the source
+//! entry), `seq` (index in the entry's processed output).
+
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
+
+use datafusion::arrow::array::{
+    ArrayRef, RecordBatch, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
+};
+use datafusion::arrow::compute::kernels::cast_utils::string_to_timestamp_nanos;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::Deserialize;
+use weir_core::batch::ndjson_lines;
+
+/// Schema of the `logs` table.
+pub fn logs_schema() -> SchemaRef {
+    static S: OnceLock<SchemaRef> = OnceLock::new();
+    S.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("stream", DataType::Utf8, false),
+            Field::new("level", DataType::Utf8, true),
+            Field::new("message", DataType::Utf8, true),
+            Field::new("record", DataType::Utf8, false),
+            Field::new("partition", DataType::UInt32, false),
+            Field::new("offset", DataType::UInt64, false),
+            Field::new("seq", DataType::UInt32, false),
+        ]))
+    })
+    .clone()
+}
+
+#[derive(Deserialize)]
+struct Known<'a> {
+    #[serde(default, borrow)]
+    timestamp: Option<TimeValue<'a>>,
+    #[serde(default, borrow, rename = "@timestamp")]
+    at_timestamp: Option<TimeValue<'a>>,
+    #[serde(default, borrow)]
+    ts: Option<TimeValue<'a>>,
+    #[serde(default, borrow)]
+    time: Option<TimeValue<'a>>,
+    #[serde(default, borrow)]
+    level: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    severity: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    message: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    msg: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TimeValue<'a> {
+    Num(f64),
+    #[serde(borrow)]
+    Text(Cow<'a, str>),
+    #[allow(dead_code)]
+    Other(serde::de::IgnoredAny),
+}
+
+fn to_millis(t: &TimeValue) -> Option<i64> {
+    match t {
+        // Heuristic by magnitude: seconds before ~2286, else milliseconds, else nanos.
+        TimeValue::Num(n) if n.is_finite() && *n >= 0.0 => Some(if *n < 1e10 {
+            (n * 1000.0) as i64
+        } else if *n < 1e14 {
+            *n as i64
+        } else {
+            (n / 1e6) as i64
+        }),
+        TimeValue::Text(s) => string_to_timestamp_nanos(s)
+            .ok()
+            .map(|ns| ns.div_euclid(1_000_000)),
+        _ => None,
+    }
+}
+
+/// Build the Arrow rows of one processed segment.
+pub fn segment_rows(
+    stream: &str,
+    partition: u32,
+    offset: u64,
+    ingest_ts_ms: i64,
+    ndjson: &[u8],
+) -> RecordBatch {
+    let n = ndjson_lines(ndjson).count();
+    let mut ts = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut streams = StringBuilder::with_capacity(n, n * stream.len());
+    let mut level = StringBuilder::with_capacity(n, n * 5);
+    let mut message = StringBuilder::with_capacity(n, ndjson.len() / 2);
+    let mut record = StringBuilder::with_capacity(n, ndjson.len());
+    let mut part = UInt32Builder::with_capacity(n);
+    let mut offs = UInt64Builder::with_capacity(n);
+    let mut seq = UInt32Builder::with_capacity(n);
+    for (i, line) in ndjson_lines(ndjson).enumerate() {
+        let known: Option<Known> = serde_json::from_slice(line).ok();
+        let t = known.as_ref().and_then(|k| {
+            [&k.timestamp, &k.at_timestamp, &k.ts, &k.time]
+                .into_iter()
+                .flatten()
+                .find_map(to_millis)
+        });
+        ts.append_value(t.unwrap_or(ingest_ts_ms));
+        streams.append_value(stream);
+        level.append_option(
+            known
+                .as_ref()
+                .and_then(|k| k.level.as_deref().or(k.severity.as_deref())),
+        );
+        message.append_option(
+            known
+                .as_ref()
+                .and_then(|k| k.message.as_deref().or(k.msg.as_deref())),
+        );
+        record.append_value(String::from_utf8_lossy(line));
+        part.append_value(partition);
+        offs.append_value(offset);
+        seq.append_value(i as u32);
+    }
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(ts.finish()),
+        Arc::new(streams.finish()),
+        Arc::new(level.finish()),
+        Arc::new(message.finish()),
+        Arc::new(record.finish()),
+        Arc::new(part.finish()),
+        Arc::new(offs.finish()),
+        Arc::new(seq.finish()),
+    ];
+    RecordBatch::try_new(logs_schema(), cols).expect("columns match the logs schema")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::TimestampMillisecondType;
+
+    #[test]
+    fn extracts_known_fields_and_times() {
+        let nd = br#"{"timestamp":"2026-11-28T01:02:03.456Z","level":"warn","message":"m1"}
+{"ts":1795827723,"severity":"error","msg":"m2"}
+{"time":1795827723456}
+{"timestamp":"not a time","message":"esc\"aped"}
+"#;
+        let b = segment_rows("app", 3, 40, 99, nd);
+        assert_eq!(b.num_rows(), 4);
+        let ts = b.column(0).as_primitive::<TimestampMillisecondType>();
+        assert_eq!(ts.value(0), 1795827723456);
+        assert_eq!(ts.value(1), 1795827723000);
+        assert_eq!(ts.value(2), 1795827723456);
+        assert_eq!(
+            ts.value(3),
+            99,
+            "unparseable time falls back to ingest time"
+        );
+        let level = b.column(2).as_string::<i32>();
+        assert_eq!(level.value(0), "warn");
+        assert_eq!(level.value(1), "error");
+        assert!(level.is_null(2));
+        let msg = b.column(3).as_string::<i32>();
+        assert_eq!(msg.value(1), "m2");
+        assert_eq!(msg.value(3), "esc\"aped");
+        let seq = b
+            .column(7)
+            .as_primitive::<datafusion::arrow::datatypes::UInt32Type>();
+        assert_eq!(seq.value(3), 3);
+    }
+}

@@ -1,0 +1,191 @@
+//! `weir`: the binary. `weir serve` runs the engine; `weir bench` drives a running server
+//! with realistic logs and reports throughput and ack latency.
+//!
+//! Layout: [`server`] (HTTP data plane), [`ingest`] (body decoding and per-line
+//! validation), [`bench`] (load generator). The layers below live in `engine/weir-*`.
+
+mod bench;
+mod ingest;
+mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use weir_core::metrics::Registry;
+use weir_core::Config;
+use weir_pipeline::{Catalog, Workers};
+use weir_store::HotStore;
+use weir_transport::{Log, RedbLog, RedbLogOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "Logs and metrics engine extended with Wasm plugins"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine.
+    Serve(ServeArgs),
+    /// Drive a running server with realistic logs; report events/s and ack latency.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Configuration file (TOML). Without it, embedded defaults on loopback.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// HTTP data-plane address (port 0 picks a free port; the bound address is printed).
+    #[arg(long)]
+    http_addr: Option<String>,
+    #[arg(long)]
+    grpc_addr: Option<String>,
+    #[arg(long)]
+    tcp_addr: Option<String>,
+    #[arg(long)]
+    admin_addr: Option<String>,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve(args) => rt.block_on(serve(args)),
+        Command::Bench(args) => rt.block_on(bench::run(args)),
+    }
+}
+
+fn load_config(args: &ServeArgs) -> Result<Config> {
+    let mut cfg = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(d) = &args.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    if let Some(a) = &args.http_addr {
+        cfg.listen.http = a.clone();
+    }
+    if let Some(a) = &args.grpc_addr {
+        cfg.listen.grpc = a.clone();
+    }
+    if let Some(a) = &args.tcp_addr {
+        cfg.listen.tcp = a.clone();
+    }
+    if let Some(a) = &args.admin_addr {
+        cfg.listen.admin = a.clone();
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let config = Arc::new(load_config(&args)?);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+    let registry = Registry::default();
+
+    let log = Arc::new(
+        RedbLog::open(
+            &config.data_dir.join("log.redb"),
+            RedbLogOptions {
+                partitions: config.log.partitions,
+                queue: config.log.commit_queue,
+                retention_bytes: config.log.retention_bytes,
+                retention: std::time::Duration::from_secs(config.log.retention_secs),
+                max_lag_bytes: config.log.max_lag_bytes,
+                ..Default::default()
+            },
+        )
+        .context("open the log")?,
+    );
+    let store = Arc::new(
+        HotStore::open(
+            &config.data_dir.join("store.redb"),
+            (config.hot.max_mb as usize) << 20,
+        )
+        .context("open the hot store")?,
+    );
+    let catalog = Arc::new(Catalog::new(config.clone()).context("start the plugin host")?);
+    catalog
+        .check_config()
+        .context("check the configured pipelines")?;
+
+    let dyn_log: Arc<dyn Log> = log.clone();
+    let workers = Workers::start(
+        dyn_log.clone(),
+        store.clone(),
+        catalog,
+        config.hot.batch_records,
+        &registry,
+    )?;
+
+    let state = Arc::new(server::AppState {
+        config: config.clone(),
+        log: dyn_log,
+        store,
+        m: server::Metrics::new(&registry),
+        registry,
+        inflight: tokio::sync::Semaphore::new(512 * 1024),
+    });
+    let listener = TcpListener::bind(&config.listen.http)
+        .await
+        .with_context(|| format!("bind {}", config.listen.http))?;
+    let addr = listener.local_addr()?;
+    if config.open_mode() && !addr.ip().is_loopback() {
+        tracing::warn!("no tenants configured: requests from non-loopback clients will be refused");
+    }
+    // Tests and scripts read this line to find the port.
+    println!("weir: http listening on {addr}");
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), partitions = config.log.partitions, "weir serving");
+    tracing::info!(
+        grpc = %config.listen.grpc, tcp = %config.listen.tcp, admin = %config.listen.admin,
+        "OTLP/gRPC, TCP and admin listeners are not served by this version"
+    );
+
+    axum::serve(
+        listener,
+        server::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
+
+    // Every acknowledged request is already durable in the log; stop the workers after
+    // their current batch and close the log.
+    tracing::info!("draining: stopping workers");
+    workers.stop();
+    log.close();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown signal received: finishing in-flight requests");
+}

@@ -1,0 +1,445 @@
+//! The data-plane HTTP server: ingest, query, metrics, health.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use weir_core::config::DEFAULT_TENANT;
+use weir_core::metrics::{Counter, Family, Gauge, Registry};
+use weir_core::partition::partition_for;
+use weir_core::{Batch, Config};
+use weir_store::{HotStore, QueryError};
+use weir_transport::{Log, LogError};
+
+use crate::ingest::{decode_body, parse_body, BodyError};
+
+/// Most records in one log entry; larger requests become several entries of one append.
+const ENTRY_RECORDS: usize = 4096;
+/// Most NDJSON bytes in one log entry.
+const ENTRY_BYTES: usize = 4 << 20;
+
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub log: Arc<dyn Log>,
+    pub store: Arc<HotStore>,
+    pub registry: Registry,
+    /// Bytes of request bodies being parsed or waiting for their commit (in KiB
+    /// permits): bounds ingest memory whatever the number of connections.
+    pub inflight: Semaphore,
+    pub m: Metrics,
+}
+
+pub struct Metrics {
+    accepted: Arc<Family<Counter>>,
+    rejected: Arc<Family<Counter>>,
+    requests: Arc<Family<Counter>>,
+    ingest_bytes: Arc<Family<Counter>>,
+    log_end: Arc<Family<Gauge>>,
+    log_lag: Arc<Family<Gauge>>,
+    log_bytes: Arc<Family<Gauge>>,
+    hot_rows: Arc<Family<Gauge>>,
+    hot_bytes: Arc<Family<Gauge>>,
+    hot_evicted: Arc<Family<Gauge>>,
+}
+
+impl Metrics {
+    pub fn new(r: &Registry) -> Self {
+        Metrics {
+            accepted: r.counter(
+                "weir_ingest_records_accepted_total",
+                "Records acknowledged durable.",
+            ),
+            rejected: r.counter(
+                "weir_ingest_records_rejected_total",
+                "Records rejected at ingest.",
+            ),
+            requests: r.counter(
+                "weir_http_requests_total",
+                "HTTP requests by route and status.",
+            ),
+            ingest_bytes: r.counter(
+                "weir_ingest_bytes_total",
+                "Request body bytes received for ingest.",
+            ),
+            log_end: r.gauge("weir_log_end_offset", "Next offset of each log partition."),
+            log_lag: r.gauge(
+                "weir_log_lag_bytes",
+                "Unprocessed bytes of each log partition.",
+            ),
+            log_bytes: r.gauge(
+                "weir_log_retained_bytes",
+                "Retained bytes of each log partition.",
+            ),
+            hot_rows: r.gauge("weir_hot_rows", "Rows held by the hot store."),
+            hot_bytes: r.gauge("weir_hot_bytes", "Arrow bytes held by the hot store."),
+            hot_evicted: r.gauge(
+                "weir_hot_evicted_rows",
+                "Rows evicted from the hot store by its memory bound.",
+            ),
+        }
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.ingest.max_body_bytes;
+    Router::new()
+        .route("/api/v1/logs", post(ingest_logs))
+        .route("/api/v1/query", post(query))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// An error answer: status and a JSON `{"error": ...}` body.
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    retry_after: bool,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            retry_after: false,
+        }
+    }
+    fn busy(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: message.into(),
+            retry_after: true,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+impl From<LogError> for ApiError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::Backpressure | LogError::Lagging { .. } => ApiError::busy(e.to_string()),
+            LogError::DiskFull(_) | LogError::Closed => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+}
+
+/// The tenant of a request: its bearer token's, or `default` in open mode (no tenants
+/// configured), which only loopback clients may use.
+fn tenant_of(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<String, ApiError> {
+    if state.config.open_mode() {
+        if !peer.ip().is_loopback() {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "no tenants are configured: only loopback clients are accepted",
+            ));
+        }
+        return Ok(DEFAULT_TENANT.to_owned());
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match token.and_then(|t| state.config.tenant_for_token(t)) {
+        Some(t) => Ok(t.to_owned()),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or unknown bearer token",
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct IngestParams {
+    stream: Option<String>,
+    key: Option<String>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+async fn ingest_logs(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(params): Query<IngestParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let res = ingest_inner(&state, peer, params, &headers, body).await;
+    let status = match &res {
+        Ok(_) => StatusCode::OK,
+        Err(e) => e.status,
+    };
+    state
+        .m
+        .requests
+        .with(&[("route", "logs"), ("status", status.as_str())])
+        .inc();
+    match res {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn ingest_inner(
+    state: &AppState,
+    peer: SocketAddr,
+    params: IngestParams,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(state, headers, peer)?;
+    let stream = params.stream.unwrap_or_else(|| "default".into());
+    if !weir_core::names::is_valid_name(&stream) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "stream must be 1-64 characters of [A-Za-z0-9_.-]",
+        ));
+    }
+    state
+        .m
+        .ingest_bytes
+        .with(&[("tenant", &tenant)])
+        .add(body.len() as u64);
+    // Reserve memory for the body, compressed and decoded, before touching it.
+    let kib = (body.len() / 1024 + 1).min(u32::MAX as usize) as u32;
+    let _permit = state
+        .inflight
+        .try_acquire_many(kib.saturating_mul(2))
+        .map_err(|_| ApiError::busy("too many bytes in flight; retry later"))?;
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let decoded = decode_body(encoding, &body, state.config.ingest.max_decoded_bytes).map_err(
+        |e| match e {
+            BodyError::TooLarge => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "decoded body exceeds the limit",
+            ),
+            BodyError::UnsupportedEncoding(enc) => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("unsupported Content-Encoding {enc:?}: use gzip or zstd"),
+            ),
+            BodyError::BadEncoding(why) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("cannot decode body: {why}"),
+            ),
+        },
+    )?;
+    let parsed = parse_body(&decoded, state.config.ingest.max_record_bytes);
+    drop(decoded);
+    state
+        .m
+        .rejected
+        .with(&[("tenant", &tenant)])
+        .add(parsed.rejected as u64);
+    if parsed.count > 0 {
+        let partition = partition_for(
+            &tenant,
+            &stream,
+            params.key.as_deref(),
+            state.log.partitions(),
+        );
+        let ts = now_ms();
+        let items: Vec<(u32, Batch)> = split_entries(&parsed.records)
+            .map(|(count, records)| {
+                (
+                    partition,
+                    Batch {
+                        tenant: tenant.clone(),
+                        stream: stream.clone(),
+                        ingest_ts_ms: ts,
+                        count,
+                        records: records.to_vec(),
+                    },
+                )
+            })
+            .collect();
+        let wait = state.log.append(items)?;
+        match wait.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(LogError::Closed.into()),
+        }
+        state
+            .m
+            .accepted
+            .with(&[("tenant", &tenant)])
+            .add(u64::from(parsed.count));
+    }
+    let mut body = json!({
+        "accepted": parsed.count,
+        "rejected": parsed.rejected,
+        "errors": parsed.errors,
+    });
+    if parsed.rejected > parsed.errors.len() {
+        body["errors_truncated"] = json!(true);
+    }
+    Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+/// Split validated NDJSON into entries of at most [`ENTRY_RECORDS`] records and
+/// [`ENTRY_BYTES`] bytes (a single larger record stands alone).
+fn split_entries(records: &[u8]) -> impl Iterator<Item = (u32, &[u8])> {
+    let mut rest = records;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = 0;
+        let mut count = 0u32;
+        while end < rest.len() && (count as usize) < ENTRY_RECORDS {
+            let nl = rest[end..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(rest.len(), |i| end + i + 1);
+            if count > 0 && nl > ENTRY_BYTES {
+                break;
+            }
+            end = nl;
+            count += 1;
+        }
+        let (head, tail) = rest.split_at(end);
+        rest = tail;
+        Some((count, head))
+    })
+}
+
+#[derive(Deserialize)]
+pub struct QueryBody {
+    sql: String,
+}
+
+async fn query(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let res = query_inner(&state, peer, &headers, body).await;
+    let status = match &res {
+        Ok(_) => StatusCode::OK,
+        Err(e) => e.status,
+    };
+    state
+        .m
+        .requests
+        .with(&[("route", "query"), ("status", status.as_str())])
+        .inc();
+    match res {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn query_inner(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(state, headers, peer)?;
+    let q: QueryBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("expected {{\"sql\": \"...\"}}: {e}"),
+        )
+    })?;
+    let result = state
+        .store
+        .query(&tenant, &q.sql)
+        .await
+        .map_err(|e| match e {
+            QueryError::Sql(m) | QueryError::Execution(m) => {
+                ApiError::new(StatusCode::BAD_REQUEST, m)
+            }
+            QueryError::Store(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        })?;
+    let wants_arrow = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/vnd.apache.arrow.stream"));
+    let internal = |e: QueryError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    if wants_arrow {
+        let bytes = result.to_arrow_ipc().map_err(internal)?;
+        Ok((
+            [(header::CONTENT_TYPE, "application/vnd.apache.arrow.stream")],
+            bytes,
+        )
+            .into_response())
+    } else {
+        Ok(Json(result.to_json().map_err(internal)?).into_response())
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    for p in 0..state.log.partitions() {
+        let s = state.log.stats(p);
+        let ps = p.to_string();
+        let l = [("partition", ps.as_str())];
+        state.m.log_end.with(&l).set(s.end_offset);
+        state.m.log_lag.with(&l).set(s.lag_bytes);
+        state.m.log_bytes.with(&l).set(s.retained_bytes);
+    }
+    let (rows, bytes) = state.store.stats();
+    state.m.hot_rows.with(&[]).set(rows as u64);
+    state.m.hot_bytes.with(&[]).set(bytes as u64);
+    state
+        .m
+        .hot_evicted
+        .with(&[])
+        .set(state.store.evicted_rows());
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.registry.render(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_split_by_count_and_size() {
+        let recs = b"{}\n".repeat(ENTRY_RECORDS * 2 + 1);
+        let parts: Vec<u32> = split_entries(&recs).map(|(n, _)| n).collect();
+        assert_eq!(parts, vec![ENTRY_RECORDS as u32, ENTRY_RECORDS as u32, 1]);
+        let big = format!("{{\"a\":\"{}\"}}\n", "x".repeat(ENTRY_BYTES));
+        let two = format!("{big}{{}}\n");
+        let parts: Vec<(u32, usize)> = split_entries(two.as_bytes())
+            .map(|(n, b)| (n, b.len()))
+            .collect();
+        assert_eq!(parts, vec![(1, big.len()), (1, 3)]);
+        let total: usize = split_entries(&recs).map(|(_, b)| b.len()).sum();
+        assert_eq!(total, recs.len());
+    }
+}

@@ -1,0 +1,168 @@
+use super::*;
+use serde_json::json;
+use weir_plugin_sdk::run_native;
+
+fn redact(s: &str) -> String {
+    let mut r = Redactor::from_config(Config::default()).unwrap();
+    r.redact_str(s).unwrap_or_else(|| s.to_owned())
+}
+
+fn kinds(s: &str) -> Vec<&'static str> {
+    let mut d = Detector::new(&Kind::ALL, &[]).unwrap();
+    d.find(s).iter().map(|sp| sp.kind.name()).collect()
+}
+
+#[test]
+fn each_builtin_kind() {
+    let cases = [
+        ("mail me at jane.doe+x@example.co.uk now", "email"),
+        ("card 4111 1111 1111 1111 ok", "card"),
+        ("card 4111-1111-1111-1111", "card"),
+        ("card 4111111111111111", "card"),
+        ("amex 378282246310005", "card"),
+        ("ssn 123-45-6789", "ssn"),
+        ("call (555) 123-4567", "phone"),
+        ("call 555-123-4567", "phone"),
+        ("call +1 555 123 4567", "phone"),
+        ("call +44 20 7946 0958", "phone"),
+        ("from 192.168.10.254:443", "ipv4"),
+        ("from 2001:db8::8a2e:370:7334 ok", "ipv6"),
+        ("from ::1", "ipv6"),
+        ("from fe80::1ff:fe23:4567:890a.", "ipv6"),
+        ("pay DE89 3704 0044 0532 0130 00 today", "iban"),
+        ("pay GB82WEST12345698765432", "iban"),
+        (
+            "auth eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            "jwt",
+        ),
+        ("key AKIAIOSFODNN7EXAMPLE", "aws_key"),
+    ];
+    for (text, kind) in cases {
+        assert_eq!(kinds(text), vec![kind], "{text}");
+        let red = redact(text);
+        assert!(
+            red.contains(&format!("[REDACTED:{kind}]")),
+            "{text} -> {red}"
+        );
+    }
+}
+
+#[test]
+fn non_pii_is_left_alone() {
+    for text in [
+        "GET /api/v1/users/12345 200 in 35ms",
+        "card 4111 1111 1111 1112", // fails Luhn
+        "ssn 000-12-3456",          // invalid area
+        "at 12:34:56 on 2024-01-02",
+        "mac aa:bb:cc:dd:ee:ff",
+        "version 1.2.3",
+        "iban-like DE00 3704 0044 0532 0130 00", // fails mod 97
+        "plain words only",
+        "",
+    ] {
+        assert_eq!(kinds(text), Vec::<&str>::new(), "{text}");
+        assert_eq!(redact(text), text);
+    }
+}
+
+#[test]
+fn card_followed_by_other_digits() {
+    assert_eq!(
+        redact("4111 1111 1111 1111 12 items"),
+        "[REDACTED:card] 12 items"
+    );
+}
+
+#[test]
+fn several_in_one_string() {
+    let out = redact("a@b.io paid with 5500-0000-0000-0004 from 10.0.0.1");
+    assert_eq!(
+        out,
+        "[REDACTED:email] paid with [REDACTED:card] from [REDACTED:ipv4]"
+    );
+}
+
+#[test]
+fn nested_fields_and_arrays() {
+    let mut p = PiiRedact::new(&json!({})).unwrap();
+    let input =
+        br#"{"msg":"user a@b.io","n":4111111111111111,"user":{"ips":["10.1.2.3","x"],"name":"Ann"}}
+"#;
+    let out = run_native(&mut p, input).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        v,
+        json!({"msg":"user [REDACTED:email]","n":4111111111111111u64,"user":{"ips":["[REDACTED:ipv4]","x"],"name":"Ann"}})
+    );
+}
+
+#[test]
+fn listed_fields_only() {
+    let mut p = PiiRedact::new(&json!({"fields": ["user.email"]})).unwrap();
+    let out = run_native(&mut p, br#"{"user":{"email":"a@b.io"},"other":"c@d.io"}"#).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        v,
+        json!({"user":{"email":"[REDACTED:email]"},"other":"c@d.io"})
+    );
+}
+
+#[test]
+fn hash_is_keyed_and_stable() {
+    let cfg = |key: &str| json!({"action":"hash","hash_key":key});
+    let mut a = PiiRedact::new(&cfg("k1")).unwrap();
+    let mut b = PiiRedact::new(&cfg("k2")).unwrap();
+    let x1 = a.0.redact_str("a@b.io").unwrap();
+    let x2 = a.0.redact_str("a@b.io").unwrap();
+    let y = b.0.redact_str("a@b.io").unwrap();
+    assert_eq!(x1, x2);
+    assert_ne!(x1, y);
+    assert!(
+        x1.starts_with("[email:") && x1.len() == "[email:]".len() + 16,
+        "{x1}"
+    );
+    assert!(PiiRedact::new(&json!({"action":"hash"})).is_err());
+}
+
+#[test]
+fn drop_removes_fields_with_pii() {
+    let mut p = PiiRedact::new(&json!({"action":"drop"})).unwrap();
+    let out = run_native(
+        &mut p,
+        br#"{"a":"x@y.io","b":"fine","c":["10.0.0.1","ok"]}"#,
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v, json!({"b":"fine","c":["ok"]}));
+}
+
+#[test]
+fn custom_rules_and_kind_selection() {
+    let mut p = PiiRedact::new(&json!({
+        "kinds": ["email"],
+        "custom": [{"name":"order","pattern":"ORD-[0-9]{6}"}]
+    }))
+    .unwrap();
+    let s =
+        p.0.redact_str("ORD-123456 by a@b.io from 10.0.0.1")
+            .unwrap();
+    assert_eq!(s, "[REDACTED:order] by [REDACTED:email] from 10.0.0.1");
+    assert!(PiiRedact::new(&json!({"kinds":["nope"]})).is_err());
+    assert!(PiiRedact::new(&json!({"custom":[{"name":"x","pattern":"("}]})).is_err());
+    assert!(PiiRedact::new(&json!({"unknown":1})).is_err());
+}
+
+#[test]
+fn luhn_and_iban_checks() {
+    assert!(detect::luhn("4111111111111111"));
+    assert!(!detect::luhn("4111111111111112"));
+    assert!(detect::iban_ok("GB82WEST12345698765432"));
+    assert!(!detect::iban_ok("GB82WEST12345698765433"));
+}
+
+#[test]
+fn bad_line_fails_the_batch_with_its_number() {
+    let mut p = PiiRedact::new(&json!({})).unwrap();
+    let err = run_native(&mut p, b"{\"a\":1}\nnot json\n").unwrap_err();
+    assert!(err.to_string().contains("line 2"), "{err}");
+}

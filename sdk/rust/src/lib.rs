@@ -1,0 +1,195 @@
+//! Write Weir plugins in Rust.
+//!
+//! A plugin implements [`Transform`] and names its type in [`export_transform!`]:
+//!
+//! ```ignore
+//! use weir_plugin_sdk::{export_transform, Error, Record, Transform};
+//!
+//! struct Tag { value: String }
+//!
+//! impl Transform for Tag {
+//!     fn new(config: &serde_json::Value) -> Result<Self, Error> {
+//!         let value = config["value"].as_str().unwrap_or("tagged").to_owned();
+//!         Ok(Tag { value })
+//!     }
+//!     fn record(&mut self, rec: &mut Record) -> Result<bool, Error> {
+//!         rec.set("tag", self.value.clone().into());
+//!         Ok(true) // keep the record
+//!     }
+//! }
+//! export_transform!(Tag);
+//! ```
+//!
+//! Layout:
+//! - [`bindings`]: the wit-bindgen output for `weir:plugin/transform@0.1.0` (from `wit/`).
+//! - [`Transform`]: the trait a plugin implements; batch-level by default, with a
+//!   per-record convenience ([`Transform::record`]).
+//! - [`Record`]: a JSON object with dotted-path helpers (`get_str("http.user.email")`).
+//! - [`log`]: write to the plugin's log through the host.
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "weir:plugin/transform@0.1.0",
+        default_bindings_module: "weir_plugin_sdk::bindings",
+        pub_export_macro: true,
+        export_macro_name: "__export_transform_world",
+    });
+}
+
+mod record;
+
+pub use record::Record;
+pub use serde_json;
+
+use bindings::weir::plugin::types::PluginError;
+
+/// Why a plugin refused its configuration or a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The configuration is unusable (returned from `new`).
+    InvalidConfig(String),
+    /// The batch cannot be processed; the host dead-letters it.
+    Failed(String),
+}
+
+impl Error {
+    pub fn config(msg: impl Into<String>) -> Self {
+        Error::InvalidConfig(msg.into())
+    }
+    pub fn failed(msg: impl Into<String>) -> Self {
+        Error::Failed(msg.into())
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::InvalidConfig(m) => write!(f, "invalid config: {m}"),
+            Error::Failed(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl From<Error> for PluginError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::InvalidConfig(m) => PluginError::InvalidConfig(m),
+            Error::Failed(m) => PluginError::Failed(m),
+        }
+    }
+}
+
+/// A batch transform. Implement [`Transform::record`] for record-at-a-time logic, or
+/// override [`Transform::batch`] to work on the raw NDJSON bytes.
+pub trait Transform: Sized + 'static {
+    /// Build the plugin from its pipeline config (`{}` when none was given).
+    fn new(config: &serde_json::Value) -> Result<Self, Error>;
+
+    /// Change one record in place; return `false` to drop it.
+    fn record(&mut self, rec: &mut Record) -> Result<bool, Error> {
+        let _ = rec;
+        Ok(true)
+    }
+
+    /// Transform a whole batch: NDJSON in, NDJSON appended to `out`. The default parses
+    /// each line into a [`Record`], calls [`Transform::record`] and writes it back.
+    fn batch(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        for (i, line) in input.split(|&b| b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let mut rec =
+                Record::parse(line).map_err(|e| Error::failed(format!("line {}: {e}", i + 1)))?;
+            if self.record(&mut rec)? {
+                rec.write_to(out);
+                out.push(b'\n');
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Run a transform natively over an NDJSON buffer, as the host would (for tests and
+/// benchmarks of plugin logic outside Wasm).
+pub fn run_native<T: Transform>(plugin: &mut T, input: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::with_capacity(input.len() + input.len() / 8);
+    plugin.batch(input, &mut out)?;
+    Ok(out)
+}
+
+/// Log through the host (shows in `weir serve`'s log, tagged with tenant and plugin).
+pub mod log {
+    use crate::bindings::weir::plugin::host::{self, Level};
+    pub fn info(msg: &str) {
+        host::log(Level::Info, msg)
+    }
+    pub fn warn(msg: &str) {
+        host::log(Level::Warn, msg)
+    }
+    pub fn error(msg: &str) {
+        host::log(Level::Error, msg)
+    }
+}
+
+#[doc(hidden)]
+pub mod __private {
+    use super::*;
+    use std::any::Any;
+    use std::cell::RefCell;
+
+    thread_local! {
+        static INSTANCE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    }
+
+    pub fn init<T: Transform>(config: &str) -> Result<(), PluginError> {
+        let value: serde_json::Value = if config.trim().is_empty() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            serde_json::from_str(config)
+                .map_err(|e| PluginError::InvalidConfig(format!("config is not JSON: {e}")))?
+        };
+        let t = T::new(&value)?;
+        INSTANCE.with(|i| *i.borrow_mut() = Some(Box::new(t)));
+        Ok(())
+    }
+
+    pub fn process<T: Transform>(batch: Vec<u8>) -> Result<Vec<u8>, PluginError> {
+        INSTANCE.with(|i| {
+            let mut slot = i.borrow_mut();
+            let t = slot
+                .as_mut()
+                .and_then(|b| b.downcast_mut::<T>())
+                .ok_or_else(|| PluginError::Failed("process called before init".into()))?;
+            run_native(t, &batch).map_err(Into::into)
+        })
+    }
+}
+
+/// Export a [`Transform`] as the plugin's `weir:plugin/transform` world.
+#[macro_export]
+macro_rules! export_transform {
+    ($t:ty) => {
+        const _: () = {
+            struct __WeirExport;
+            impl $crate::bindings::Guest for __WeirExport {
+                fn init(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<(), $crate::bindings::weir::plugin::types::PluginError>
+                {
+                    $crate::__private::init::<$t>(&config)
+                }
+                fn process(
+                    batch: ::std::vec::Vec<u8>,
+                ) -> ::std::result::Result<
+                    ::std::vec::Vec<u8>,
+                    $crate::bindings::weir::plugin::types::PluginError,
+                > {
+                    $crate::__private::process::<$t>(batch)
+                }
+            }
+            $crate::bindings::__export_transform_world!(__WeirExport);
+        };
+    };
+}
