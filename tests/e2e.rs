@@ -574,7 +574,7 @@ tokens = ["good-token"]
 plugins = [{{ plugin = "builtin:pii-redact" }}]
 [plugins]
 memory_mb = 32
-deadline_ms = 300
+deadline_ms = 1500
 {extra}
 "#
     )

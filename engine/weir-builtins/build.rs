@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const PLUGINS: &[(&str, &str)] = &[("pii-redact", "pii_redact"), ("logfmt", "logfmt")];
-const FIXTURES: &[(&str, &str)] = &[("weir-fixture-hostile", "weir_fixture_hostile")];
+const FIXTURES: &[(&str, &str)] = &[
+    ("weir-fixture-hostile", "weir_fixture_hostile"),
+    ("weir-fixture-boundary", "weir_fixture_boundary"),
+];
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));

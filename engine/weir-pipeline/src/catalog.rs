@@ -86,6 +86,15 @@ impl Catalog {
         Ok(())
     }
 
+    /// The plugin references of the chain of `tenant`'s `stream`, in order.
+    pub fn chain_specs(&self, tenant: &str, stream: &str) -> Vec<String> {
+        self.config
+            .pipeline(tenant, stream)
+            .iter()
+            .map(|r| r.plugin.clone())
+            .collect()
+    }
+
     /// Fresh instances of the chain of `tenant`'s `stream` (empty when unconfigured).
     pub fn chain(&self, tenant: &str, stream: &str) -> Result<Vec<Stage>, PipelineError> {
         self.config

@@ -1,6 +1,9 @@
 //! Plugin call cost: an empty batch, a 1k-record batch through a pass-through plugin, and
 //! the redactor in Wasm against the same rules run natively.
 //!
+//! The `boundary` group measures the two candidate batch shapes with identity functions:
+//! one NDJSON `list<u8>` against a `list<string>` of one string per record.
+//!
 //! Run: `cargo bench -p weir-plugin-host --bench plugin_call`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -66,5 +69,60 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+mod boundary {
+    wasmtime::component::bindgen!({
+        path: "../../tests/fixtures/boundary/wit",
+        world: "boundary",
+    });
+}
+
+struct Ctx {
+    wasi: wasmtime_wasi::WasiCtx,
+    table: wasmtime::component::ResourceTable,
+}
+
+impl wasmtime_wasi::WasiView for Ctx {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn bench_boundary(c: &mut Criterion) {
+    let engine = wasmtime::Engine::default();
+    let mut linker = wasmtime::component::Linker::<Ctx>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).unwrap();
+    let component = wasmtime::component::Component::new(
+        &engine,
+        weir_builtins::fixture("weir-fixture-boundary").unwrap(),
+    )
+    .unwrap();
+    let mut store = wasmtime::Store::new(
+        &engine,
+        Ctx {
+            wasi: wasmtime_wasi::WasiCtxBuilder::new().build(),
+            table: wasmtime::component::ResourceTable::new(),
+        },
+    );
+    let b = boundary::Boundary::instantiate(&mut store, &component, &linker).unwrap();
+    let ndjson = input::records(1000);
+    let strings: Vec<String> = ndjson
+        .split(|&x| x == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| String::from_utf8(l.to_vec()).unwrap())
+        .collect();
+    let mut g = c.benchmark_group("boundary_1k_records");
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function("ndjson_list_u8", |bn| {
+        bn.iter(|| b.call_bytes(&mut store, &ndjson).unwrap())
+    });
+    g.bench_function("list_string", |bn| {
+        bn.iter(|| b.call_strings(&mut store, &strings).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_boundary);
 criterion_main!(benches);

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use weir_core::Batch;
 
-use crate::rows::segment_rows;
+use crate::rows::{segment_rows, InvalidLine};
 
 const POSITIONS: TableDefinition<u32, u64> = TableDefinition::new("positions");
 const SEGMENTS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("segments");
@@ -55,7 +55,7 @@ fn storage_err(e: impl std::fmt::Display) -> StoreError {
     }
 }
 
-/// The processed output of one log entry.
+/// The processed output of one log entry, with its Arrow rows.
 #[derive(Debug, Clone)]
 pub struct Segment {
     pub partition: u32,
@@ -63,6 +63,31 @@ pub struct Segment {
     pub offset: u64,
     /// Processed records (tenant, stream and ingest time of the source entry).
     pub batch: Batch,
+    rows: RecordBatch,
+}
+
+impl Segment {
+    /// Build a segment and its rows; fails on a line that is not a JSON object. Costly
+    /// (one parse per record): done by the worker, outside any lock.
+    pub fn new(partition: u32, offset: u64, batch: Batch) -> Result<Segment, InvalidLine> {
+        let rows = segment_rows(
+            &batch.stream,
+            partition,
+            offset,
+            batch.ingest_ts_ms,
+            &batch.records,
+        )?;
+        Ok(Segment {
+            partition,
+            offset,
+            batch,
+            rows,
+        })
+    }
+
+    pub fn num_rows(&self) -> usize {
+        self.rows.num_rows()
+    }
 }
 
 /// A log entry that a plugin failed on, kept with the reason.
@@ -125,12 +150,15 @@ impl HotStore {
             for row in segs.iter().map_err(storage_err)? {
                 let (k, v) = row.map_err(storage_err)?;
                 let (partition, offset) = k.value();
-                let batch = Batch::decode(v.value()).map_err(|e| StoreError::Corrupt {
+                let corrupt = |reason: String| StoreError::Corrupt {
                     partition,
                     offset,
-                    reason: e.to_string(),
-                })?;
-                insert_mem(&mut mem, partition, offset, &batch);
+                    reason,
+                };
+                let batch = Batch::decode(v.value()).map_err(|e| corrupt(e.to_string()))?;
+                let seg = Segment::new(partition, offset, batch)
+                    .map_err(|e| corrupt(format!("line {}: {}", e.line, e.reason)))?;
+                insert_mem(&mut mem, &seg);
             }
         }
         w.commit().map_err(storage_err)?;
@@ -183,7 +211,7 @@ impl HotStore {
         {
             let mut mem = self.mem.write();
             for s in segments {
-                insert_mem(&mut mem, s.partition, s.offset, &s.batch);
+                insert_mem(&mut mem, s);
             }
         }
         self.evict_over_bound()
@@ -266,14 +294,9 @@ impl HotStore {
     }
 }
 
-fn insert_mem(mem: &mut Mem, partition: u32, offset: u64, batch: &Batch) {
-    let rows = segment_rows(
-        &batch.stream,
-        partition,
-        offset,
-        batch.ingest_ts_ms,
-        &batch.records,
-    );
+fn insert_mem(mem: &mut Mem, seg: &Segment) {
+    let (partition, offset, batch) = (seg.partition, seg.offset, &seg.batch);
+    let rows = seg.rows.clone();
     if rows.num_rows() == 0 {
         return;
     }
@@ -301,17 +324,18 @@ mod tests {
         for i in 0..n {
             records.extend_from_slice(format!("{{\"message\":\"m{offset}-{i}\"}}\n").as_bytes());
         }
-        Segment {
+        Segment::new(
             partition,
             offset,
-            batch: Batch {
+            Batch {
                 tenant: tenant.into(),
                 stream: "s".into(),
                 ingest_ts_ms: 1,
                 count: n,
                 records,
             },
-        }
+        )
+        .unwrap()
     }
 
     fn rows(store: &HotStore, tenant: &str) -> usize {
@@ -370,8 +394,7 @@ mod tests {
     fn memory_bound_evicts_oldest_and_counts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.redb");
-        let one =
-            segment_rows("s", 0, 0, 1, &seg("a", 0, 0, 100).batch.records).get_array_memory_size();
+        let one = seg("a", 0, 0, 100).rows.get_array_memory_size();
         let s = HotStore::open(&path, one * 2 + one / 2).unwrap();
         for i in 0..5u64 {
             s.commit(0, (i + 1) * 100, &[seg("a", 0, i * 100, 100)], &[])

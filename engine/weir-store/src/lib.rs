@@ -17,3 +17,4 @@ pub mod rows;
 
 pub use hot::{DeadLetter, HotStore, Segment, StoreError};
 pub use query::{QueryError, QueryResult};
+pub use rows::InvalidLine;

@@ -204,16 +204,15 @@ mod tests {
     fn store_with_two_tenants() -> (tempfile::TempDir, HotStore) {
         let dir = tempfile::tempdir().unwrap();
         let s = HotStore::open(&dir.path().join("store.redb"), usize::MAX).unwrap();
-        let seg = |tenant: &str, offset: u64, lines: &str| Segment {
-            partition: 0,
-            offset,
-            batch: Batch {
+        let seg = |tenant: &str, offset: u64, lines: &str| {
+            let batch = Batch {
                 tenant: tenant.into(),
                 stream: "app".into(),
                 ingest_ts_ms: 1_700_000_000_000,
                 count: lines.lines().count() as u32,
                 records: lines.as_bytes().to_vec(),
-            },
+            };
+            Segment::new(0, offset, batch).unwrap()
         };
         s.commit(
             0,

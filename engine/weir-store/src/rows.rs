@@ -86,14 +86,22 @@ fn to_millis(t: &TimeValue) -> Option<i64> {
     }
 }
 
-/// Build the Arrow rows of one processed segment.
+/// A line that is not a JSON object: 1-based line number and reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidLine {
+    pub line: usize,
+    pub reason: String,
+}
+
+/// Build the Arrow rows of one processed segment, checking that every line is a JSON
+/// object (the same parse extracts the well-known fields).
 pub fn segment_rows(
     stream: &str,
     partition: u32,
     offset: u64,
     ingest_ts_ms: i64,
     ndjson: &[u8],
-) -> RecordBatch {
+) -> Result<RecordBatch, InvalidLine> {
     let n = ndjson_lines(ndjson).count();
     let mut ts = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut streams = StringBuilder::with_capacity(n, n * stream.len());
@@ -104,7 +112,16 @@ pub fn segment_rows(
     let mut offs = UInt64Builder::with_capacity(n);
     let mut seq = UInt32Builder::with_capacity(n);
     for (i, line) in ndjson_lines(ndjson).enumerate() {
-        let known: Option<Known> = serde_json::from_slice(line).ok();
+        let invalid = |reason: String| InvalidLine {
+            line: i + 1,
+            reason,
+        };
+        if line.first() != Some(&b'{') {
+            return Err(invalid("not a JSON object".into()));
+        }
+        let known: Known = serde_json::from_slice(line).map_err(|e| invalid(e.to_string()))?;
+        let record_text = std::str::from_utf8(line).map_err(|e| invalid(e.to_string()))?;
+        let known = Some(known);
         let t = known.as_ref().and_then(|k| {
             [&k.timestamp, &k.at_timestamp, &k.ts, &k.time]
                 .into_iter()
@@ -123,7 +140,7 @@ pub fn segment_rows(
                 .as_ref()
                 .and_then(|k| k.message.as_deref().or(k.msg.as_deref())),
         );
-        record.append_value(String::from_utf8_lossy(line));
+        record.append_value(record_text);
         part.append_value(partition);
         offs.append_value(offset);
         seq.append_value(i as u32);
@@ -138,7 +155,7 @@ pub fn segment_rows(
         Arc::new(offs.finish()),
         Arc::new(seq.finish()),
     ];
-    RecordBatch::try_new(logs_schema(), cols).expect("columns match the logs schema")
+    Ok(RecordBatch::try_new(logs_schema(), cols).expect("columns match the logs schema"))
 }
 
 #[cfg(test)]
@@ -154,7 +171,7 @@ mod tests {
 {"time":1795827723456}
 {"timestamp":"not a time","message":"esc\"aped"}
 "#;
-        let b = segment_rows("app", 3, 40, 99, nd);
+        let b = segment_rows("app", 3, 40, 99, nd).unwrap();
         assert_eq!(b.num_rows(), 4);
         let ts = b.column(0).as_primitive::<TimestampMillisecondType>();
         assert_eq!(ts.value(0), 1795827723456);

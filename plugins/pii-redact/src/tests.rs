@@ -166,3 +166,35 @@ fn bad_line_fails_the_batch_with_its_number() {
     let err = run_native(&mut p, b"{\"a\":1}\nnot json\n").unwrap_err();
     assert!(err.to_string().contains("line 2"), "{err}");
 }
+
+#[test]
+fn streaming_path_equals_tree_path() {
+    let lines = [
+        r#"{"msg":"user a@b.io","n":4111111111111111,"user":{"ips":["10.1.2.3","x"],"name":"Ann"}}"#,
+        r#"{"esc":"quote \" and a@b.io\n","key \"a@b.io\"":"v","arr":[{"k":"555-123-4567"}],"e":""}"#,
+        r#"{ "spaced" : "10.0.0.1" , "t" : true , "z" : null }"#,
+        r#"{"unicode":"caf\u00e9 ann@example.com \ud83d\ude00","plain":"no pii"}"#,
+    ];
+    for action in [json!({}), json!({"action":"hash","hash_key":"k"})] {
+        for line in lines {
+            let mut fast = PiiRedact::new(&action).unwrap();
+            assert!(fast.0.streams());
+            let mut a = Vec::new();
+            fast.0.redact_json_line(line.as_bytes(), &mut a).unwrap();
+            let mut slow = PiiRedact::new(&action).unwrap();
+            let mut rec = weir_plugin_sdk::Record::parse(line.as_bytes()).unwrap();
+            slow.0.apply(&mut rec);
+            let va: serde_json::Value = serde_json::from_slice(&a).unwrap();
+            assert_eq!(va, serde_json::Value::Object(rec.0), "{line}");
+        }
+    }
+}
+
+#[test]
+fn streaming_keeps_order_and_layout() {
+    let mut p = PiiRedact::new(&json!({})).unwrap();
+    let out = run_native(&mut p, b"{\"z\":1, \"a\":\"x@y.io\"}\n").unwrap();
+    assert_eq!(out, b"{\"z\":1, \"a\":\"[REDACTED:email]\"}\n");
+    assert!(run_native(&mut p, b"[1]\n").is_err());
+    assert!(run_native(&mut p, b"{\"a\":\n").is_err());
+}

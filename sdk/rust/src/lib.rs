@@ -96,19 +96,30 @@ pub trait Transform: Sized + 'static {
     /// Transform a whole batch: NDJSON in, NDJSON appended to `out`. The default parses
     /// each line into a [`Record`], calls [`Transform::record`] and writes it back.
     fn batch(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
-        for (i, line) in input.split(|&b| b == b'\n').enumerate() {
-            if line.is_empty() {
-                continue;
-            }
-            let mut rec =
-                Record::parse(line).map_err(|e| Error::failed(format!("line {}: {e}", i + 1)))?;
-            if self.record(&mut rec)? {
-                rec.write_to(out);
-                out.push(b'\n');
-            }
-        }
-        Ok(())
+        batch_by_record(self, input, out)
     }
+}
+
+/// The default [`Transform::batch`]: parse each line into a [`Record`], call
+/// [`Transform::record`], write the kept records back. Available to plugins that
+/// override `batch` with a fast path and fall back to this.
+pub fn batch_by_record<T: Transform>(
+    t: &mut T,
+    input: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
+    for (i, line) in input.split(|&b| b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let mut rec =
+            Record::parse(line).map_err(|e| Error::failed(format!("line {}: {e}", i + 1)))?;
+        if t.record(&mut rec)? {
+            rec.write_to(out);
+            out.push(b'\n');
+        }
+    }
+    Ok(())
 }
 
 /// Run a transform natively over an NDJSON buffer, as the host would (for tests and

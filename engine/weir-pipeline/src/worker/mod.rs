@@ -166,24 +166,31 @@ impl Worker {
                 .records_in
                 .with(&[("tenant", &b.tenant)])
                 .add(u64::from(b.count));
-            match self.run_chain(b) {
-                Ok(records) => {
-                    let count = ndjson_lines(&records).count() as u32;
+            let outcome = self.run_chain(b).and_then(|records| {
+                let count = ndjson_lines(&records).count() as u32;
+                let batch = Batch {
+                    tenant: b.tenant.clone(),
+                    stream: b.stream.clone(),
+                    ingest_ts_ms: b.ingest_ts_ms,
+                    count,
+                    records,
+                };
+                Segment::new(self.partition, e.offset, batch).map_err(|bad| Failure {
+                    plugin: self.last_plugin(b),
+                    sha256: String::new(),
+                    error: format!(
+                        "output line {} is not a JSON object: {}",
+                        bad.line, bad.reason
+                    ),
+                })
+            });
+            match outcome {
+                Ok(seg) => {
                     self.metrics
                         .records_out
                         .with(&[("tenant", &b.tenant)])
-                        .add(u64::from(count));
-                    segments.push(Segment {
-                        partition: self.partition,
-                        offset: e.offset,
-                        batch: Batch {
-                            tenant: b.tenant.clone(),
-                            stream: b.stream.clone(),
-                            ingest_ts_ms: b.ingest_ts_ms,
-                            count,
-                            records,
-                        },
-                    });
+                        .add(seg.num_rows() as u64);
+                    segments.push(seg);
                 }
                 Err(f) => {
                     tracing::warn!(tenant = %b.tenant, stream = %b.stream, partition = self.partition,
@@ -233,7 +240,8 @@ impl Worker {
             return Ok(b.records.clone());
         }
         let mut data = std::borrow::Cow::Borrowed(&b.records[..]);
-        for stage in stages.iter_mut() {
+        let last = stages.len() - 1;
+        for (n, stage) in stages.iter_mut().enumerate() {
             let labels = [
                 ("tenant", b.tenant.as_str()),
                 ("plugin", stage.spec.as_str()),
@@ -252,11 +260,14 @@ impl Worker {
             };
             match res {
                 Ok(out) => {
-                    if let Some((line, why)) = invalid_output(&out) {
-                        self.metrics.plugin_errors.with(&labels).inc();
-                        return Err(fail(format!(
-                            "plugin output line {line} is not a JSON object: {why}"
-                        )));
+                    // The last stage's output is checked when its rows are built.
+                    if n < last {
+                        if let Some((line, why)) = invalid_output(&out) {
+                            self.metrics.plugin_errors.with(&labels).inc();
+                            return Err(fail(format!(
+                                "output line {line} is not a JSON object: {why}"
+                            )));
+                        }
                     }
                     data = std::borrow::Cow::Owned(out);
                 }
@@ -277,8 +288,7 @@ impl Worker {
 /// The first output line that is not a JSON object, with the reason.
 fn invalid_output(out: &[u8]) -> Option<(usize, String)> {
     for (i, line) in ndjson_lines(out).enumerate() {
-        let first = line.iter().find(|b| !b.is_ascii_whitespace());
-        if first != Some(&b'{') {
+        if line.first() != Some(&b'{') {
             return Some((i + 1, "not an object".into()));
         }
         if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(line) {
@@ -286,6 +296,17 @@ fn invalid_output(out: &[u8]) -> Option<(usize, String)> {
         }
     }
     None
+}
+
+impl Worker {
+    /// The plugin whose output ends the chain of `b` (blamed for invalid output).
+    fn last_plugin(&self, b: &Batch) -> String {
+        self.catalog
+            .chain_specs(&b.tenant, &b.stream)
+            .last()
+            .cloned()
+            .unwrap_or_else(|| "(ingest)".into())
+    }
 }
 
 #[cfg(test)]
