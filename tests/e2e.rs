@@ -661,3 +661,46 @@ async fn falling_behind_gives_429_with_retry_after() {
     assert!(got_429, "a stalled partition must push back");
     s.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_tenants_means_one_open_default_tenant_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), "");
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/logs?stream=app", s.base))
+        .body("{\"level\":\"info\",\"message\":\"hello\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    s.wait_count("", "SELECT count(*) FROM logs WHERE message = 'hello'", 1)
+        .await;
+    s.stop();
+}
+
+#[test]
+fn bad_config_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for (config, expect) in [
+        ("data_dri = \"x\"", "unknown field"),
+        ("[tenants.a]\ntokens=[\"k\"]\n[tenants.a.streams.s]\nplugins=[{plugin=\"builtin:nope\"}]", "unknown builtin plugin"),
+        (
+            "[tenants.a]\ntokens=[\"k\"]\n[tenants.a.streams.s]\nplugins=[{plugin=\"builtin:pii-redact\", config={action=\"hash\"}}]",
+            "hash_key",
+        ),
+    ] {
+        let cfg = dir.path().join("bad.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--http-addr", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{config}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{config}: {err}");
+    }
+}

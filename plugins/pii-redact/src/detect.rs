@@ -1,13 +1,16 @@
 //! Finding PII in a string.
 //!
-//! All built-in kinds but IPv6 are alternatives of one regex, so a string is scanned once;
-//! each candidate is then validated (Luhn, mod-97, SSN rules, digit counts) and, when the
+//! All built-in kinds but IPv6 are patterns of one multi-pattern regex
+//! (`regex_automata::meta`), so a string is scanned once and each match says which
+//! kind it is without running a capture engine; each candidate is then validated (Luhn, mod-97, SSN rules, digit counts) and, when the
 //! check fails, the scan resumes one character later so a shorter match of another kind
 //! at the same place is not missed. IPv6 candidates (hex, colons, dots) are validated by
 //! `std::net::Ipv6Addr`. Custom rules are separate regexes. Overlapping matches resolve
 //! to the earliest, then longest.
 
 use regex::Regex;
+use regex_automata::meta::Regex as MultiRegex;
+use regex_automata::Input;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -91,8 +94,8 @@ pub struct Span {
 
 /// Finds PII spans for a chosen set of kinds and custom rules.
 pub struct Detector {
-    combined: Option<Regex>,
-    /// Kind of each capture group of `combined` (group i+1).
+    combined: Option<MultiRegex>,
+    /// Kind of each pattern of `combined`.
     group_kinds: Vec<Kind>,
     ipv6: Option<Regex>,
     custom: Vec<(String, Regex)>,
@@ -116,14 +119,14 @@ impl Detector {
         let mut group_kinds = Vec::new();
         for k in order {
             if kinds.contains(&k) {
-                alts.push(format!("({})", k.pattern().expect("built-in pattern")));
+                alts.push(k.pattern().expect("built-in pattern"));
                 group_kinds.push(k);
             }
         }
         let combined = if alts.is_empty() {
             None
         } else {
-            Some(Regex::new(&alts.join("|")).map_err(|e| e.to_string())?)
+            Some(MultiRegex::new_many(&alts).map_err(|e| e.to_string())?)
         };
         let ipv6 = if kinds.contains(&Kind::Ipv6) {
             Some(Regex::new(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.%]*").expect("valid"))
@@ -166,25 +169,29 @@ impl Detector {
     pub fn find_into(&mut self, s: &str, out: &mut Vec<Span>) {
         self.found.clear();
         let bytes = s.as_bytes();
-        let has_digit = bytes.iter().any(u8::is_ascii_digit);
-        let has_at = bytes.contains(&b'@');
-        let has_colon = bytes.contains(&b':');
-        // Every built-in alternative needs a digit, an '@', or (JWT, AWS) an uppercase
-        // 'A'/'J' prefix; skip the scan for strings that cannot match.
-        let maybe =
-            has_digit || has_at || bytes.windows(3).any(|w| w == b"eyJ") || bytes.contains(&b'A');
+        // One pass for the cheap facts that decide which scans can match at all.
+        let (mut has_digit, mut has_at, mut has_colon, mut has_upper_a, mut has_jwt) =
+            (false, false, false, false, false);
+        for (i, &c) in bytes.iter().enumerate() {
+            match c {
+                b'0'..=b'9' => has_digit = true,
+                b'@' => has_at = true,
+                b':' => has_colon = true,
+                b'A' => has_upper_a = true,
+                b'e' if bytes[i..].starts_with(b"eyJ") => has_jwt = true,
+                _ => {}
+            }
+        }
+        // Every built-in pattern needs a digit, an '@', or (JWT, AWS) "eyJ" / 'A'.
+        let maybe = has_digit || has_at || has_jwt || has_upper_a;
         if let (Some(re), true) = (&self.combined, maybe) {
             let mut pos = 0;
             while pos < s.len() {
-                let Some(caps) = re.captures_at(s, pos) else {
+                let Some(m) = re.find(Input::new(s).span(pos..s.len())) else {
                     break;
                 };
-                let m = caps.get(0).expect("group 0");
-                let gi = (1..caps.len())
-                    .find(|&i| caps.get(i).is_some())
-                    .expect("one group matched");
-                let kind = self.group_kinds[gi - 1];
-                let text = m.as_str();
+                let kind = self.group_kinds[m.pattern().as_usize()];
+                let text = &s[m.start()..m.end()];
                 if let Some(len) = valid_prefix(kind, text) {
                     let end = m.start() + len;
                     self.found.push(Span {

@@ -145,19 +145,25 @@ impl Redactor {
         let b = line;
         let mut i = 0;
         let mut copied = 0;
-        while let Some(q) = b[i..].iter().position(|&c| c == b'"') {
+        while let Some(q) = memchr::memchr(b'"', &b[i..]) {
             let start = i + q;
             let mut j = start + 1;
             let mut escaped = false;
-            while j < b.len() && b[j] != b'"' {
-                if b[j] == b'\\' {
-                    escaped = true;
-                    j += 1;
+            loop {
+                match memchr::memchr2(b'"', b'\\', &b[j..]) {
+                    Some(k) if b[j + k] == b'"' => {
+                        j += k;
+                        break;
+                    }
+                    Some(k) => {
+                        escaped = true;
+                        j += k + 2;
+                        if j >= b.len() {
+                            return Err("unterminated string".into());
+                        }
+                    }
+                    None => return Err("unterminated string".into()),
                 }
-                j += 1;
-            }
-            if j >= b.len() {
-                return Err("unterminated string".into());
             }
             let end = j + 1;
             i = end;
