@@ -44,6 +44,11 @@ fn main() {
     for (pkg, _) in &wanted {
         cmd.args(["-p", pkg]);
     }
+    // wasmtime compiles Wasm SIMD to native vector code; memchr and regex use it.
+    cmd.env(
+        "CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS",
+        "-Ctarget-feature=+simd128",
+    );
     // Settings of the outer build that must not leak into the Wasm build.
     for var in [
         "RUSTFLAGS",

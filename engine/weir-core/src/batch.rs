@@ -101,9 +101,33 @@ impl Batch {
     }
 }
 
-/// Iterate the non-empty lines of an NDJSON buffer.
+/// Iterate the non-empty lines of an NDJSON buffer (without their `\n`).
 pub fn ndjson_lines(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
-    buf.split(|&b| b == b'\n').filter(|l| !l.is_empty())
+    lines(buf).filter(|l| !l.is_empty())
+}
+
+/// Iterate every line of a buffer, split at `\n` with a vectorised search (the last
+/// line may lack its `\n`; an empty buffer has no lines).
+pub fn lines(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = buf;
+    let mut done = buf.is_empty();
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        match memchr::memchr(b'\n', rest) {
+            Some(i) => {
+                let line = &rest[..i];
+                rest = &rest[i + 1..];
+                done = rest.is_empty();
+                Some(line)
+            }
+            None => {
+                done = true;
+                Some(rest)
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -140,6 +164,18 @@ mod tests {
                 "{n}"
             );
         }
+    }
+
+    #[test]
+    fn line_splitting() {
+        let all = |b: &'static [u8]| lines(b).collect::<Vec<_>>();
+        assert_eq!(all(b""), Vec::<&[u8]>::new());
+        assert_eq!(all(b"a\n\nb"), vec![&b"a"[..], b"", b"b"]);
+        assert_eq!(all(b"a\n"), vec![&b"a"[..]]);
+        assert_eq!(
+            ndjson_lines(b"\n\na\n\nb\n").collect::<Vec<_>>(),
+            vec![&b"a"[..], b"b"]
+        );
     }
 
     #[test]

@@ -98,7 +98,7 @@ fn parse_ndjson(body: &[u8], max_record: usize) -> Parsed {
         records: Vec::with_capacity(body.len() + 1),
         ..Default::default()
     };
-    for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
+    for (i, raw) in weir_core::batch::lines(body).enumerate() {
         let line = trim(raw);
         if line.is_empty() {
             continue;

@@ -281,7 +281,7 @@ impl Transform for PiiRedact {
         if !self.0.streams() {
             return weir_plugin_sdk::batch_by_record(self, input, out);
         }
-        for (i, line) in input.split(|&b| b == b'\n').enumerate() {
+        for (i, line) in weir_plugin_sdk::lines(input).enumerate() {
             if line.is_empty() {
                 continue;
             }
