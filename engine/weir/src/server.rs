@@ -429,6 +429,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn log_errors_map_to_the_documented_statuses() {
+        let status = |e: LogError| ApiError::from(e).into_response();
+        let r = status(LogError::Backpressure);
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        let lag = LogError::Lagging {
+            partition: 0,
+            lag_bytes: 1,
+        };
+        assert_eq!(status(lag).status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            status(LogError::DiskFull("no space".into())).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(LogError::Closed).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(LogError::Storage("x".into())).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+
+    #[test]
     fn entries_split_by_count_and_size() {
         let recs = b"{}\n".repeat(ENTRY_RECORDS * 2 + 1);
         let parts: Vec<u32> = split_entries(&recs).map(|(n, _)| n).collect();

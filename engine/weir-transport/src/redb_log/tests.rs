@@ -219,3 +219,13 @@ async fn closed_log_refuses_appends() {
         Some(LogError::Closed)
     );
 }
+
+#[test]
+fn out_of_space_is_reported_as_disk_full() {
+    let e = storage_err(std::io::Error::from_raw_os_error(28));
+    assert!(matches!(e, LogError::DiskFull(_)), "{e:?}");
+    assert!(matches!(
+        storage_err("checksum mismatch"),
+        LogError::Storage(_)
+    ));
+}
