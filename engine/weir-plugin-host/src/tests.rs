@@ -130,11 +130,28 @@ fn output_bomb_is_capped() {
 }
 
 #[test]
-fn no_wasi_capabilities_leak() {
-    // The redactor imports WASI (Rust std does); it must run with an empty context.
-    // The hostile fixture in `ok` mode passes data through untouched.
+fn no_wasi_capabilities_are_granted() {
+    // The fixture tries the file system, the environment, arguments and the network
+    // from inside the sandbox and reports what it got.
     let h = host();
     let p = hostile(&h);
-    let mut i = p.instantiate("t", "{}", &limits()).unwrap();
-    assert_eq!(i.process(BATCH).unwrap(), BATCH);
+    let mut i = p
+        .instantiate("t", r#"{"mode":"escape"}"#, &limits())
+        .unwrap();
+    let out = i.process(BATCH).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert!(
+        report["fs"].as_str().unwrap().starts_with("error"),
+        "{report}"
+    );
+    assert!(
+        report["file"].as_str().unwrap().starts_with("error"),
+        "{report}"
+    );
+    assert_eq!(report["env"], 0, "{report}");
+    assert_eq!(report["args"], 0, "{report}");
+    assert!(
+        report["net"].as_str().unwrap().starts_with("error"),
+        "{report}"
+    );
 }
