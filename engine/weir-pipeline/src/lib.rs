@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`catalog`]: [`Catalog`] resolves `builtin:NAME` / `file:PATH` to compiled plugins
 //!   (compiled once, off the hot path) and builds chains for a tenant's stream.
+//! - [`registry`]: [`PluginRegistry`], tenants' uploaded plugins and their versions.
 //! - [`worker`]: one [`worker::Worker`] thread per partition: read entries after the
 //!   store's position, run each entry through its chain (one plugin call per entry and
 //!   stage), commit rows + dead letters + new position in one store transaction, then
@@ -15,6 +16,7 @@
 //! replays exactly the entries whose rows were not committed.
 
 pub mod catalog;
+pub mod registry;
 pub mod worker;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +29,7 @@ use weir_store::HotStore;
 use weir_transport::Log;
 
 pub use catalog::Catalog;
+pub use registry::{PluginInfo, PluginRegistry, RegistryError, VersionMeta};
 pub use worker::{Worker, WorkerMetrics};
 
 #[derive(Debug, Error)]

@@ -37,6 +37,12 @@ use wasmtime::{Config, Engine};
 
 pub use instance::{PluginInstance, State};
 
+/// The version of the `weir:plugin` WIT package this host implements.
+pub const SUPPORTED_VERSION: &str = "0.1.0";
+
+/// The world uploaded components are checked against.
+pub const TRANSFORM_WORLD: &str = "weir:plugin/transform@0.1.0";
+
 /// Epoch tick: deadlines are rounded up to this.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
@@ -51,6 +57,10 @@ pub enum HostError {
     Compile(String),
     #[error("component does not match the weir:plugin/transform@0.1.0 world: {0}")]
     WrongWorld(String),
+    #[error(
+        "component targets weir:plugin@{0}; this host supports weir:plugin@{SUPPORTED_VERSION}"
+    )]
+    UnsupportedVersion(String),
     #[error("plugin init failed: {0}")]
     Init(String),
     #[error("engine error: {0}")]
@@ -184,6 +194,16 @@ impl PluginHost {
         check_preamble(wasm)?;
         let component =
             Component::new(&self.engine, wasm).map_err(|e| HostError::Compile(format!("{e:#}")))?;
+        // A component built against another version of the contract imports
+        // `weir:plugin/...@OTHER`: name the version instead of a link error.
+        for (import, _) in component.component_type().imports(&self.engine) {
+            if let Some(rest) = import.strip_prefix("weir:plugin/") {
+                let version = rest.split_once('@').map_or("", |(_, v)| v);
+                if version != SUPPORTED_VERSION {
+                    return Err(HostError::UnsupportedVersion(version.to_owned()));
+                }
+            }
+        }
         let pre = self
             .linker
             .instantiate_pre(&component)

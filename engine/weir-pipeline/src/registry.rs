@@ -1,0 +1,288 @@
+//! [`PluginRegistry`]: tenants' uploaded plugins, versioned, persisted in redb.
+//!
+//! Tables of `plugins.redb`: `versions` maps `(tenant, name, version)` to the JSON of a
+//! [`VersionMeta`]; `blobs` maps a sha256 to the component bytes (shared by equal
+//! uploads); `active` maps `(tenant, name)` to the active version. Every change bumps
+//! an in-memory generation so workers swap chains at their next batch boundary.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+const VERSIONS: TableDefinition<(&str, &str, u32), &str> = TableDefinition::new("versions");
+const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
+const ACTIVE: TableDefinition<(&str, &str), u32> = TableDefinition::new("active");
+
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    #[error("plugin {0:?} not found")]
+    NotFound(String),
+    #[error("plugin {name:?} has no version {version}")]
+    NoVersion { name: String, version: u32 },
+    #[error("registry storage error: {0}")]
+    Storage(String),
+}
+
+fn storage(e: impl std::fmt::Display) -> RegistryError {
+    RegistryError::Storage(e.to_string())
+}
+
+/// One uploaded version of a plugin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionMeta {
+    pub name: String,
+    pub version: u32,
+    pub world: String,
+    pub sha256: String,
+    pub size: u64,
+    pub uploaded_at_ms: i64,
+}
+
+/// A plugin with its versions and the active one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub active: Option<u32>,
+    pub versions: Vec<VersionMeta>,
+}
+
+pub struct PluginRegistry {
+    db: Database,
+    generation: AtomicU64,
+}
+
+impl PluginRegistry {
+    pub fn open(path: &Path) -> Result<PluginRegistry, RegistryError> {
+        let db = Database::create(path).map_err(storage)?;
+        let w = db.begin_write().map_err(storage)?;
+        w.open_table(VERSIONS).map_err(storage)?;
+        w.open_table(BLOBS).map_err(storage)?;
+        w.open_table(ACTIVE).map_err(storage)?;
+        w.commit().map_err(storage)?;
+        Ok(PluginRegistry {
+            db,
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    /// Changes whenever an active version or a plugin set changes.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Store an already validated component as the next version of `tenant`'s `name`.
+    /// The first version of a plugin becomes active; later ones wait for `activate`.
+    pub fn add_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        world: &str,
+        sha256: &str,
+        bytes: &[u8],
+        now_ms: i64,
+    ) -> Result<VersionMeta, RegistryError> {
+        let w = self.db.begin_write().map_err(storage)?;
+        let meta;
+        {
+            let mut versions = w.open_table(VERSIONS).map_err(storage)?;
+            let last = versions
+                .range((tenant, name, 0)..=(tenant, name, u32::MAX))
+                .map_err(storage)?
+                .next_back()
+                .transpose()
+                .map_err(storage)?
+                .map_or(0, |(k, _)| k.value().2);
+            meta = VersionMeta {
+                name: name.to_owned(),
+                version: last + 1,
+                world: world.to_owned(),
+                sha256: sha256.to_owned(),
+                size: bytes.len() as u64,
+                uploaded_at_ms: now_ms,
+            };
+            let json = serde_json::to_string(&meta).map_err(storage)?;
+            versions
+                .insert((tenant, name, meta.version), json.as_str())
+                .map_err(storage)?;
+            let mut blobs = w.open_table(BLOBS).map_err(storage)?;
+            if blobs.get(sha256).map_err(storage)?.is_none() {
+                blobs.insert(sha256, bytes).map_err(storage)?;
+            }
+            let mut active = w.open_table(ACTIVE).map_err(storage)?;
+            if active.get((tenant, name)).map_err(storage)?.is_none() {
+                active
+                    .insert((tenant, name), meta.version)
+                    .map_err(storage)?;
+            }
+        }
+        w.commit().map_err(storage)?;
+        self.bump();
+        Ok(meta)
+    }
+
+    /// Every plugin of `tenant`.
+    pub fn list(&self, tenant: &str) -> Result<Vec<PluginInfo>, RegistryError> {
+        let r = self.db.begin_read().map_err(storage)?;
+        let versions = r.open_table(VERSIONS).map_err(storage)?;
+        let active = r.open_table(ACTIVE).map_err(storage)?;
+        let mut out: Vec<PluginInfo> = Vec::new();
+        // Tenant names are at most 64 chars of [A-Za-z0-9_.-]; "\u{10ffff}" sorts after.
+        for row in versions
+            .range((tenant, "", 0)..=(tenant, "\u{10ffff}", u32::MAX))
+            .map_err(storage)?
+        {
+            let (_, v) = row.map_err(storage)?;
+            let meta: VersionMeta = serde_json::from_str(v.value()).map_err(storage)?;
+            match out.last_mut() {
+                Some(p) if p.name == meta.name => p.versions.push(meta),
+                _ => out.push(PluginInfo {
+                    name: meta.name.clone(),
+                    active: None,
+                    versions: vec![meta],
+                }),
+            }
+        }
+        for p in &mut out {
+            p.active = active
+                .get((tenant, p.name.as_str()))
+                .map_err(storage)?
+                .map(|g| g.value());
+        }
+        Ok(out)
+    }
+
+    pub fn get(&self, tenant: &str, name: &str) -> Result<PluginInfo, RegistryError> {
+        self.list(tenant)?
+            .into_iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| RegistryError::NotFound(name.to_owned()))
+    }
+
+    /// Make `version` the active one (rollback is activating an older version).
+    pub fn activate(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<VersionMeta, RegistryError> {
+        let info = self.get(tenant, name)?;
+        let meta = info
+            .versions
+            .into_iter()
+            .find(|v| v.version == version)
+            .ok_or_else(|| RegistryError::NoVersion {
+                name: name.to_owned(),
+                version,
+            })?;
+        let w = self.db.begin_write().map_err(storage)?;
+        w.open_table(ACTIVE)
+            .map_err(storage)?
+            .insert((tenant, name), version)
+            .map_err(storage)?;
+        w.commit().map_err(storage)?;
+        self.bump();
+        Ok(meta)
+    }
+
+    /// Remove every version of a plugin (the caller checks no pipeline uses it).
+    pub fn delete(&self, tenant: &str, name: &str) -> Result<(), RegistryError> {
+        let info = self.get(tenant, name)?;
+        let w = self.db.begin_write().map_err(storage)?;
+        {
+            let mut versions = w.open_table(VERSIONS).map_err(storage)?;
+            for v in &info.versions {
+                versions
+                    .remove((tenant, name, v.version))
+                    .map_err(storage)?;
+            }
+            w.open_table(ACTIVE)
+                .map_err(storage)?
+                .remove((tenant, name))
+                .map_err(storage)?;
+        }
+        w.commit().map_err(storage)?;
+        self.bump();
+        Ok(())
+    }
+
+    /// The active version of `tenant`'s `name` and its bytes.
+    pub fn active(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<(VersionMeta, Vec<u8>), RegistryError> {
+        let info = self.get(tenant, name)?;
+        let version = info
+            .active
+            .ok_or_else(|| RegistryError::NotFound(name.to_owned()))?;
+        let meta = info
+            .versions
+            .into_iter()
+            .find(|v| v.version == version)
+            .ok_or_else(|| RegistryError::NoVersion {
+                name: name.to_owned(),
+                version,
+            })?;
+        let r = self.db.begin_read().map_err(storage)?;
+        let blobs = r.open_table(BLOBS).map_err(storage)?;
+        let bytes = blobs
+            .get(meta.sha256.as_str())
+            .map_err(storage)?
+            .ok_or_else(|| RegistryError::Storage(format!("missing blob {}", meta.sha256)))?
+            .value()
+            .to_vec();
+        Ok((meta, bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_activation_and_persistence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plugins.redb");
+        {
+            let r = PluginRegistry::open(&path).unwrap();
+            let g0 = r.generation();
+            let v1 = r.add_version("a", "p", "w", "s1", b"one", 1).unwrap();
+            let v2 = r.add_version("a", "p", "w", "s2", b"two", 2).unwrap();
+            assert_eq!((v1.version, v2.version), (1, 2));
+            assert!(r.generation() > g0);
+            assert_eq!(
+                r.active("a", "p").unwrap().1,
+                b"one",
+                "the first version is active"
+            );
+            r.activate("a", "p", 2).unwrap();
+            assert_eq!(r.active("a", "p").unwrap().1, b"two");
+            assert!(matches!(
+                r.activate("a", "p", 9),
+                Err(RegistryError::NoVersion { .. })
+            ));
+            r.add_version("a", "q", "w", "s1", b"one", 3).unwrap();
+            r.add_version("b", "p", "w", "s3", b"bee", 4).unwrap();
+        }
+        let r = PluginRegistry::open(&path).unwrap();
+        let list = r.list("a").unwrap();
+        assert_eq!(
+            list.iter()
+                .map(|p| (p.name.as_str(), p.active, p.versions.len()))
+                .collect::<Vec<_>>(),
+            vec![("p", Some(2), 2), ("q", Some(1), 1)]
+        );
+        assert_eq!(r.list("b").unwrap().len(), 1, "tenants are separate");
+        assert!(matches!(r.get("b", "q"), Err(RegistryError::NotFound(_))));
+        r.delete("a", "p").unwrap();
+        assert!(r.get("a", "p").is_err());
+        assert_eq!(r.active("b", "p").unwrap().1, b"bee");
+    }
+}
