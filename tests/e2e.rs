@@ -11,6 +11,8 @@ use serde_json::{json, Value};
 struct Server {
     child: Child,
     base: String,
+    /// The admin API's base URL, when the config has an admin token.
+    admin: Option<String>,
     dir: PathBuf,
 }
 
@@ -29,7 +31,7 @@ impl Server {
             .arg(&cfg)
             .arg("--data-dir")
             .arg(dir.join("data"))
-            .args(["--http-addr", "127.0.0.1:0"])
+            .args(["--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -39,23 +41,32 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.strip_prefix("weir: http listening on ") {
-                    let _ = tx.send(addr.to_owned());
+                    let _ = tx.send(("http", addr.to_owned()));
+                }
+                if let Some(addr) = line.strip_prefix("weir: admin listening on ") {
+                    let _ = tx.send(("admin", addr.to_owned()));
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(180)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "weir did not start:\n{}",
-                    std::fs::read_to_string(dir.join("weir.log")).unwrap_or_default()
-                );
+        let wants_admin = config.contains("[admin]");
+        let (mut http, mut admin) = (None, None);
+        while http.is_none() || (wants_admin && admin.is_none()) {
+            match rx.recv_timeout(Duration::from_secs(180)) {
+                Ok(("http", a)) => http = Some(format!("http://{a}")),
+                Ok((_, a)) => admin = Some(format!("http://{a}")),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "weir did not start:\n{}",
+                        std::fs::read_to_string(dir.join("weir.log")).unwrap_or_default()
+                    );
+                }
             }
-        };
+        }
         Server {
             child,
-            base: format!("http://{addr}"),
+            base: http.expect("http address"),
+            admin,
             dir: dir.to_owned(),
         }
     }
@@ -721,4 +732,204 @@ fn bad_config_is_refused_with_a_clear_error() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(expect), "{config}: {err}");
     }
+}
+
+const ADMIN: &str = r#"
+[admin]
+token = "admin-secret"
+max_plugin_bytes = 1572864
+[tenants.acme]
+tokens = ["acme-token"]
+[tenants.acme.streams.app]
+plugins = [{ plugin = "redactor" }]
+"#;
+
+async fn admin_call(
+    s: &Server,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let url = format!("{}{path}", s.admin.as_ref().expect("admin listener"));
+    let r = reqwest::Client::new()
+        .request(method.parse().unwrap(), url)
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_uploads_validates_activates_and_rolls_back_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), ADMIN);
+    let put = "/admin/v1/tenants/acme/plugins/redactor";
+    // Refusals, each with its reason.
+    let (st, v) = admin_call(&s, "PUT", put, "admin-secret", b"garbage bytes".to_vec()).await;
+    assert_eq!(st, 400);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a WebAssembly binary"),
+        "{v}"
+    );
+    let (st, v) = admin_call(&s, "PUT", put, "admin-secret", b"\0asm\x01\0\0\0".to_vec()).await;
+    assert_eq!(st, 400);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("core WebAssembly module"),
+        "{v}"
+    );
+    let (st, v) = admin_call(
+        &s,
+        "PUT",
+        put,
+        "admin-secret",
+        b"\0asm\x0d\0\x01\0".to_vec(),
+    )
+    .await;
+    assert_eq!(st, 400);
+    assert!(v["error"].as_str().unwrap().contains("world"), "{v}");
+    // Beyond the configured upload limit (1.5 MiB here): 413.
+    let (st, _) = admin_call(&s, "PUT", put, "admin-secret", vec![0u8; 3 << 20]).await;
+    assert_eq!(st, 413);
+    assert_eq!(
+        admin_call(&s, "PUT", put, "wrong", b"x".to_vec()).await.0,
+        401
+    );
+    assert_eq!(
+        admin_call(&s, "PUT", put, "acme-token", b"x".to_vec())
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        admin_call(
+            &s,
+            "GET",
+            "/admin/v1/tenants/nobody/plugins",
+            "admin-secret",
+            vec![]
+        )
+        .await
+        .0,
+        404
+    );
+
+    // Version 1: the redactor. The first version becomes active.
+    let redactor = weir_builtins::get("pii-redact").unwrap().to_vec();
+    let (st, v) = admin_call(&s, "PUT", put, "admin-secret", redactor).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        (v["name"].as_str(), v["version"].as_u64()),
+        (Some("redactor"), Some(1))
+    );
+    assert_eq!(v["world"], "weir:plugin/transform@0.1.0");
+    assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
+    s.ingest("acme-token", "app", "{\"v\":1,\"m\":\"a@b.io\"}")
+        .await;
+    s.wait_count(
+        "acme-token",
+        "SELECT count(*) FROM logs WHERE record LIKE '%REDACTED:email%'",
+        1,
+    )
+    .await;
+
+    // Version 2: a pass-through plugin. Uploading does not activate it.
+    let passthrough = weir_builtins::fixture("weir-fixture-hostile")
+        .unwrap()
+        .to_vec();
+    let (st, v) = admin_call(&s, "PUT", put, "admin-secret", passthrough).await;
+    assert_eq!((st, v["version"].as_u64()), (200, Some(2)), "{v}");
+    let (_, v) = admin_call(&s, "GET", put, "admin-secret", vec![]).await;
+    assert_eq!(v["active"], 1, "{v}");
+    assert_eq!(v["versions"].as_array().unwrap().len(), 2);
+    assert_eq!(v["used_by"], json!(["app"]));
+
+    // Activate 2 live: new data is no longer redacted; then roll back to 1.
+    let act = "/admin/v1/tenants/acme/plugins/redactor/activate";
+    assert_eq!(
+        admin_call(&s, "POST", act, "admin-secret", b"{\"version\":2}".to_vec())
+            .await
+            .0,
+        200
+    );
+    s.ingest("acme-token", "app", "{\"v\":2,\"m\":\"c@d.io\"}")
+        .await;
+    s.wait_count(
+        "acme-token",
+        "SELECT count(*) FROM logs WHERE record LIKE '%c@d.io%'",
+        1,
+    )
+    .await;
+    assert_eq!(
+        admin_call(&s, "POST", act, "admin-secret", b"{\"version\":1}".to_vec())
+            .await
+            .0,
+        200
+    );
+    s.ingest("acme-token", "app", "{\"v\":3,\"m\":\"e@f.io\"}")
+        .await;
+    s.wait_count("acme-token", "SELECT count(*) FROM logs", 3)
+        .await;
+    assert_eq!(
+        s.count(
+            "acme-token",
+            "SELECT count(*) FROM logs WHERE record LIKE '%e@f.io%'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        admin_call(&s, "POST", act, "admin-secret", b"{\"version\":7}".to_vec())
+            .await
+            .0,
+        404
+    );
+
+    // In use: cannot be deleted.
+    assert_eq!(
+        admin_call(&s, "DELETE", put, "admin-secret", vec![])
+            .await
+            .0,
+        409
+    );
+
+    // A restart keeps every version and the active selection.
+    s.stop();
+    let s = Server::start(dir.path(), ADMIN);
+    let (_, v) = admin_call(
+        &s,
+        "GET",
+        "/admin/v1/tenants/acme/plugins",
+        "admin-secret",
+        vec![],
+    )
+    .await;
+    assert_eq!(v["plugins"][0]["active"], 1, "{v}");
+    assert_eq!(
+        v["plugins"][0]["versions"].as_array().unwrap().len(),
+        2,
+        "{v}"
+    );
+    s.ingest("acme-token", "app", "{\"v\":4,\"m\":\"g@h.io\"}")
+        .await;
+    s.wait_count("acme-token", "SELECT count(*) FROM logs", 4)
+        .await;
+    assert_eq!(
+        s.count(
+            "acme-token",
+            "SELECT count(*) FROM logs WHERE record LIKE '%g@h.io%'"
+        )
+        .await,
+        0
+    );
+    s.stop();
 }

@@ -87,10 +87,25 @@ impl Default for Listen {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
+    /// The admin API is served only when a token is set.
     pub token: Option<String>,
+    /// Largest plugin upload accepted (413 above it).
+    #[serde(default = "d_max_plugin")]
+    pub max_plugin_bytes: usize,
+}
+fn d_max_plugin() -> usize {
+    32 << 20
+}
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            token: None,
+            max_plugin_bytes: d_max_plugin(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -114,8 +129,9 @@ pub struct StreamConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PluginRef {
-    /// `builtin:NAME` for a first-party plugin carried by the binary, or `file:PATH` for a
-    /// component on disk.
+    /// `builtin:NAME` for a first-party plugin carried by the binary, `file:PATH` for a
+    /// component on disk, or `NAME` for the tenant's own plugin uploaded through the
+    /// admin API (its active version).
     pub plugin: String,
     /// Passed to the plugin's `init` as JSON text.
     #[serde(default)]
@@ -305,9 +321,12 @@ impl Config {
                     ));
                 }
                 for p in &sc.plugins {
-                    if !(p.plugin.starts_with("builtin:") || p.plugin.starts_with("file:")) {
+                    if !(p.plugin.starts_with("builtin:")
+                        || p.plugin.starts_with("file:")
+                        || is_valid_name(&p.plugin))
+                    {
                         return bad(format!(
-                            "plugin {:?} in {tenant}/{stream}: expected builtin:NAME or file:PATH",
+                            "plugin {:?} in {tenant}/{stream}: expected builtin:NAME, file:PATH or the name of an uploaded plugin",
                             p.plugin
                         ));
                     }
@@ -419,7 +438,7 @@ plugins = [{ plugin = "builtin:pii-redact", config = { action = "hash", fields =
         assert!(e.to_string().contains("shared"), "{e}");
         assert!(Config::from_toml("[tenants.\"a b\"]\ntokens=[\"x\"]").is_err());
         assert!(Config::from_toml(
-            "[tenants.a]\ntokens=[\"x\"]\n[tenants.a.streams.s]\nplugins=[{plugin=\"pii\"}]"
+            "[tenants.a]\ntokens=[\"x\"]\n[tenants.a.streams.s]\nplugins=[{plugin=\"pii redact\"}]"
         )
         .is_err());
     }

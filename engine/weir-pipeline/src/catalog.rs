@@ -6,15 +6,31 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use weir_core::config::PluginRef;
 use weir_core::Config;
-use weir_plugin_host::{CompiledPlugin, Limits, PluginHost, PluginInstance};
+use weir_plugin_host::{
+    CompiledPlugin, HostError, Limits, PluginHost, PluginInstance, TRANSFORM_WORLD,
+};
 
+use crate::registry::{PluginRegistry, RegistryError, VersionMeta};
 use crate::PipelineError;
+
+/// Why an upload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("plugin of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("{0}")]
+    Invalid(#[from] HostError),
+    #[error("{0}")]
+    Registry(#[from] RegistryError),
+}
 
 /// Resolves and compiles plugins once; builds per-worker chains.
 pub struct Catalog {
     host: PluginHost,
     limits: Limits,
     config: Arc<Config>,
+    registry: Arc<PluginRegistry>,
+    /// By `builtin:NAME`, `file:PATH` or `sha256:HEX` (uploaded versions).
     compiled: Mutex<HashMap<String, CompiledPlugin>>,
 }
 
@@ -25,13 +41,86 @@ pub struct Stage {
 }
 
 impl Catalog {
-    pub fn new(config: Arc<Config>) -> Result<Catalog, weir_plugin_host::HostError> {
+    pub fn new(config: Arc<Config>, registry: Arc<PluginRegistry>) -> Result<Catalog, HostError> {
         Ok(Catalog {
             host: PluginHost::new()?,
             limits: Limits::from_config(&config.plugins),
             config,
+            registry,
             compiled: Mutex::new(HashMap::new()),
         })
+    }
+
+    pub fn registry(&self) -> &PluginRegistry {
+        &self.registry
+    }
+
+    /// Changes when any tenant's plugins change: workers rebuild chains when it does.
+    pub fn generation(&self) -> u64 {
+        self.registry.generation()
+    }
+
+    /// Validate and compile an upload (slow: call it off the async runtime), then store
+    /// it as the next version of `tenant`'s `name`.
+    pub fn upload(
+        &self,
+        tenant: &str,
+        name: &str,
+        bytes: &[u8],
+        now_ms: i64,
+    ) -> Result<VersionMeta, UploadError> {
+        let limit = self.config.admin.max_plugin_bytes;
+        if bytes.len() > limit {
+            return Err(UploadError::TooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        let compiled = self.host.compile(name, bytes)?;
+        let sha = compiled.sha256().to_owned();
+        let meta = self
+            .registry
+            .add_version(tenant, name, TRANSFORM_WORLD, &sha, bytes, now_ms)?;
+        self.compiled
+            .lock()
+            .insert(format!("sha256:{sha}"), compiled);
+        Ok(meta)
+    }
+
+    /// Streams of `tenant` whose pipeline names its plugin `name`.
+    pub fn streams_using(&self, tenant: &str, name: &str) -> Vec<String> {
+        self.config
+            .tenants
+            .get(tenant)
+            .map(|t| {
+                t.streams
+                    .iter()
+                    .filter(|(_, s)| s.plugins.iter().any(|p| p.plugin == name))
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The compiled active version of `tenant`'s uploaded plugin `name`.
+    fn resolve_uploaded(&self, tenant: &str, name: &str) -> Result<CompiledPlugin, PipelineError> {
+        let (meta, bytes) = self
+            .registry
+            .active(tenant, name)
+            .map_err(|e| PipelineError::Uploaded(e.to_string()))?;
+        let key = format!("sha256:{}", meta.sha256);
+        if let Some(p) = self.compiled.lock().get(&key) {
+            return Ok(p.clone());
+        }
+        let compiled = self
+            .host
+            .compile(name, &bytes)
+            .map_err(|source| PipelineError::Host {
+                spec: name.into(),
+                source,
+            })?;
+        self.compiled.lock().insert(key, compiled.clone());
+        Ok(compiled)
     }
 
     /// The compiled plugin for `builtin:NAME` or `file:PATH`, compiling on first use.
@@ -77,10 +166,15 @@ impl Catalog {
 
     /// Compile every plugin the config names and instantiate each stage once with its
     /// config, so a bad pipeline stops `weir serve` at startup instead of at first use.
+    /// Uploaded plugins (bare names) are checked at upload time instead.
     pub fn check_config(&self) -> Result<(), PipelineError> {
         for (tenant, t) in &self.config.tenants {
-            for stream in t.streams.keys() {
-                self.chain(tenant, stream)?;
+            for s in t.streams.values() {
+                for r in &s.plugins {
+                    if r.plugin.contains(':') {
+                        self.stage(tenant, r)?;
+                    }
+                }
             }
         }
         Ok(())
@@ -105,7 +199,11 @@ impl Catalog {
     }
 
     fn stage(&self, tenant: &str, r: &PluginRef) -> Result<Stage, PipelineError> {
-        let compiled = self.resolve(&r.plugin)?;
+        let compiled = if r.plugin.contains(':') {
+            self.resolve(&r.plugin)?
+        } else {
+            self.resolve_uploaded(tenant, &r.plugin)?
+        };
         let config = r
             .config
             .as_ref()

@@ -28,7 +28,7 @@ use weir_core::metrics::Registry;
 use weir_store::HotStore;
 use weir_transport::Log;
 
-pub use catalog::Catalog;
+pub use catalog::{Catalog, UploadError};
 pub use registry::{PluginInfo, PluginRegistry, RegistryError, VersionMeta};
 pub use worker::{Worker, WorkerMetrics};
 
@@ -45,6 +45,8 @@ pub enum PipelineError {
     },
     #[error("plugin reference {0:?} must be builtin:NAME or file:PATH")]
     BadSpec(String),
+    #[error("uploaded plugin: {0}")]
+    Uploaded(String),
 }
 
 /// The running workers, one per partition.

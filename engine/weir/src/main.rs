@@ -4,6 +4,7 @@
 //! Layout: [`server`] (HTTP data plane), [`ingest`] (body decoding and per-line
 //! validation), [`bench`] (load generator). The layers below live in `engine/weir-*`.
 
+mod admin;
 mod bench;
 mod ingest;
 mod server;
@@ -17,7 +18,7 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use weir_core::metrics::Registry;
 use weir_core::Config;
-use weir_pipeline::{Catalog, Workers};
+use weir_pipeline::{Catalog, PluginRegistry, Workers};
 use weir_store::HotStore;
 use weir_transport::{Log, RedbLog, RedbLogOptions};
 
@@ -115,7 +116,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let config = Arc::new(load_config(&args)?);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
-    let registry = Registry::default();
+    let metrics_registry = Registry::default();
 
     let log = Arc::new(
         RedbLog::open(
@@ -138,7 +139,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
         )
         .context("open the hot store")?,
     );
-    let catalog = Arc::new(Catalog::new(config.clone()).context("start the plugin host")?);
+    let registry = Arc::new(
+        PluginRegistry::open(&config.data_dir.join("plugins.redb"))
+            .context("open the plugin registry")?,
+    );
+    let catalog =
+        Arc::new(Catalog::new(config.clone(), registry).context("start the plugin host")?);
     catalog
         .check_config()
         .context("check the configured pipelines")?;
@@ -147,17 +153,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let workers = Workers::start(
         dyn_log.clone(),
         store.clone(),
-        catalog,
+        catalog.clone(),
         config.hot.batch_records,
-        &registry,
+        &metrics_registry,
     )?;
 
     let state = Arc::new(server::AppState {
         config: config.clone(),
         log: dyn_log,
         store,
-        m: server::Metrics::new(&registry),
-        registry,
+        m: server::Metrics::new(&metrics_registry),
+        registry: metrics_registry,
         inflight: tokio::sync::Semaphore::new(512 * 1024),
     });
     let listener = TcpListener::bind(&config.listen.http)
@@ -171,9 +177,33 @@ async fn serve(args: ServeArgs) -> Result<()> {
     println!("weir: http listening on {addr}");
     tracing::info!(%addr, data_dir = %config.data_dir.display(), partitions = config.log.partitions, "weir serving");
     tracing::info!(
-        grpc = %config.listen.grpc, tcp = %config.listen.tcp, admin = %config.listen.admin,
-        "OTLP/gRPC, TCP and admin listeners are not served by this version"
+        grpc = %config.listen.grpc, tcp = %config.listen.tcp,
+        "OTLP/gRPC and TCP listeners are not served by this version"
     );
+
+    // The admin API runs only with an admin token configured.
+    let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+    let admin_task = if config.admin.token.is_some() {
+        let admin_listener = TcpListener::bind(&config.listen.admin)
+            .await
+            .with_context(|| format!("bind {}", config.listen.admin))?;
+        println!("weir: admin listening on {}", admin_listener.local_addr()?);
+        let app = admin::router(Arc::new(admin::AdminState {
+            config: config.clone(),
+            catalog,
+        }));
+        let mut rx = admin_stopped.clone();
+        Some(tokio::spawn(async move {
+            let _ = axum::serve(admin_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.changed().await;
+                })
+                .await;
+        }))
+    } else {
+        tracing::info!("no [admin] token configured: the admin API is not served");
+        None
+    };
 
     axum::serve(
         listener,
@@ -181,6 +211,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     )
     .with_graceful_shutdown(shutdown_signal())
     .await?;
+    let _ = stop_admin.send(true);
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
 
     // Every acknowledged request is already durable in the log; stop the workers after
     // their current batch and close the log.

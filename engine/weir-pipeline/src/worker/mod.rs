@@ -75,7 +75,8 @@ pub struct Worker {
     catalog: Arc<Catalog>,
     batch_records: usize,
     metrics: Arc<WorkerMetrics>,
-    chains: HashMap<ChainKey, Result<Vec<Stage>, String>>,
+    /// Chains by tenant and stream, with the catalog generation they were built at.
+    chains: HashMap<ChainKey, (u64, Result<Vec<Stage>, String>)>,
 }
 
 fn now_ms() -> i64 {
@@ -221,11 +222,22 @@ impl Worker {
     fn run_chain(&mut self, b: &Batch) -> Result<Vec<u8>, Failure> {
         let key = (b.tenant.clone(), b.stream.clone());
         let catalog = &self.catalog;
-        let chain = self.chains.entry(key).or_insert_with(|| {
-            catalog
-                .chain(&b.tenant, &b.stream)
-                .map_err(|e| e.to_string())
+        let generation = catalog.generation();
+        // A plugin change takes effect here, between entries: no entry sees two versions.
+        let (built_at, chain) = self.chains.entry(key).or_insert_with(|| {
+            (
+                generation,
+                catalog
+                    .chain(&b.tenant, &b.stream)
+                    .map_err(|e| e.to_string()),
+            )
         });
+        if *built_at != generation {
+            *built_at = generation;
+            *chain = catalog
+                .chain(&b.tenant, &b.stream)
+                .map_err(|e| e.to_string());
+        }
         let stages = match chain {
             Ok(s) => s,
             Err(e) => {

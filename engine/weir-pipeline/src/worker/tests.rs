@@ -46,7 +46,8 @@ deadline_ms = 100
         .unwrap(),
     );
     let store = Arc::new(HotStore::open(&dir.path().join("store.redb"), usize::MAX).unwrap());
-    let catalog = Arc::new(Catalog::new(Arc::new(cfg)).unwrap());
+    let registry = Arc::new(crate::PluginRegistry::open(&dir.path().join("plugins.redb")).unwrap());
+    let catalog = Arc::new(Catalog::new(Arc::new(cfg), registry).unwrap());
     catalog.check_config().unwrap();
     let metrics = Arc::new(WorkerMetrics::new(&Registry::default()));
     Rig {
