@@ -49,6 +49,17 @@ pub struct PluginInfo {
     pub versions: Vec<VersionMeta>,
 }
 
+impl PluginInfo {
+    /// One version's metadata.
+    pub fn version(self, version: u32) -> Result<VersionMeta, RegistryError> {
+        let name = self.name;
+        self.versions
+            .into_iter()
+            .find(|v| v.version == version)
+            .ok_or(RegistryError::NoVersion { name, version })
+    }
+}
+
 pub struct PluginRegistry {
     db: Database,
     generation: AtomicU64,
@@ -173,14 +184,7 @@ impl PluginRegistry {
         version: u32,
     ) -> Result<VersionMeta, RegistryError> {
         let info = self.get(tenant, name)?;
-        let meta = info
-            .versions
-            .into_iter()
-            .find(|v| v.version == version)
-            .ok_or_else(|| RegistryError::NoVersion {
-                name: name.to_owned(),
-                version,
-            })?;
+        let meta = info.version(version)?;
         let w = self.db.begin_write().map_err(storage)?;
         w.open_table(ACTIVE)
             .map_err(storage)?
@@ -222,14 +226,7 @@ impl PluginRegistry {
         let version = info
             .active
             .ok_or_else(|| RegistryError::NotFound(name.to_owned()))?;
-        let meta = info
-            .versions
-            .into_iter()
-            .find(|v| v.version == version)
-            .ok_or_else(|| RegistryError::NoVersion {
-                name: name.to_owned(),
-                version,
-            })?;
+        let meta = info.version(version)?;
         let r = self.db.begin_read().map_err(storage)?;
         let blobs = r.open_table(BLOBS).map_err(storage)?;
         let bytes = blobs
