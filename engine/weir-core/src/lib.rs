@@ -7,12 +7,14 @@
 //! - [`partition`]: the stable partitioning hash (FNV-1a, fixed forever).
 //! - [`metrics`]: a small Prometheus text-format registry shared by all layers.
 //! - [`names`]: validation of tenant, stream and plugin names.
+//! - [`sample`]: realistic sample logs for benchmarks and profiles.
 
 pub mod batch;
 pub mod config;
 pub mod metrics;
 pub mod names;
 pub mod partition;
+pub mod sample;
 
 pub use batch::{Batch, BatchDecodeError};
 pub use config::{Config, ConfigError};

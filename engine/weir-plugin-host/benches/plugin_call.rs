@@ -8,30 +8,6 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use weir_plugin_host::{Limits, PluginHost};
-use weir_plugin_sdk_bench_input as input;
-
-mod weir_plugin_sdk_bench_input {
-    /// `n` realistic log records (~350-450 bytes) with PII in some fields.
-    pub fn records(n: usize) -> Vec<u8> {
-        let mut out = Vec::new();
-        for i in 0..n {
-            let line = serde_json::json!({
-                "timestamp": format!("2026-11-28T01:{:02}:{:02}.{:03}Z", (i / 60) % 60, i % 60, i % 1000),
-                "level": if i % 10 == 0 { "error" } else { "info" },
-                "service": "checkout",
-                "host": format!("web-{}", i % 16),
-                "message": format!("user {} paid order {} with card 4111 1111 1111 1111 from 10.0.{}.{}", format_args!("user{i}@example.com"), 100000 + i, i % 256, (i * 7) % 256),
-                "http": {"method": "POST", "path": "/api/v1/checkout", "status": 200, "duration_ms": (i % 500) as u64},
-                "user": {"id": i, "phone": "+1 555 123 4567"},
-                "trace_id": format!("{:032x}", i * 7919),
-            });
-            out.extend_from_slice(line.to_string().as_bytes());
-            out.push(b'\n');
-        }
-        out
-    }
-}
-
 fn bench(c: &mut Criterion) {
     let host = PluginHost::new().unwrap();
     let limits = Limits::default();
@@ -44,7 +20,7 @@ fn bench(c: &mut Criterion) {
     let redact = host
         .compile("pii-redact", weir_builtins::get("pii-redact").unwrap())
         .unwrap();
-    let batch = input::records(1000);
+    let batch = weir_core::sample::ndjson(1000);
 
     let mut g = c.benchmark_group("plugin_call");
     let mut p = pass
@@ -107,7 +83,7 @@ fn bench_boundary(c: &mut Criterion) {
         },
     );
     let b = boundary::Boundary::instantiate(&mut store, &component, &linker).unwrap();
-    let ndjson = input::records(1000);
+    let ndjson = weir_core::sample::ndjson(1000);
     let strings: Vec<String> = ndjson
         .split(|&x| x == b'\n')
         .filter(|l| !l.is_empty())

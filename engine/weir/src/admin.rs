@@ -118,17 +118,12 @@ async fn upload(
             "name": meta.name, "version": meta.version, "world": meta.world, "sha256": meta.sha256,
         }))
         .into_response(),
-        Ok(Err(UploadError::TooLarge { .. })) => err(StatusCode::PAYLOAD_TOO_LARGE, res_msg(res)),
+        Ok(Err(e @ UploadError::TooLarge { .. })) => {
+            err(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
         Ok(Err(UploadError::Invalid(e))) => err(StatusCode::BAD_REQUEST, e.to_string()),
         Ok(Err(UploadError::Registry(e))) => registry_err(e),
         Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-fn res_msg<T>(r: Result<Result<T, UploadError>, tokio::task::JoinError>) -> String {
-    match r {
-        Ok(Err(e)) => e.to_string(),
-        _ => String::new(),
     }
 }
 

@@ -34,28 +34,6 @@ pub struct BenchArgs {
     keys: usize,
 }
 
-/// One realistic log line (300–500 bytes) with PII in it.
-pub fn sample_record(i: u64) -> String {
-    let levels = ["info", "info", "info", "warn", "error"];
-    let paths = [
-        "/api/v1/checkout",
-        "/api/v1/users/profile",
-        "/api/v1/search?q=shoes",
-        "/healthz",
-    ];
-    serde_json::json!({
-        "timestamp": format!("2026-11-28T01:{:02}:{:02}.{:03}Z", (i / 60) % 60, i % 60, i % 1000),
-        "level": levels[(i % 5) as usize],
-        "service": "checkout",
-        "host": format!("web-{}", i % 16),
-        "message": format!("user user{}@example.com paid order {} with card 4111 1111 1111 1111 from 10.0.{}.{}", i % 10_000, 100_000 + i, i % 256, i.wrapping_mul(7) % 256),
-        "http": {"method": "POST", "path": paths[(i % 4) as usize], "status": 200, "duration_ms": i % 500},
-        "user": {"id": i % 10_000, "phone": "+1 555 123 4567"},
-        "trace_id": format!("{:032x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-    })
-    .to_string()
-}
-
 pub async fn run(args: BenchArgs) -> Result<()> {
     if args.concurrency == 0 || args.batch == 0 || args.keys == 0 {
         bail!("--concurrency, --batch and --keys must be positive");
@@ -66,7 +44,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             .map(|b| {
                 let mut body = Vec::new();
                 for i in 0..args.batch as u64 {
-                    body.extend_from_slice(sample_record(b * args.batch as u64 + i).as_bytes());
+                    body.extend_from_slice(
+                        weir_core::sample::record(b * args.batch as u64 + i).as_bytes(),
+                    );
                     body.push(b'\n');
                 }
                 body
@@ -155,17 +135,4 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         errors.load(Ordering::Relaxed),
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sample_records_are_realistic() {
-        for i in [0, 7, 12345, u64::MAX / 3] {
-            let r = super::sample_record(i);
-            assert!((300..=500).contains(&r.len()), "{} bytes: {r}", r.len());
-            let v: serde_json::Value = serde_json::from_str(&r).unwrap();
-            assert!(v["message"].as_str().unwrap().contains("@example.com"));
-        }
-    }
 }
