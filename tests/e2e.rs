@@ -933,3 +933,193 @@ async fn admin_uploads_validates_activates_and_rolls_back_live() {
     );
     s.stop();
 }
+
+const PIPELINES: &str = r#"
+[admin]
+token = "admin-secret"
+[log]
+partitions = 2
+[tenants.acme]
+tokens = ["acme-token"]
+[tenants.globex]
+tokens = ["globex-token"]
+"#;
+
+/// A two-stage pipeline of the tagging fixture: both stages write `tag`, one into the
+/// field `a`, the other into `b`, so a row whose `a` and `b` differ would be a batch
+/// that saw two pipelines.
+fn tag_pipeline(tag: &str) -> Vec<u8> {
+    json!({ "plugins": [
+        { "plugin": "tagger", "config": { "mode": "tag", "field": "a", "tag": tag } },
+        { "plugin": "tagger", "config": { "mode": "tag", "field": "b", "tag": tag } },
+    ]})
+    .to_string()
+    .into_bytes()
+}
+
+/// Post 50-record batches with unique ids from 4 clients until `stop`; the acked ids.
+async fn load_until_stopped(
+    base: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<u64> {
+    let acked = std::sync::Arc::new(parking_lot_free::Acked::default());
+    let mut tasks = Vec::new();
+    for c in 0..4u64 {
+        let (base, acked, stop) = (base.clone(), acked.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for b in 0u64.. {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let first = (c << 32) | (b * 50);
+                let body: String = (0..50)
+                    .map(|i| format!("{{\"id\":{},\"message\":\"m\"}}\n", first + i))
+                    .collect();
+                let r = client
+                    .post(format!("{base}/api/v1/logs?stream=app&key=k{c}-{b}"))
+                    .bearer_auth("acme-token")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                acked.add((0..50).map(|i| first + i));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    acked.take()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_swap_live_under_load_with_every_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), PIPELINES);
+    let tagger = weir_builtins::fixture("weir-fixture-hostile")
+        .unwrap()
+        .to_vec();
+    let (st, v) = admin_call(
+        &s,
+        "PUT",
+        "/admin/v1/tenants/acme/plugins/tagger",
+        "admin-secret",
+        tagger,
+    )
+    .await;
+    assert_eq!((st, v["version"].as_u64()), (200, Some(1)), "{v}");
+
+    // Pipelines that cannot run are refused with the reason, and change nothing.
+    let put = "/admin/v1/tenants/acme/pipelines/app";
+    for (body, reason) in [
+        (
+            json!({"plugins": [{"plugin": "nope"}]}),
+            "\"nope\" not found",
+        ),
+        (
+            json!({"plugins": [{"plugin": "file:/etc/hostname"}]}),
+            "config file only",
+        ),
+        (
+            json!({"plugins": [{"plugin": "builtin:nope"}]}),
+            "unknown builtin",
+        ),
+        (json!({"plugin": []}), "expected"),
+    ] {
+        let (st, v) = admin_call(&s, "PUT", put, "admin-secret", body.to_string().into()).await;
+        assert_eq!(st, 400, "{body}: {v}");
+        let why = v["error"].as_str().unwrap();
+        assert!(why.contains(reason), "{body}: {why}");
+    }
+    // Another tenant cannot name acme's plugin.
+    let (st, v) = admin_call(
+        &s,
+        "PUT",
+        "/admin/v1/tenants/globex/pipelines/app",
+        "admin-secret",
+        tag_pipeline("x"),
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(
+        admin_call(&s, "PUT", put, "acme-token", tag_pipeline("x"))
+            .await
+            .0,
+        403
+    );
+    let (_, v) = admin_call(&s, "GET", put, "admin-secret", vec![]).await;
+    assert_eq!(
+        (v["source"].as_str(), v["plugins"].as_array().map(Vec::len)),
+        (Some("config"), Some(0)),
+        "{v}"
+    );
+
+    let (st, v) = admin_call(&s, "PUT", put, "admin-secret", tag_pipeline("g0")).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["source"], "admin");
+
+    // Swap the pipeline twelve times while four clients keep writing.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(load_until_stopped(s.base.clone(), stop.clone()));
+    for g in 1..=12 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let (st, v) = admin_call(
+            &s,
+            "PUT",
+            put,
+            "admin-secret",
+            tag_pipeline(&format!("g{g}")),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acked = load.await.unwrap();
+    let n = acked.len() as i64;
+    assert!(n > 1000, "only {n} events acknowledged");
+
+    s.wait_count("acme-token", "SELECT count(*) FROM logs", n)
+        .await;
+    let distinct = "SELECT count(DISTINCT json_get_int(record, 'id')) FROM logs";
+    assert_eq!(s.count("acme-token", distinct).await, n);
+    // Every row went through exactly one pipeline, whole.
+    let mixed = "SELECT count(*) FROM logs WHERE json_get_str(record, 'a') IS NULL \
+                 OR json_get_str(record, 'a') <> json_get_str(record, 'b')";
+    assert_eq!(s.count("acme-token", mixed).await, 0);
+    let tags = "SELECT count(DISTINCT json_get_str(record, 'a')) FROM logs";
+    let seen = s.count("acme-token", tags).await;
+    assert!(seen >= 3, "only {seen} pipelines saw traffic");
+    assert_eq!(
+        s.count("acme-token", "SELECT count(*) FROM dead_letters")
+            .await,
+        0
+    );
+
+    // The pipeline survives a restart and still applies.
+    s.stop();
+    let s = Server::start(dir.path(), PIPELINES);
+    let (_, v) = admin_call(
+        &s,
+        "GET",
+        "/admin/v1/tenants/acme/pipelines",
+        "admin-secret",
+        vec![],
+    )
+    .await;
+    assert_eq!(v["pipelines"][0]["stream"], "app", "{v}");
+    assert_eq!(
+        v["pipelines"][0]["plugins"][1]["config"]["tag"], "g12",
+        "{v}"
+    );
+    s.ingest("acme-token", "app", "{\"id\":-1}").await;
+    s.wait_count(
+        "acme-token",
+        "SELECT count(*) FROM logs WHERE json_get_int(record, 'id') = -1 AND json_get_str(record, 'b') = 'g12'",
+        1,
+    )
+    .await;
+    s.stop();
+}

@@ -126,7 +126,7 @@ pub struct StreamConfig {
 }
 
 /// One entry of a plugin chain.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PluginRef {
     /// `builtin:NAME` for a first-party plugin carried by the binary, `file:PATH` for a
@@ -134,7 +134,7 @@ pub struct PluginRef {
     /// admin API (its active version).
     pub plugin: String,
     /// Passed to the plugin's `init` as JSON text.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<serde_json::Value>,
 }
 

@@ -87,19 +87,47 @@ impl Catalog {
         Ok(meta)
     }
 
-    /// Streams of `tenant` whose pipeline names its plugin `name`.
-    pub fn streams_using(&self, tenant: &str, name: &str) -> Vec<String> {
-        self.config
+    /// The pipeline of `tenant`'s `stream`: the one set through the admin API if any,
+    /// else the config file's (empty when neither names one).
+    pub fn pipeline(&self, tenant: &str, stream: &str) -> Vec<PluginRef> {
+        match self.registry.pipeline(tenant, stream) {
+            Some(doc) => doc.plugins,
+            None => self.config.pipeline(tenant, stream).to_vec(),
+        }
+    }
+
+    /// Every stream of `tenant` with a pipeline (config file or admin API), in order.
+    pub fn streams(&self, tenant: &str) -> Vec<String> {
+        let mut names: std::collections::BTreeSet<String> = self
+            .config
             .tenants
             .get(tenant)
-            .map(|t| {
-                t.streams
-                    .iter()
-                    .filter(|(_, s)| s.plugins.iter().any(|p| p.plugin == name))
-                    .map(|(n, _)| n.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
+            .map(|t| t.streams.keys().cloned().collect())
+            .unwrap_or_default();
+        names.extend(self.registry.pipelines(tenant).into_iter().map(|(s, _)| s));
+        names.into_iter().collect()
+    }
+
+    /// Streams of `tenant` whose pipeline names its plugin `name`.
+    pub fn streams_using(&self, tenant: &str, name: &str) -> Vec<String> {
+        self.streams(tenant)
+            .into_iter()
+            .filter(|s| self.pipeline(tenant, s).iter().any(|p| p.plugin == name))
+            .collect()
+    }
+
+    /// Check a pipeline sent to the admin API: every plugin exists (the tenant's own
+    /// uploads or `builtin:NAME`; `file:` paths are for the operator's config file
+    /// only), compiles and accepts its config. Slow: call it off the async runtime.
+    /// Compiling here also warms the cache, so workers swap chains without compiling.
+    pub fn check_pipeline(&self, tenant: &str, plugins: &[PluginRef]) -> Result<(), PipelineError> {
+        for r in plugins {
+            if r.plugin.starts_with("file:") {
+                return Err(PipelineError::FileOverApi(r.plugin.clone()));
+            }
+            self.stage(tenant, r)?;
+        }
+        Ok(())
     }
 
     /// The compiled active version of `tenant`'s uploaded plugin `name`.
@@ -182,17 +210,15 @@ impl Catalog {
 
     /// The plugin references of the chain of `tenant`'s `stream`, in order.
     pub fn chain_specs(&self, tenant: &str, stream: &str) -> Vec<String> {
-        self.config
-            .pipeline(tenant, stream)
-            .iter()
-            .map(|r| r.plugin.clone())
+        self.pipeline(tenant, stream)
+            .into_iter()
+            .map(|r| r.plugin)
             .collect()
     }
 
     /// Fresh instances of the chain of `tenant`'s `stream` (empty when unconfigured).
     pub fn chain(&self, tenant: &str, stream: &str) -> Result<Vec<Stage>, PipelineError> {
-        self.config
-            .pipeline(tenant, stream)
+        self.pipeline(tenant, stream)
             .iter()
             .map(|r| self.stage(tenant, r))
             .collect()

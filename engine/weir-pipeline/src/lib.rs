@@ -29,7 +29,7 @@ use weir_store::HotStore;
 use weir_transport::Log;
 
 pub use catalog::{Catalog, UploadError};
-pub use registry::{PluginInfo, PluginRegistry, RegistryError, VersionMeta};
+pub use registry::{PipelineDoc, PluginInfo, PluginRegistry, RegistryError, VersionMeta};
 pub use worker::{Worker, WorkerMetrics};
 
 #[derive(Debug, Error)]
@@ -47,6 +47,8 @@ pub enum PipelineError {
     BadSpec(String),
     #[error("uploaded plugin: {0}")]
     Uploaded(String),
+    #[error("plugin reference {0:?}: file paths can be named in the config file only")]
+    FileOverApi(String),
 }
 
 /// The running workers, one per partition.

@@ -4,9 +4,15 @@
 //! [`VersionMeta`]; `blobs` maps a sha256 to the component bytes (shared by equal
 //! uploads); `active` maps `(tenant, name)` to the active version. Every change bumps
 //! an in-memory generation so workers swap chains at their next batch boundary.
+//! `pipelines` maps `(tenant, stream)` to the JSON of a [`PipelineDoc`] set through the
+//! admin API; it overrides the stream's pipeline in the config file.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::RwLock;
+use weir_core::config::PluginRef;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -15,6 +21,7 @@ use thiserror::Error;
 const VERSIONS: TableDefinition<(&str, &str, u32), &str> = TableDefinition::new("versions");
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 const ACTIVE: TableDefinition<(&str, &str), u32> = TableDefinition::new("active");
+const PIPELINES: TableDefinition<(&str, &str), &str> = TableDefinition::new("pipelines");
 
 #[derive(Debug, Error)]
 pub enum RegistryError {
@@ -60,9 +67,18 @@ impl PluginInfo {
     }
 }
 
+/// A stream's pipeline as set through the admin API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineDoc {
+    pub plugins: Vec<PluginRef>,
+    pub updated_at_ms: i64,
+}
+
 pub struct PluginRegistry {
     db: Database,
     generation: AtomicU64,
+    /// The `pipelines` table, read once at open and kept in step with it.
+    pipelines: RwLock<BTreeMap<(String, String), PipelineDoc>>,
 }
 
 impl PluginRegistry {
@@ -72,11 +88,68 @@ impl PluginRegistry {
         w.open_table(VERSIONS).map_err(storage)?;
         w.open_table(BLOBS).map_err(storage)?;
         w.open_table(ACTIVE).map_err(storage)?;
+        w.open_table(PIPELINES).map_err(storage)?;
         w.commit().map_err(storage)?;
+        let mut pipelines = BTreeMap::new();
+        {
+            let r = db.begin_read().map_err(storage)?;
+            for row in r
+                .open_table(PIPELINES)
+                .map_err(storage)?
+                .iter()
+                .map_err(storage)?
+            {
+                let (k, v) = row.map_err(storage)?;
+                let (tenant, stream) = k.value();
+                let doc: PipelineDoc = serde_json::from_str(v.value()).map_err(storage)?;
+                pipelines.insert((tenant.to_owned(), stream.to_owned()), doc);
+            }
+        }
         Ok(PluginRegistry {
             db,
             generation: AtomicU64::new(0),
+            pipelines: RwLock::new(pipelines),
         })
+    }
+
+    /// Persist `doc` as the pipeline of `tenant`'s `stream` (the caller validated it).
+    pub fn set_pipeline(
+        &self,
+        tenant: &str,
+        stream: &str,
+        doc: PipelineDoc,
+    ) -> Result<(), RegistryError> {
+        let json = serde_json::to_string(&doc).map_err(storage)?;
+        // Held across the commit so the cache and the table change together.
+        let mut cache = self.pipelines.write();
+        let w = self.db.begin_write().map_err(storage)?;
+        w.open_table(PIPELINES)
+            .map_err(storage)?
+            .insert((tenant, stream), json.as_str())
+            .map_err(storage)?;
+        w.commit().map_err(storage)?;
+        cache.insert((tenant.to_owned(), stream.to_owned()), doc);
+        drop(cache);
+        self.bump();
+        Ok(())
+    }
+
+    /// The pipeline of `tenant`'s `stream` set through the admin API, if any.
+    pub fn pipeline(&self, tenant: &str, stream: &str) -> Option<PipelineDoc> {
+        self.pipelines
+            .read()
+            .get(&(tenant.to_owned(), stream.to_owned()))
+            .cloned()
+    }
+
+    /// Every pipeline of `tenant` set through the admin API, by stream.
+    pub fn pipelines(&self, tenant: &str) -> Vec<(String, PipelineDoc)> {
+        self.pipelines
+            .read()
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|((_, s), d)| (s.clone(), d.clone()))
+            .collect()
     }
 
     /// Changes whenever an active version or a plugin set changes.
@@ -281,5 +354,30 @@ mod tests {
         r.delete("a", "p").unwrap();
         assert!(r.get("a", "p").is_err());
         assert_eq!(r.active("b", "p").unwrap().1, b"bee");
+    }
+
+    #[test]
+    fn pipelines_persist_and_bump_the_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plugins.redb");
+        let doc = PipelineDoc {
+            plugins: vec![PluginRef {
+                plugin: "builtin:logfmt".into(),
+                config: Some(serde_json::json!({"k": 1})),
+            }],
+            updated_at_ms: 7,
+        };
+        {
+            let r = PluginRegistry::open(&path).unwrap();
+            assert_eq!(r.pipeline("a", "s"), None);
+            let g = r.generation();
+            r.set_pipeline("a", "s", doc.clone()).unwrap();
+            assert!(r.generation() > g);
+            assert_eq!(r.pipeline("a", "s").as_ref(), Some(&doc));
+            assert_eq!(r.pipeline("b", "s"), None, "tenants are separate");
+        }
+        let r = PluginRegistry::open(&path).unwrap();
+        assert_eq!(r.pipelines("a"), vec![("s".to_owned(), doc)]);
+        assert!(r.pipelines("b").is_empty());
     }
 }

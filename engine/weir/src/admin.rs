@@ -8,6 +8,12 @@
 //! - `POST .../plugins/{name}/activate` `{"version":N}`: takes effect on every partition
 //!   at its next batch boundary (rollback = activating an older version).
 //! - `DELETE .../plugins/{name}`: refused (409) while a pipeline names it.
+//! - `PUT /admin/v1/tenants/{tenant}/pipelines/{stream}` with
+//!   `{"plugins":[{"plugin":"NAME","config":{...}}]}`: every plugin is resolved, compiled
+//!   and initialised with its config before the pipeline is stored; then it takes effect
+//!   on every partition at its next batch boundary. Persisted; overrides the config file.
+//! - `GET .../pipelines`, `GET .../pipelines/{stream}`: the pipelines in effect, with
+//!   `"source": "admin" | "config"`.
 //!
 //! Tenant data tokens get 403 here, anything else without the admin token 401.
 
@@ -22,8 +28,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use weir_core::config::PluginRef;
 use weir_core::Config;
-use weir_pipeline::{Catalog, RegistryError, UploadError};
+use weir_pipeline::{Catalog, PipelineDoc, RegistryError, UploadError};
 
 pub struct AdminState {
     pub config: Arc<Config>,
@@ -41,6 +48,11 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route(
             "/admin/v1/tenants/{tenant}/plugins/{name}/activate",
             post(activate),
+        )
+        .route("/admin/v1/tenants/{tenant}/pipelines", get(list_pipelines))
+        .route(
+            "/admin/v1/tenants/{tenant}/pipelines/{stream}",
+            get(show_pipeline).put(set_pipeline),
         )
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -106,10 +118,7 @@ async fn upload(
             "plugin names are 1-64 characters of [A-Za-z0-9_.-]",
         );
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now = now_ms();
     // Compiling takes milliseconds to seconds: keep it off the async workers.
     let catalog = state.catalog.clone();
     let res = tokio::task::spawn_blocking(move || catalog.upload(&tenant, &name, &body, now)).await;
@@ -205,4 +214,110 @@ async fn remove(
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => registry_err(e),
     }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The pipeline in effect for a stream, and where it comes from.
+fn pipeline_json(state: &AdminState, tenant: &str, stream: &str) -> serde_json::Value {
+    match state.catalog.registry().pipeline(tenant, stream) {
+        Some(doc) => json!({
+            "stream": stream, "plugins": doc.plugins, "source": "admin",
+            "updated_at_ms": doc.updated_at_ms,
+        }),
+        None => json!({
+            "stream": stream, "plugins": state.config.pipeline(tenant, stream), "source": "config",
+        }),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineBody {
+    plugins: Vec<PluginRef>,
+}
+
+async fn set_pipeline(
+    State(state): State<Arc<AdminState>>,
+    Path((tenant, stream)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err((status, why)) = authorize(&state, &headers, &tenant) {
+        return err(status, why);
+    }
+    if !weir_core::names::is_valid_name(&stream) {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "stream names are 1-64 characters of [A-Za-z0-9_.-]",
+        );
+    }
+    let doc = match serde_json::from_slice::<PipelineBody>(&body) {
+        Ok(b) => PipelineDoc {
+            plugins: b.plugins,
+            updated_at_ms: now_ms(),
+        },
+        Err(e) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected {{\"plugins\":[{{\"plugin\":\"NAME\",\"config\":{{...}}}}]}}: {e}"
+                ),
+            )
+        }
+    };
+    // Resolving may compile and always runs each plugin's init: off the async workers.
+    let catalog = state.catalog.clone();
+    let (t, s) = (tenant.clone(), stream.clone());
+    let res = tokio::task::spawn_blocking(move || {
+        if let Err(e) = catalog.check_pipeline(&t, &doc.plugins) {
+            return Err(Box::new(err(StatusCode::BAD_REQUEST, e.to_string())));
+        }
+        catalog
+            .registry()
+            .set_pipeline(&t, &s, doc)
+            .map_err(|e| Box::new(registry_err(e)))
+    })
+    .await;
+    match res {
+        Ok(Ok(())) => {
+            tracing::info!(%tenant, %stream, "pipeline set");
+            Json(pipeline_json(&state, &tenant, &stream)).into_response()
+        }
+        Ok(Err(response)) => *response,
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn show_pipeline(
+    State(state): State<Arc<AdminState>>,
+    Path((tenant, stream)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err((status, why)) = authorize(&state, &headers, &tenant) {
+        return err(status, why);
+    }
+    Json(pipeline_json(&state, &tenant, &stream)).into_response()
+}
+
+async fn list_pipelines(
+    State(state): State<Arc<AdminState>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err((status, why)) = authorize(&state, &headers, &tenant) {
+        return err(status, why);
+    }
+    let all: Vec<_> = state
+        .catalog
+        .streams(&tenant)
+        .iter()
+        .map(|s| pipeline_json(&state, &tenant, s))
+        .collect();
+    Json(json!({ "pipelines": all })).into_response()
 }
