@@ -597,13 +597,13 @@ plugins = [{{ plugin = "file:{w}", config = {{ mode = "alloc" }} }}]
 plugins = [{{ plugin = "file:{w}", config = {{ mode = "flood" }} }}]
 [tenants.evil.streams.trap]
 plugins = [{{ plugin = "file:{w}", config = {{ mode = "trap" }} }}]
+[tenants.evil.limits]
+memory_mb = 32
+deadline_ms = 1500
 [tenants.good]
 tokens = ["good-token"]
 [tenants.good.streams.app]
 plugins = [{{ plugin = "builtin:pii-redact" }}]
-[plugins]
-memory_mb = 32
-deadline_ms = 1500
 {extra}
 "#
     )
@@ -1121,5 +1121,167 @@ async fn pipelines_swap_live_under_load_with_every_event_once() {
         1,
     )
     .await;
+    s.stop();
+}
+
+const ROLLOUT: &str = r#"
+[admin]
+token = "admin-secret"
+[log]
+partitions = 1
+[plugins]
+rollback_min_calls = 3
+rollback_failure_ratio = 0.5
+[tenants.acme]
+tokens = ["acme-token"]
+[tenants.acme.streams.app]
+plugins = [{ plugin = "p", config = { mode = "tag", field = "v", tag = "one" } }]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_version_rolls_back_and_its_dead_letters_replay_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), ROLLOUT);
+    let plugin = "/admin/v1/tenants/acme/plugins/p";
+    let good = weir_builtins::fixture("weir-fixture-hostile")
+        .unwrap()
+        .to_vec();
+    let bad = weir_builtins::fixture("weir-fixture-trapper")
+        .unwrap()
+        .to_vec();
+    assert_eq!(
+        admin_call(&s, "PUT", plugin, "admin-secret", good).await.0,
+        200
+    );
+    s.ingest("acme-token", "app", "{\"id\":0}").await;
+    s.wait_count("acme-token", "SELECT count(*) FROM logs", 1)
+        .await;
+
+    let (st, v) = admin_call(&s, "PUT", plugin, "admin-secret", bad).await;
+    assert_eq!((st, v["version"].as_u64()), (200, Some(2)), "{v}");
+    let act = format!("{plugin}/activate");
+    let (st, v) = admin_call(
+        &s,
+        "POST",
+        &act,
+        "admin-secret",
+        b"{\"version\":2}".to_vec(),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+
+    // One entry per request: version 2 traps on each until the rollback.
+    for id in 1..=8 {
+        let (st, _) = s
+            .ingest("acme-token", "app", format!("{{\"id\":{id}}}"))
+            .await;
+        assert_eq!(st, 200);
+    }
+    let total =
+        "SELECT (SELECT count(*) FROM logs) + (SELECT coalesce(sum(count), 0) FROM dead_letters)";
+    s.wait_count("acme-token", total, 9).await;
+    let (_, v) = admin_call(&s, "GET", plugin, "admin-secret", vec![]).await;
+    assert_eq!(v["active"], 1, "rolled back: {v}");
+    let last = v["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (
+            last["kind"].as_str(),
+            last["from"].as_u64(),
+            last["to"].as_u64()
+        ),
+        (Some("rollback"), Some(2), Some(1)),
+        "{v}"
+    );
+    assert!(
+        last["reason"].as_str().unwrap().contains("trapped"),
+        "{last}"
+    );
+    let traps = v["metrics"]["2"]["traps"].as_u64().unwrap();
+    assert!(traps >= 3, "{v}");
+    assert_eq!(v["metrics"]["1"]["traps"], 0, "{v}");
+    let metrics = reqwest::get(format!("{}/metrics", s.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("weir_plugin_rollbacks_total{tenant=\"acme\",plugin=\"p\"} 1"),
+        "{metrics}"
+    );
+
+    // The dead letters name the failing version; replaying them runs the current one.
+    let dl = "/admin/v1/tenants/acme/dead-letters";
+    let (_, v) = admin_call(&s, "GET", dl, "admin-secret", vec![]).await;
+    let dead = v["dead_letters"].as_array().unwrap().clone();
+    assert_eq!(dead.len() as u64, traps, "{v}");
+    assert!(
+        dead.iter()
+            .all(|d| d["plugin"] == "p" && d["plugin_version"] == 2),
+        "{v}"
+    );
+    let replay = format!("{dl}/replay");
+    let (st, v) = admin_call(
+        &s,
+        "POST",
+        &replay,
+        "admin-secret",
+        b"{\"ids\":[\"0-999\"]}".to_vec(),
+    )
+    .await;
+    assert_eq!(st, 404, "{v}");
+    // Two replays of everything at once: each dead letter lands once.
+    let (a, b) = tokio::join!(
+        admin_call(&s, "POST", &replay, "admin-secret", vec![]),
+        admin_call(
+            &s,
+            "POST",
+            &replay,
+            "admin-secret",
+            b"{\"stream\":\"app\"}".to_vec()
+        ),
+    );
+    assert_eq!((a.0, b.0), (200, 200), "{a:?} {b:?}");
+    assert_eq!(a.1["records"].as_u64(), Some(traps), "{a:?}");
+    s.wait_count("acme-token", "SELECT count(*) FROM logs", 9)
+        .await;
+    s.wait_count("acme-token", "SELECT count(*) FROM dead_letters", 0)
+        .await;
+    let m = |sql: &'static str| s.count("acme-token", sql);
+    assert_eq!(
+        m("SELECT count(DISTINCT json_get_int(record, 'id')) FROM logs").await,
+        9
+    );
+    assert_eq!(
+        m("SELECT count(*) FROM logs WHERE json_get_str(record, 'v') = 'one'").await,
+        9
+    );
+    // Both replays are processed (the second one's copies are recognised and dropped),
+    // and nothing doubled. Which request selected what depends on timing.
+    let sent =
+        a.1["replayed"].as_array().unwrap().len() + b.1["replayed"].as_array().unwrap().len();
+    let want = [
+        format!("weir_dead_letter_replays_total{{outcome=\"landed\"}} {traps}"),
+        format!(
+            "weir_dead_letter_replays_total{{outcome=\"duplicate\"}} {}",
+            sent as u64 - traps
+        ),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = reqwest::get(format!("{}/metrics", s.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let duplicates_seen = sent as u64 == traps || metrics.contains(&want[1]);
+        if metrics.contains(&want[0]) && duplicates_seen {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{want:?}\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(m("SELECT count(*) FROM logs").await, 9);
     s.stop();
 }

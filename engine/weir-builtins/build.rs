@@ -13,6 +13,7 @@ const PLUGINS: &[(&str, &str)] = &[("pii-redact", "pii_redact"), ("logfmt", "log
 const FIXTURES: &[(&str, &str)] = &[
     ("weir-fixture-hostile", "weir_fixture_hostile"),
     ("weir-fixture-boundary", "weir_fixture_boundary"),
+    ("weir-fixture-trapper", "weir_fixture_trapper"),
 ];
 
 fn main() {

@@ -5,12 +5,15 @@
 //! Wasm boundary (see `wit/`), so a batch goes from the socket to the plugin without being
 //! re-serialised.
 //!
-//! Encoding (version 1, little endian):
-//! `[1u8][tenant_len u16][tenant][stream_len u16][stream][ingest_ts_ms i64][count u32][ndjson]`
+//! Encoding (little endian), version 1:
+//! `[1u8][tenant_len u16][tenant][stream_len u16][stream][ingest_ts_ms i64][count u32][ndjson]`;
+//! version 2, a replay of a dead letter, adds the dead letter's key after `count`:
+//! `[2u8]...[count u32][dead_partition u32][dead_offset u64][ndjson]`.
 
 use thiserror::Error;
 
 const VERSION: u8 = 1;
+const VERSION_REPLAY: u8 = 2;
 
 /// Records of one tenant and stream, as NDJSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +27,9 @@ pub struct Batch {
     pub count: u32,
     /// NDJSON: each record is one line ending in `\n`.
     pub records: Vec<u8>,
+    /// For a replay of a dead letter, its `(partition, offset)`: the store lands the
+    /// outcome only if that dead letter still exists, and removes it in the same commit.
+    pub replay_of: Option<(u32, u64)>,
 }
 
 /// A log entry that cannot be decoded.
@@ -40,19 +46,28 @@ pub enum BatchDecodeError {
 impl Batch {
     /// Encoded size in bytes.
     pub fn encoded_len(&self) -> usize {
-        1 + 2 + self.tenant.len() + 2 + self.stream.len() + 8 + 4 + self.records.len()
+        let replay = if self.replay_of.is_some() { 12 } else { 0 };
+        1 + 2 + self.tenant.len() + 2 + self.stream.len() + 8 + 4 + replay + self.records.len()
     }
 
     /// Append the encoding of this batch to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.reserve(self.encoded_len());
-        out.push(VERSION);
+        out.push(if self.replay_of.is_some() {
+            VERSION_REPLAY
+        } else {
+            VERSION
+        });
         for name in [&self.tenant, &self.stream] {
             out.extend_from_slice(&(name.len() as u16).to_le_bytes());
             out.extend_from_slice(name.as_bytes());
         }
         out.extend_from_slice(&self.ingest_ts_ms.to_le_bytes());
         out.extend_from_slice(&self.count.to_le_bytes());
+        if let Some((p, o)) = self.replay_of {
+            out.extend_from_slice(&p.to_le_bytes());
+            out.extend_from_slice(&o.to_le_bytes());
+        }
         out.extend_from_slice(&self.records);
     }
 
@@ -72,7 +87,7 @@ impl Batch {
             Ok(head)
         }
         let version = take(&mut buf, 1)?[0];
-        if version != VERSION {
+        if version != VERSION && version != VERSION_REPLAY {
             return Err(BatchDecodeError::Version(version));
         }
         let mut names = [String::new(), String::new()];
@@ -85,6 +100,13 @@ impl Batch {
         }
         let ingest_ts_ms = i64::from_le_bytes(take(&mut buf, 8)?.try_into().expect("8 bytes"));
         let count = u32::from_le_bytes(take(&mut buf, 4)?.try_into().expect("4 bytes"));
+        let replay_of = if version == VERSION_REPLAY {
+            let p = u32::from_le_bytes(take(&mut buf, 4)?.try_into().expect("4 bytes"));
+            let o = u64::from_le_bytes(take(&mut buf, 8)?.try_into().expect("8 bytes"));
+            Some((p, o))
+        } else {
+            None
+        };
         let [tenant, stream] = names;
         Ok(Batch {
             tenant,
@@ -92,6 +114,7 @@ impl Batch {
             ingest_ts_ms,
             count,
             records: buf.to_vec(),
+            replay_of,
         })
     }
 
@@ -141,28 +164,40 @@ mod tests {
             ingest_ts_ms: 1_700_000_000_123,
             count: 2,
             records: b"{\"a\":1}\n{\"b\":\"x\"}\n".to_vec(),
+            replay_of: None,
+        }
+    }
+
+    fn replay() -> Batch {
+        Batch {
+            replay_of: Some((3, 1 << 40)),
+            ..sample()
         }
     }
 
     #[test]
     fn roundtrip() {
-        let b = sample();
-        let enc = b.encode();
-        assert_eq!(enc.len(), b.encoded_len());
-        assert_eq!(Batch::decode(&enc).unwrap(), b);
-        assert_eq!(b.lines().count(), 2);
+        for b in [sample(), replay()] {
+            let enc = b.encode();
+            assert_eq!(enc.len(), b.encoded_len());
+            assert_eq!(Batch::decode(&enc).unwrap(), b);
+            assert_eq!(b.lines().count(), 2);
+        }
+        assert_eq!(sample().encode()[0], 1, "plain batches keep version 1");
     }
 
     #[test]
     fn every_truncation_is_an_error_not_a_panic() {
-        let enc = sample().encode();
-        let header = enc.len() - sample().records.len();
-        for n in 0..header {
-            assert_eq!(
-                Batch::decode(&enc[..n]),
-                Err(BatchDecodeError::Truncated),
-                "{n}"
-            );
+        for b in [sample(), replay()] {
+            let enc = b.encode();
+            let header = enc.len() - b.records.len();
+            for n in 0..header {
+                assert_eq!(
+                    Batch::decode(&enc[..n]),
+                    Err(BatchDecodeError::Truncated),
+                    "{n}"
+                );
+            }
         }
     }
 

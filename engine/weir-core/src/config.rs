@@ -115,6 +115,9 @@ pub struct TenantConfig {
     pub tokens: Vec<String>,
     #[serde(default)]
     pub streams: BTreeMap<String, StreamConfig>,
+    /// Sandbox limits of this tenant's plugins (defaults: `[plugins]`).
+    #[serde(default)]
+    pub limits: TenantLimits,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -230,6 +233,42 @@ pub struct PluginLimits {
     /// A call's output may be at most this many times its input (plus 64 KiB).
     #[serde(default = "d_ratio")]
     pub max_output_ratio: u64,
+    /// Live plugin instances one tenant may hold across all partitions and streams.
+    #[serde(default = "d_instances")]
+    pub max_instances: u64,
+    /// Automatic rollback: a version activated over an older one is rolled back when
+    /// more than this share of its calls trap or time out...
+    #[serde(default = "d_rollback_ratio")]
+    pub rollback_failure_ratio: f64,
+    /// ...within this many seconds of its activation...
+    #[serde(default = "d_rollback_window")]
+    pub rollback_window_secs: u64,
+    /// ...once it has made at least this many calls.
+    #[serde(default = "d_rollback_min")]
+    pub rollback_min_calls: u64,
+}
+
+/// Per-tenant overrides of the `[plugins]` sandbox limits.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimits {
+    pub memory_mb: Option<u64>,
+    pub deadline_ms: Option<u64>,
+    pub max_output_ratio: Option<u64>,
+    pub max_instances: Option<u64>,
+}
+
+fn d_instances() -> u64 {
+    1024
+}
+fn d_rollback_ratio() -> f64 {
+    0.5
+}
+fn d_rollback_window() -> u64 {
+    300
+}
+fn d_rollback_min() -> u64 {
+    5
 }
 fn d_mem() -> u64 {
     64
@@ -246,6 +285,10 @@ impl Default for PluginLimits {
             memory_mb: d_mem(),
             deadline_ms: d_deadline(),
             max_output_ratio: d_ratio(),
+            max_instances: d_instances(),
+            rollback_failure_ratio: d_rollback_ratio(),
+            rollback_window_secs: d_rollback_window(),
+            rollback_min_calls: d_rollback_min(),
         }
     }
 }
@@ -339,6 +382,20 @@ impl Config {
         if self.plugins.memory_mb == 0 || self.plugins.deadline_ms == 0 {
             return bad("plugins.memory_mb and plugins.deadline_ms must be positive".into());
         }
+        for tenant in self.tenants.keys() {
+            let l = self.plugin_limits(tenant);
+            if l.memory_mb == 0 || l.deadline_ms == 0 || l.max_instances == 0 {
+                return bad(format!(
+                    "tenant {tenant}: memory_mb, deadline_ms and max_instances must be positive"
+                ));
+            }
+        }
+        let r = self.plugins.rollback_failure_ratio;
+        if !(0.0..=1.0).contains(&r) {
+            return bad(format!(
+                "plugins.rollback_failure_ratio must be in 0..=1, not {r}"
+            ));
+        }
         if self.hot.batch_records == 0 {
             return bad("hot.batch_records must be positive".into());
         }
@@ -356,6 +413,19 @@ impl Config {
             .iter()
             .find(|(_, t)| t.tokens.iter().any(|x| x == token))
             .map(|(name, _)| name.as_str())
+    }
+
+    /// The sandbox limits of `tenant`'s plugins: its own overrides over `[plugins]`.
+    pub fn plugin_limits(&self, tenant: &str) -> PluginLimits {
+        let mut l = self.plugins.clone();
+        if let Some(t) = self.tenants.get(tenant) {
+            let o = &t.limits;
+            l.memory_mb = o.memory_mb.unwrap_or(l.memory_mb);
+            l.deadline_ms = o.deadline_ms.unwrap_or(l.deadline_ms);
+            l.max_output_ratio = o.max_output_ratio.unwrap_or(l.max_output_ratio);
+            l.max_instances = o.max_instances.unwrap_or(l.max_instances);
+        }
+        l
     }
 
     /// The plugin chain of a tenant's stream (empty when none is configured).

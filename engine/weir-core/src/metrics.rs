@@ -73,6 +73,10 @@ impl Histogram {
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
+    /// Sum of the observed values (to a millionth of the unit).
+    pub fn sum(&self) -> f64 {
+        self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6
+    }
 }
 
 enum Kind {
@@ -92,6 +96,19 @@ pub struct Family<T> {
 }
 
 impl<T> Family<T> {
+    /// The member for these labels if it exists (never creates one).
+    pub fn find(&self, labels: &[(&str, &str)]) -> Option<Arc<T>> {
+        let key: Labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.members
+            .lock()
+            .expect("metrics lock")
+            .get(&key)
+            .cloned()
+    }
+
     /// The member for these labels, created on first use.
     pub fn with(&self, labels: &[(&str, &str)]) -> Arc<T> {
         let key: Labels = labels

@@ -1,7 +1,9 @@
 //! [`Catalog`]: compiled plugins by reference, and chains built from the config.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use weir_core::config::PluginRef;
@@ -9,6 +11,8 @@ use weir_core::Config;
 use weir_plugin_host::{
     CompiledPlugin, HostError, Limits, PluginHost, PluginInstance, TRANSFORM_WORLD,
 };
+
+use weir_core::metrics::{Counter, Family, Registry};
 
 use crate::registry::{PluginRegistry, RegistryError, VersionMeta};
 use crate::PipelineError;
@@ -27,28 +31,162 @@ pub enum UploadError {
 /// Resolves and compiles plugins once; builds per-worker chains.
 pub struct Catalog {
     host: PluginHost,
-    limits: Limits,
     config: Arc<Config>,
     registry: Arc<PluginRegistry>,
     /// By `builtin:NAME`, `file:PATH` or `sha256:HEX` (uploaded versions).
     compiled: Mutex<HashMap<String, CompiledPlugin>>,
+    /// Live instances per tenant (for `max_instances`).
+    instances: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    /// Versions activated over an older one, watched for automatic rollback, by tenant
+    /// and plugin name.
+    rollouts: Mutex<HashMap<String, HashMap<String, Rollout>>>,
+    rollbacks: Arc<Family<Counter>>,
+    instances_gauge: Arc<Family<weir_core::metrics::Gauge>>,
+}
+
+/// A freshly activated version under watch.
+struct Rollout {
+    version: u32,
+    previous: u32,
+    since: Instant,
+    calls: u64,
+    failures: u64,
 }
 
 /// One stage of a chain: the plugin reference and its live instance.
 pub struct Stage {
     pub spec: String,
+    /// The uploaded plugin's version (none for `builtin:` and `file:` plugins).
+    pub version: Option<u32>,
     pub instance: PluginInstance,
+    _slot: InstanceSlot,
+}
+
+/// One of a tenant's `max_instances`, given back when the stage is dropped.
+struct InstanceSlot {
+    live: Arc<AtomicU64>,
+    gauge: Arc<weir_core::metrics::Gauge>,
+}
+
+impl Drop for InstanceSlot {
+    fn drop(&mut self) {
+        let before = self.live.fetch_sub(1, Ordering::SeqCst);
+        self.gauge.set(before - 1);
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl Catalog {
-    pub fn new(config: Arc<Config>, registry: Arc<PluginRegistry>) -> Result<Catalog, HostError> {
+    pub fn new(
+        config: Arc<Config>,
+        registry: Arc<PluginRegistry>,
+        metrics: &Registry,
+    ) -> Result<Catalog, HostError> {
         Ok(Catalog {
             host: PluginHost::new()?,
-            limits: Limits::from_config(&config.plugins),
             config,
             registry,
             compiled: Mutex::new(HashMap::new()),
+            instances: Mutex::new(HashMap::new()),
+            rollouts: Mutex::new(HashMap::new()),
+            rollbacks: metrics.counter(
+                "weir_plugin_rollbacks_total",
+                "Versions rolled back automatically for trapping or timing out.",
+            ),
+            instances_gauge: metrics
+                .gauge("weir_plugin_instances", "Live plugin instances per tenant."),
         })
+    }
+
+    /// Make `version` of `tenant`'s `name` active, live. When it replaces an older
+    /// version, it is watched: trapping or timing out on more than
+    /// `plugins.rollback_failure_ratio` of its calls (after `rollback_min_calls`) within
+    /// `rollback_window_secs` of now rolls it back to the version it replaced.
+    pub fn activate(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<VersionMeta, RegistryError> {
+        let (meta, before) =
+            self.registry
+                .activate(tenant, name, version, "activate", "admin API", now_ms())?;
+        let mut rollouts = self.rollouts.lock();
+        let plugins = rollouts.entry(tenant.to_owned()).or_default();
+        match before {
+            Some(previous) if previous != version => {
+                plugins.insert(
+                    name.to_owned(),
+                    Rollout {
+                        version,
+                        previous,
+                        since: Instant::now(),
+                        calls: 0,
+                        failures: 0,
+                    },
+                );
+            }
+            _ => {
+                plugins.remove(name);
+            }
+        }
+        Ok(meta)
+    }
+
+    /// Count one call of `version` of `tenant`'s uploaded `name` (called by workers after
+    /// every call); rolls the version back when its rollout fails.
+    pub fn observe(&self, tenant: &str, name: &str, version: u32, failed: bool) {
+        let policy = &self.config.plugins;
+        let mut rollouts = self.rollouts.lock();
+        let Some(plugins) = rollouts.get_mut(tenant) else {
+            return;
+        };
+        let Some(r) = plugins.get_mut(name) else {
+            return;
+        };
+        if r.version != version {
+            return;
+        }
+        if r.since.elapsed() > Duration::from_secs(policy.rollback_window_secs) {
+            plugins.remove(name);
+            return;
+        }
+        r.calls += 1;
+        r.failures += u64::from(failed);
+        let share = r.failures as f64 / r.calls as f64;
+        if r.calls < policy.rollback_min_calls || share <= policy.rollback_failure_ratio {
+            return;
+        }
+        let reason = format!(
+            "{} of {} calls trapped or timed out within {} s of activation (limit {:.0}%)",
+            r.failures,
+            r.calls,
+            r.since.elapsed().as_secs(),
+            policy.rollback_failure_ratio * 100.0
+        );
+        let (from, to) = (r.version, r.previous);
+        plugins.remove(name);
+        drop(rollouts);
+        match self
+            .registry
+            .activate(tenant, name, to, "rollback", &reason, now_ms())
+        {
+            Ok(_) => {
+                self.rollbacks
+                    .with(&[("tenant", tenant), ("plugin", name)])
+                    .inc();
+                tracing::warn!(%tenant, plugin = %name, from, to, %reason, "plugin version rolled back automatically");
+            }
+            Err(e) => {
+                tracing::error!(%tenant, plugin = %name, from, to, error = %e, "automatic rollback failed")
+            }
+        }
     }
 
     pub fn registry(&self) -> &PluginRegistry {
@@ -120,7 +258,13 @@ impl Catalog {
     /// uploads or `builtin:NAME`; `file:` paths are for the operator's config file
     /// only), compiles and accepts its config. Slow: call it off the async runtime.
     /// Compiling here also warms the cache, so workers swap chains without compiling.
-    pub fn check_pipeline(&self, tenant: &str, plugins: &[PluginRef]) -> Result<(), PipelineError> {
+    pub fn check_pipeline(
+        &self,
+        tenant: &str,
+        stream: &str,
+        plugins: &[PluginRef],
+    ) -> Result<(), PipelineError> {
+        self.check_budget(tenant, Some((stream, plugins.len())))?;
         for r in plugins {
             if r.plugin.starts_with("file:") {
                 return Err(PipelineError::FileOverApi(r.plugin.clone()));
@@ -131,14 +275,18 @@ impl Catalog {
     }
 
     /// The compiled active version of `tenant`'s uploaded plugin `name`.
-    fn resolve_uploaded(&self, tenant: &str, name: &str) -> Result<CompiledPlugin, PipelineError> {
+    fn resolve_uploaded(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<(CompiledPlugin, u32), PipelineError> {
         let (meta, bytes) = self
             .registry
             .active(tenant, name)
             .map_err(|e| PipelineError::Uploaded(e.to_string()))?;
         let key = format!("sha256:{}", meta.sha256);
         if let Some(p) = self.compiled.lock().get(&key) {
-            return Ok(p.clone());
+            return Ok((p.clone(), meta.version));
         }
         let compiled = self
             .host
@@ -148,7 +296,7 @@ impl Catalog {
                 source,
             })?;
         self.compiled.lock().insert(key, compiled.clone());
-        Ok(compiled)
+        Ok((compiled, meta.version))
     }
 
     /// The compiled plugin for `builtin:NAME` or `file:PATH`, compiling on first use.
@@ -192,11 +340,46 @@ impl Catalog {
         Ok(compiled)
     }
 
+    /// Whether `tenant`'s pipelines (with `stream`'s replaced by one of `stages` stages)
+    /// fit its instance limit when every partition runs every pipeline.
+    fn check_budget(
+        &self,
+        tenant: &str,
+        replace: Option<(&str, usize)>,
+    ) -> Result<(), PipelineError> {
+        let partitions = u64::from(self.config.log.partitions);
+        let mut stages = 0u64;
+        let mut streams = self.streams(tenant);
+        if let Some((stream, n)) = replace {
+            streams.retain(|s| s != stream);
+            stages += n as u64;
+        }
+        stages += streams
+            .iter()
+            .map(|s| self.pipeline(tenant, s).len() as u64)
+            .sum::<u64>();
+        let limit = self.config.plugin_limits(tenant).max_instances;
+        if stages * partitions > limit {
+            return Err(PipelineError::InstanceBudget {
+                stages,
+                partitions,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
     /// Compile every plugin the config names and instantiate each stage once with its
-    /// config, so a bad pipeline stops `weir serve` at startup instead of at first use.
+    /// config, so a bad pipeline stops `weir serve` at startup instead of at first use;
+    /// and check each tenant's pipelines fit its instance limit.
     /// Uploaded plugins (bare names) are checked at upload time instead.
     pub fn check_config(&self) -> Result<(), PipelineError> {
         for (tenant, t) in &self.config.tenants {
+            self.check_budget(tenant, None)
+                .map_err(|e| PipelineError::Tenant {
+                    tenant: tenant.clone(),
+                    source: Box::new(e),
+                })?;
             for s in t.streams.values() {
                 for r in &s.plugins {
                     if r.plugin.contains(':') {
@@ -224,25 +407,59 @@ impl Catalog {
             .collect()
     }
 
+    /// Take one of `tenant`'s instance slots, or say why not.
+    fn slot(&self, tenant: &str) -> Result<InstanceSlot, PipelineError> {
+        let limit = self.config.plugin_limits(tenant).max_instances;
+        let counter = self
+            .instances
+            .lock()
+            .entry(tenant.to_owned())
+            .or_default()
+            .clone();
+        let live = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let slot = InstanceSlot {
+            live: counter,
+            gauge: self.instances_gauge.with(&[("tenant", tenant)]),
+        };
+        slot.gauge.set(live);
+        if live > limit {
+            return Err(PipelineError::InstanceLimit { limit });
+        }
+        Ok(slot)
+    }
+
+    /// Live plugin instances of `tenant`.
+    pub fn instances(&self, tenant: &str) -> u64 {
+        self.instances
+            .lock()
+            .get(tenant)
+            .map_or(0, |c| c.load(Ordering::SeqCst))
+    }
+
     fn stage(&self, tenant: &str, r: &PluginRef) -> Result<Stage, PipelineError> {
-        let compiled = if r.plugin.contains(':') {
-            self.resolve(&r.plugin)?
+        let slot = self.slot(tenant)?;
+        let (compiled, version) = if r.plugin.contains(':') {
+            (self.resolve(&r.plugin)?, None)
         } else {
-            self.resolve_uploaded(tenant, &r.plugin)?
+            let (c, v) = self.resolve_uploaded(tenant, &r.plugin)?;
+            (c, Some(v))
         };
         let config = r
             .config
             .as_ref()
             .map_or_else(|| "{}".to_owned(), |c| c.to_string());
+        let limits = Limits::from_config(&self.config.plugin_limits(tenant));
         let instance = compiled
-            .instantiate(tenant, &config, &self.limits)
+            .instantiate(tenant, &config, &limits)
             .map_err(|source| PipelineError::Host {
                 spec: r.plugin.clone(),
                 source,
             })?;
         Ok(Stage {
             spec: r.plugin.clone(),
+            version,
             instance,
+            _slot: slot,
         })
     }
 }

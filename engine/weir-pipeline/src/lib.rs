@@ -24,12 +24,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use thiserror::Error;
-use weir_core::metrics::Registry;
 use weir_store::HotStore;
 use weir_transport::Log;
 
 pub use catalog::{Catalog, UploadError};
-pub use registry::{PipelineDoc, PluginInfo, PluginRegistry, RegistryError, VersionMeta};
+pub use registry::{
+    PipelineDoc, PluginEvent, PluginInfo, PluginRegistry, RegistryError, VersionMeta,
+};
 pub use worker::{Worker, WorkerMetrics};
 
 #[derive(Debug, Error)]
@@ -49,6 +50,19 @@ pub enum PipelineError {
     Uploaded(String),
     #[error("plugin reference {0:?}: file paths can be named in the config file only")]
     FileOverApi(String),
+    #[error("the tenant's limit of {limit} live plugin instances is reached")]
+    InstanceLimit { limit: u64 },
+    #[error("{stages} pipeline stages on {partitions} partitions need {} plugin instances, more than the tenant's limit of {limit} (max_instances)", stages * partitions)]
+    InstanceBudget {
+        stages: u64,
+        partitions: u64,
+        limit: u64,
+    },
+    #[error("tenant {tenant}: {source}")]
+    Tenant {
+        tenant: String,
+        source: Box<PipelineError>,
+    },
 }
 
 /// The running workers, one per partition.
@@ -63,10 +77,9 @@ impl Workers {
         store: Arc<HotStore>,
         catalog: Arc<Catalog>,
         batch_records: usize,
-        registry: &Registry,
+        metrics: Arc<WorkerMetrics>,
     ) -> std::io::Result<Workers> {
         let stop = Arc::new(AtomicBool::new(false));
-        let metrics = Arc::new(WorkerMetrics::new(registry));
         let mut handles = Vec::new();
         for p in 0..log.partitions() {
             let w = Worker::new(

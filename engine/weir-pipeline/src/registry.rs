@@ -5,7 +5,8 @@
 //! uploads); `active` maps `(tenant, name)` to the active version. Every change bumps
 //! an in-memory generation so workers swap chains at their next batch boundary.
 //! `pipelines` maps `(tenant, stream)` to the JSON of a [`PipelineDoc`] set through the
-//! admin API; it overrides the stream's pipeline in the config file.
+//! admin API; it overrides the stream's pipeline in the config file. `events` keeps a
+//! plugin's history of activations and automatic rollbacks as [`PluginEvent`]s.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,6 +23,7 @@ const VERSIONS: TableDefinition<(&str, &str, u32), &str> = TableDefinition::new(
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 const ACTIVE: TableDefinition<(&str, &str), u32> = TableDefinition::new("active");
 const PIPELINES: TableDefinition<(&str, &str), &str> = TableDefinition::new("pipelines");
+const EVENTS: TableDefinition<(&str, &str, u64), &str> = TableDefinition::new("events");
 
 #[derive(Debug, Error)]
 pub enum RegistryError {
@@ -67,6 +69,17 @@ impl PluginInfo {
     }
 }
 
+/// Something that happened to a plugin: an activation or an automatic rollback.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginEvent {
+    pub at_ms: i64,
+    /// `activate` or `rollback`.
+    pub kind: String,
+    pub from: Option<u32>,
+    pub to: u32,
+    pub reason: String,
+}
+
 /// A stream's pipeline as set through the admin API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PipelineDoc {
@@ -89,6 +102,7 @@ impl PluginRegistry {
         w.open_table(BLOBS).map_err(storage)?;
         w.open_table(ACTIVE).map_err(storage)?;
         w.open_table(PIPELINES).map_err(storage)?;
+        w.open_table(EVENTS).map_err(storage)?;
         w.commit().map_err(storage)?;
         let mut pipelines = BTreeMap::new();
         {
@@ -249,23 +263,65 @@ impl PluginRegistry {
             .ok_or_else(|| RegistryError::NotFound(name.to_owned()))
     }
 
-    /// Make `version` the active one (rollback is activating an older version).
+    /// Make `version` the active one (rollback is activating an older version), and
+    /// record the change as `event` in the same transaction. Returns the version that
+    /// was active before.
     pub fn activate(
         &self,
         tenant: &str,
         name: &str,
         version: u32,
-    ) -> Result<VersionMeta, RegistryError> {
+        kind: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(VersionMeta, Option<u32>), RegistryError> {
         let info = self.get(tenant, name)?;
+        let before = info.active;
         let meta = info.version(version)?;
+        let event = PluginEvent {
+            at_ms: now_ms,
+            kind: kind.to_owned(),
+            from: before,
+            to: version,
+            reason: reason.to_owned(),
+        };
+        let json = serde_json::to_string(&event).map_err(storage)?;
         let w = self.db.begin_write().map_err(storage)?;
-        w.open_table(ACTIVE)
-            .map_err(storage)?
-            .insert((tenant, name), version)
-            .map_err(storage)?;
+        {
+            w.open_table(ACTIVE)
+                .map_err(storage)?
+                .insert((tenant, name), version)
+                .map_err(storage)?;
+            let mut events = w.open_table(EVENTS).map_err(storage)?;
+            let seq = events
+                .range((tenant, name, 0)..=(tenant, name, u64::MAX))
+                .map_err(storage)?
+                .next_back()
+                .transpose()
+                .map_err(storage)?
+                .map_or(0, |(k, _)| k.value().2 + 1);
+            events
+                .insert((tenant, name, seq), json.as_str())
+                .map_err(storage)?;
+        }
         w.commit().map_err(storage)?;
         self.bump();
-        Ok(meta)
+        Ok((meta, before))
+    }
+
+    /// The activations and rollbacks of `tenant`'s `name`, oldest first.
+    pub fn events(&self, tenant: &str, name: &str) -> Result<Vec<PluginEvent>, RegistryError> {
+        let r = self.db.begin_read().map_err(storage)?;
+        let events = r.open_table(EVENTS).map_err(storage)?;
+        let mut out = Vec::new();
+        for row in events
+            .range((tenant, name, 0)..=(tenant, name, u64::MAX))
+            .map_err(storage)?
+        {
+            let (_, v) = row.map_err(storage)?;
+            out.push(serde_json::from_str(v.value()).map_err(storage)?);
+        }
+        Ok(out)
     }
 
     /// Remove every version of a plugin (the caller checks no pipeline uses it).
@@ -282,6 +338,10 @@ impl PluginRegistry {
             w.open_table(ACTIVE)
                 .map_err(storage)?
                 .remove((tenant, name))
+                .map_err(storage)?;
+            w.open_table(EVENTS)
+                .map_err(storage)?
+                .retain_in((tenant, name, 0)..=(tenant, name, u64::MAX), |_, _| false)
                 .map_err(storage)?;
         }
         w.commit().map_err(storage)?;
@@ -332,16 +392,32 @@ mod tests {
                 b"one",
                 "the first version is active"
             );
-            r.activate("a", "p", 2).unwrap();
+            let (_, before) = r.activate("a", "p", 2, "activate", "", 5).unwrap();
+            assert_eq!(before, Some(1));
             assert_eq!(r.active("a", "p").unwrap().1, b"two");
             assert!(matches!(
-                r.activate("a", "p", 9),
+                r.activate("a", "p", 9, "activate", "", 6),
                 Err(RegistryError::NoVersion { .. })
             ));
+            r.activate("a", "p", 1, "rollback", "traps", 7).unwrap();
+            r.activate("a", "p", 2, "activate", "", 8).unwrap();
             r.add_version("a", "q", "w", "s1", b"one", 3).unwrap();
             r.add_version("b", "p", "w", "s3", b"bee", 4).unwrap();
         }
         let r = PluginRegistry::open(&path).unwrap();
+        let events = r.events("a", "p").unwrap();
+        assert_eq!(
+            events
+                .iter()
+                .map(|e| (e.kind.as_str(), e.from, e.to))
+                .collect::<Vec<_>>(),
+            vec![
+                ("activate", Some(1), 2),
+                ("rollback", Some(2), 1),
+                ("activate", Some(1), 2)
+            ]
+        );
+        assert!(r.events("b", "p").unwrap().is_empty());
         let list = r.list("a").unwrap();
         assert_eq!(
             list.iter()

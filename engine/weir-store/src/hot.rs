@@ -100,11 +100,34 @@ pub struct DeadLetter {
     pub count: u32,
     pub plugin: String,
     pub plugin_sha256: String,
+    /// The uploaded plugin's version (none for `builtin:` and `file:` plugins).
+    #[serde(default)]
+    pub plugin_version: Option<u32>,
     pub error: String,
     pub ingest_ts_ms: i64,
     pub failed_at_ms: i64,
     /// The entry's records as they were given to the failing plugin (NDJSON).
     pub records: String,
+    /// When this entry was itself a replay: the dead letter it replayed.
+    #[serde(default)]
+    pub replay_of: Option<(u32, u64)>,
+}
+
+impl DeadLetter {
+    /// `PARTITION-OFFSET`: how the admin API names a dead letter.
+    pub fn id(&self) -> String {
+        format!("{}-{}", self.partition, self.offset)
+    }
+}
+
+/// What a commit did with replays of dead letters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayOutcome {
+    /// Replays whose dead letter was still there: landed (as rows or a new dead letter)
+    /// and the dead letter removed.
+    pub landed: usize,
+    /// Replays of a dead letter already gone (replayed before): dropped, not doubled.
+    pub duplicates: usize,
 }
 
 struct Held {
@@ -180,27 +203,52 @@ impl HotStore {
 
     /// Atomically store segments and dead letters of `partition` and move its position to
     /// `next`. Rows become queryable when this returns.
+    ///
+    /// A segment or dead letter that replays a dead letter lands only if that dead letter
+    /// still exists, and removes it in the same transaction: replaying the same dead letter
+    /// twice (two requests, or a crash between the replay's append and its processing)
+    /// lands it once.
     pub fn commit(
         &self,
         partition: u32,
         next: u64,
         segments: &[Segment],
         dead: &[DeadLetter],
-    ) -> Result<(), StoreError> {
+    ) -> Result<ReplayOutcome, StoreError> {
+        let mut outcome = ReplayOutcome::default();
+        let mut kept = Vec::with_capacity(segments.len());
         let w = self.db.begin_write().map_err(storage_err)?;
         {
+            let mut dl = w.open_table(DEAD).map_err(storage_err)?;
+            // Claims the replayed dead letter; false when it is already gone.
+            let mut claim = |key: Option<(u32, u64)>| -> Result<bool, StoreError> {
+                let Some(k) = key else { return Ok(true) };
+                let gone = dl.remove(k).map_err(storage_err)?.is_none();
+                if gone {
+                    outcome.duplicates += 1;
+                } else {
+                    outcome.landed += 1;
+                }
+                Ok(!gone)
+            };
+            let mut keep_dead = Vec::with_capacity(dead.len());
+            for d in dead {
+                keep_dead.push(claim(d.replay_of)?);
+            }
+            for s in segments {
+                kept.push(claim(s.batch.replay_of)?);
+            }
+            for (d, _) in dead.iter().zip(&keep_dead).filter(|(_, k)| **k) {
+                let json = serde_json::to_vec(d).map_err(storage_err)?;
+                dl.insert((d.partition, d.offset), json.as_slice())
+                    .map_err(storage_err)?;
+            }
             let mut segs = w.open_table(SEGMENTS).map_err(storage_err)?;
             let mut buf = Vec::new();
-            for s in segments {
+            for (s, _) in segments.iter().zip(&kept).filter(|(_, k)| **k) {
                 buf.clear();
                 s.batch.encode_into(&mut buf);
                 segs.insert((s.partition, s.offset), buf.as_slice())
-                    .map_err(storage_err)?;
-            }
-            let mut dl = w.open_table(DEAD).map_err(storage_err)?;
-            for d in dead {
-                let json = serde_json::to_vec(d).map_err(storage_err)?;
-                dl.insert((d.partition, d.offset), json.as_slice())
                     .map_err(storage_err)?;
             }
             let mut pos = w.open_table(POSITIONS).map_err(storage_err)?;
@@ -210,11 +258,28 @@ impl HotStore {
         self.positions.lock().insert(partition, next);
         {
             let mut mem = self.mem.write();
-            for s in segments {
+            for (s, _) in segments.iter().zip(&kept).filter(|(_, k)| **k) {
                 insert_mem(&mut mem, s);
             }
         }
-        self.evict_over_bound()
+        self.evict_over_bound()?;
+        Ok(outcome)
+    }
+
+    /// Dead letters of `tenant` named by id (`PARTITION-OFFSET`), or all of them (for
+    /// `stream` only, when given) when `ids` is empty.
+    pub fn select_dead_letters(
+        &self,
+        tenant: &str,
+        stream: Option<&str>,
+        ids: &[String],
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        Ok(self
+            .dead_letters(tenant)?
+            .into_iter()
+            .filter(|d| stream.is_none_or(|s| d.stream == s))
+            .filter(|d| ids.is_empty() || ids.contains(&d.id()))
+            .collect())
     }
 
     fn evict_over_bound(&self) -> Result<(), StoreError> {
@@ -333,6 +398,7 @@ mod tests {
                 ingest_ts_ms: 1,
                 count: n,
                 records,
+                replay_of: None,
             },
         )
         .unwrap()
@@ -379,15 +445,86 @@ mod tests {
             count: 2,
             plugin: "x".into(),
             plugin_sha256: "00".into(),
+            plugin_version: Some(3),
             error: "boom".into(),
             ingest_ts_ms: 1,
             failed_at_ms: 2,
             records: "{}\n{}\n".into(),
+            replay_of: None,
         };
         s.commit(0, 9, &[], std::slice::from_ref(&d)).unwrap();
         assert_eq!(s.dead_letters("a").unwrap(), vec![d]);
         assert!(s.dead_letters("b").unwrap().is_empty());
         assert_eq!(s.position(0), 9);
+    }
+
+    #[test]
+    fn a_replayed_dead_letter_lands_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let s = HotStore::open(&path, usize::MAX).unwrap();
+        let dead = |offset, replay_of| DeadLetter {
+            tenant: "a".into(),
+            stream: "s".into(),
+            partition: 0,
+            offset,
+            count: 2,
+            plugin: "x".into(),
+            plugin_sha256: "00".into(),
+            plugin_version: None,
+            error: "boom".into(),
+            ingest_ts_ms: 1,
+            failed_at_ms: offset as i64,
+            records: "{}\n{}\n".into(),
+            replay_of,
+        };
+        s.commit(0, 2, &[], &[dead(0, None), dead(1, None)])
+            .unwrap();
+        let replay = |offset, of| {
+            let mut g = seg("a", 0, offset, 2);
+            g.batch.replay_of = Some(of);
+            g
+        };
+        // Dead letter 0-0 replayed twice in one commit, and 0-1 fails again.
+        let out = s
+            .commit(
+                0,
+                5,
+                &[replay(2, (0, 0)), replay(3, (0, 0))],
+                &[dead(4, Some((0, 1)))],
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            ReplayOutcome {
+                landed: 2,
+                duplicates: 1
+            }
+        );
+        assert_eq!(rows(&s, "a"), 2);
+        let left: Vec<_> = s
+            .dead_letters("a")
+            .unwrap()
+            .iter()
+            .map(DeadLetter::id)
+            .collect();
+        assert_eq!(
+            left,
+            vec!["0-4"],
+            "the failed replay replaces its dead letter"
+        );
+        // A later replay of a dead letter already replayed is dropped.
+        let out = s.commit(0, 6, &[replay(5, (0, 0))], &[]).unwrap();
+        assert_eq!(
+            out,
+            ReplayOutcome {
+                landed: 0,
+                duplicates: 1
+            }
+        );
+        drop(s);
+        let s = HotStore::open(&path, usize::MAX).unwrap();
+        assert_eq!(rows(&s, "a"), 2);
     }
 
     #[test]

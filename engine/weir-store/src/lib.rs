@@ -15,6 +15,6 @@ pub mod hot;
 pub mod query;
 pub mod rows;
 
-pub use hot::{DeadLetter, HotStore, Segment, StoreError};
+pub use hot::{DeadLetter, HotStore, ReplayOutcome, Segment, StoreError};
 pub use query::{QueryError, QueryResult};
 pub use rows::InvalidLine;

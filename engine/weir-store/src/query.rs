@@ -3,7 +3,7 @@
 //! Each query gets a fresh `SessionContext` holding only the asking tenant's tables:
 //! - `logs`: the hot rows (see [`crate::rows`] for the columns);
 //! - `dead_letters`: batches a plugin failed on (`tenant, stream, partition, offset,
-//!   count, plugin, plugin_sha256, error, ingest_ts, failed_at, records`).
+//!   count, plugin, plugin_sha256, plugin_version, error, ingest_ts, failed_at, records`).
 //!
 //! DDL, DML and other statements are refused, URL tables are not enabled, and the
 //! session's memory is bounded, so a query can neither reach other rows nor the disk
@@ -57,6 +57,7 @@ fn dead_letters_schema() -> SchemaRef {
         Field::new("count", DataType::UInt32, false),
         Field::new("plugin", DataType::Utf8, false),
         Field::new("plugin_sha256", DataType::Utf8, false),
+        Field::new("plugin_version", DataType::UInt32, true),
         Field::new("error", DataType::Utf8, false),
         Field::new("ingest_ts", ts.clone(), false),
         Field::new("failed_at", ts, false),
@@ -79,6 +80,7 @@ fn dead_letters_batch(d: &[DeadLetter]) -> RecordBatch {
         Arc::new(UInt32Array::from_iter_values(d.iter().map(|x| x.count))),
         s(|x| &x.plugin),
         s(|x| &x.plugin_sha256),
+        Arc::new(UInt32Array::from_iter(d.iter().map(|x| x.plugin_version))),
         s(|x| &x.error),
         ts(|x| x.ingest_ts_ms),
         ts(|x| x.failed_at_ms),
@@ -211,6 +213,7 @@ mod tests {
                 ingest_ts_ms: 1_700_000_000_000,
                 count: lines.lines().count() as u32,
                 records: lines.as_bytes().to_vec(),
+                replay_of: None,
             };
             Segment::new(0, offset, batch).unwrap()
         };

@@ -15,6 +15,13 @@
 //! - `GET .../pipelines`, `GET .../pipelines/{stream}`: the pipelines in effect, with
 //!   `"source": "admin" | "config"`.
 //!
+//! - `GET .../dead-letters[?stream=S]`: batches a plugin failed on, with plugin, version,
+//!   error and offsets (`id` = `PARTITION-OFFSET`), records left out.
+//! - `POST .../dead-letters/replay` `{"stream"?:S, "ids"?:[...]}` (all when no ids): the
+//!   records go back into the log and through the stream's current pipeline. The store
+//!   lands a replay only while its dead letter exists and removes it in the same commit,
+//!   so a dead letter replayed twice lands once.
+//!
 //! Tenant data tokens get 403 here, anything else without the admin token 401.
 
 use std::sync::Arc;
@@ -29,12 +36,20 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use weir_core::config::PluginRef;
+use weir_core::Batch;
 use weir_core::Config;
-use weir_pipeline::{Catalog, PipelineDoc, RegistryError, UploadError};
+use weir_pipeline::{Catalog, PipelineDoc, RegistryError, UploadError, WorkerMetrics};
+use weir_store::HotStore;
+use weir_transport::Log;
 
 pub struct AdminState {
     pub config: Arc<Config>,
     pub catalog: Arc<Catalog>,
+    /// Replays append dead letters' records back to the log...
+    pub log: Arc<dyn Log>,
+    /// ...from the hot store's dead-letter table.
+    pub store: Arc<HotStore>,
+    pub metrics: Arc<WorkerMetrics>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -50,6 +65,11 @@ pub fn router(state: Arc<AdminState>) -> Router {
             post(activate),
         )
         .route("/admin/v1/tenants/{tenant}/pipelines", get(list_pipelines))
+        .route("/admin/v1/tenants/{tenant}/dead-letters", get(list_dead))
+        .route(
+            "/admin/v1/tenants/{tenant}/dead-letters/replay",
+            post(replay_dead),
+        )
         .route(
             "/admin/v1/tenants/{tenant}/pipelines/{stream}",
             get(show_pipeline).put(set_pipeline),
@@ -158,12 +178,28 @@ async fn show(
     if let Err((status, why)) = authorize(&state, &headers, &tenant) {
         return err(status, why);
     }
-    match state.catalog.registry().get(&tenant, &name) {
-        Ok(p) => Json(json!({
-            "name": p.name, "active": p.active, "versions": p.versions,
-            "used_by": state.catalog.streams_using(&tenant, &name),
-        }))
-        .into_response(),
+    let registry = state.catalog.registry();
+    match registry.get(&tenant, &name) {
+        Ok(p) => {
+            let metrics: serde_json::Map<String, serde_json::Value> = p
+                .versions
+                .iter()
+                .map(|v| {
+                    let version = v.version.to_string();
+                    (
+                        version.clone(),
+                        version_metrics(&state.metrics, &tenant, &name, &version),
+                    )
+                })
+                .collect();
+            Json(json!({
+                "name": p.name, "active": p.active, "versions": p.versions,
+                "used_by": state.catalog.streams_using(&tenant, &name),
+                "events": registry.events(&tenant, &name).unwrap_or_default(),
+                "metrics": metrics,
+            }))
+            .into_response()
+        }
         Err(e) => registry_err(e),
     }
 }
@@ -185,7 +221,7 @@ async fn activate(
     let Ok(a) = serde_json::from_slice::<Activate>(&body) else {
         return err(StatusCode::BAD_REQUEST, "expected {\"version\": N}");
     };
-    match state.catalog.registry().activate(&tenant, &name, a.version) {
+    match state.catalog.activate(&tenant, &name, a.version) {
         Ok(meta) => {
             tracing::info!(%tenant, plugin = %name, version = meta.version, "plugin version activated");
             Json(json!({ "name": meta.name, "active": meta.version, "sha256": meta.sha256 }))
@@ -275,7 +311,7 @@ async fn set_pipeline(
     let catalog = state.catalog.clone();
     let (t, s) = (tenant.clone(), stream.clone());
     let res = tokio::task::spawn_blocking(move || {
-        if let Err(e) = catalog.check_pipeline(&t, &doc.plugins) {
+        if let Err(e) = catalog.check_pipeline(&t, &s, &doc.plugins) {
             return Err(Box::new(err(StatusCode::BAD_REQUEST, e.to_string())));
         }
         catalog
@@ -320,4 +356,143 @@ async fn list_pipelines(
         .map(|s| pipeline_json(&state, &tenant, s))
         .collect();
     Json(json!({ "pipelines": all })).into_response()
+}
+
+/// Calls, errors, traps, records in/out and call time of one version, from `/metrics`.
+fn version_metrics(
+    m: &WorkerMetrics,
+    tenant: &str,
+    name: &str,
+    version: &str,
+) -> serde_json::Value {
+    let l = [("tenant", tenant), ("plugin", name), ("version", version)];
+    let c = |f: &weir_core::metrics::Family<weir_core::metrics::Counter>| {
+        f.find(&l).map_or(0, |c| c.get())
+    };
+    let (calls, secs) = m
+        .plugin_seconds
+        .find(&l)
+        .map_or((0, 0.0), |h| (h.count(), h.sum()));
+    json!({
+        "calls": c(&m.plugin_calls), "errors": c(&m.plugin_errors), "traps": c(&m.plugin_traps),
+        "records_in": c(&m.plugin_records_in), "records_out": c(&m.plugin_records_out),
+        "call_seconds_sum": secs, "timed_calls": calls,
+    })
+}
+
+#[derive(Deserialize)]
+struct DeadQuery {
+    stream: Option<String>,
+}
+
+async fn list_dead(
+    State(state): State<Arc<AdminState>>,
+    Path(tenant): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<DeadQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err((status, why)) = authorize(&state, &headers, &tenant) {
+        return err(status, why);
+    }
+    match state
+        .store
+        .select_dead_letters(&tenant, q.stream.as_deref(), &[])
+    {
+        Ok(list) => {
+            let list: Vec<_> = list
+                .iter()
+                .map(|d| {
+                    json!({
+                        "id": d.id(), "stream": d.stream, "partition": d.partition,
+                        "offset": d.offset, "count": d.count, "plugin": d.plugin,
+                        "plugin_version": d.plugin_version, "plugin_sha256": d.plugin_sha256,
+                        "error": d.error, "ingest_ts_ms": d.ingest_ts_ms,
+                        "failed_at_ms": d.failed_at_ms, "replay_of": d.replay_of.map(|(p, o)| format!("{p}-{o}")),
+                    })
+                })
+                .collect();
+            Json(json!({ "dead_letters": list })).into_response()
+        }
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    stream: Option<String>,
+    #[serde(default)]
+    ids: Vec<String>,
+}
+
+async fn replay_dead(
+    State(state): State<Arc<AdminState>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err((status, why)) = authorize(&state, &headers, &tenant) {
+        return err(status, why);
+    }
+    let req = if body.is_empty() {
+        ReplayBody::default()
+    } else {
+        match serde_json::from_slice::<ReplayBody>(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    format!("expected {{\"stream\"?: S, \"ids\"?: [\"PARTITION-OFFSET\"]}}: {e}"),
+                )
+            }
+        }
+    };
+    let chosen = match state
+        .store
+        .select_dead_letters(&tenant, req.stream.as_deref(), &req.ids)
+    {
+        Ok(c) => c,
+        Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    if let Some(missing) = req
+        .ids
+        .iter()
+        .find(|id| !chosen.iter().any(|d| &d.id() == *id))
+    {
+        return err(StatusCode::NOT_FOUND, format!("no dead letter {missing:?}"));
+    }
+    let records: u64 = chosen.iter().map(|d| u64::from(d.count)).sum();
+    let items: Vec<(u32, Batch)> = chosen
+        .iter()
+        .map(|d| {
+            (
+                d.partition % state.log.partitions(),
+                Batch {
+                    tenant: d.tenant.clone(),
+                    stream: d.stream.clone(),
+                    ingest_ts_ms: d.ingest_ts_ms,
+                    count: d.count,
+                    records: d.records.clone().into_bytes(),
+                    replay_of: Some((d.partition, d.offset)),
+                },
+            )
+        })
+        .collect();
+    if !items.is_empty() {
+        let wait = match state.log.append(items) {
+            Ok(w) => w,
+            Err(e) => return err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        };
+        match wait.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            Err(_) => return err(StatusCode::SERVICE_UNAVAILABLE, "the log is closed"),
+        }
+    }
+    tracing::info!(%tenant, dead_letters = chosen.len(), records, "dead letters replayed");
+    Json(json!({
+        "replayed": chosen.iter().map(|d| d.id()).collect::<Vec<_>>(),
+        "records": records,
+    }))
+    .into_response()
 }

@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use weir_core::metrics::Registry;
 use weir_core::Config;
-use weir_pipeline::{Catalog, PluginRegistry, Workers};
+use weir_pipeline::{Catalog, PluginRegistry, WorkerMetrics, Workers};
 use weir_store::HotStore;
 use weir_transport::{Log, RedbLog, RedbLogOptions};
 
@@ -143,25 +143,28 @@ async fn serve(args: ServeArgs) -> Result<()> {
         PluginRegistry::open(&config.data_dir.join("plugins.redb"))
             .context("open the plugin registry")?,
     );
-    let catalog =
-        Arc::new(Catalog::new(config.clone(), registry).context("start the plugin host")?);
+    let catalog = Arc::new(
+        Catalog::new(config.clone(), registry, &metrics_registry)
+            .context("start the plugin host")?,
+    );
     catalog
         .check_config()
         .context("check the configured pipelines")?;
 
     let dyn_log: Arc<dyn Log> = log.clone();
+    let worker_metrics = Arc::new(WorkerMetrics::new(&metrics_registry));
     let workers = Workers::start(
         dyn_log.clone(),
         store.clone(),
         catalog.clone(),
         config.hot.batch_records,
-        &metrics_registry,
+        worker_metrics.clone(),
     )?;
 
     let state = Arc::new(server::AppState {
         config: config.clone(),
-        log: dyn_log,
-        store,
+        log: dyn_log.clone(),
+        store: store.clone(),
         m: server::Metrics::new(&metrics_registry),
         registry: metrics_registry,
         inflight: tokio::sync::Semaphore::new(512 * 1024),
@@ -191,6 +194,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let app = admin::router(Arc::new(admin::AdminState {
             config: config.clone(),
             catalog,
+            log: dyn_log.clone(),
+            store: store.clone(),
+            metrics: worker_metrics,
         }));
         let mut rx = admin_stopped.clone();
         Some(tokio::spawn(async move {

@@ -279,6 +279,7 @@ async fn ingest_inner(
                         ingest_ts_ms: ts,
                         count,
                         records: records.to_vec(),
+                        replay_of: None,
                     },
                 )
             })

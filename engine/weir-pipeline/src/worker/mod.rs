@@ -21,8 +21,48 @@ pub struct WorkerMetrics {
     pub plugin_calls: Arc<Family<Counter>>,
     pub plugin_errors: Arc<Family<Counter>>,
     pub plugin_traps: Arc<Family<Counter>>,
+    pub plugin_records_in: Arc<Family<Counter>>,
+    pub plugin_records_out: Arc<Family<Counter>>,
     pub plugin_seconds: Arc<Family<Histogram>>,
     pub commit_seconds: Arc<Family<Histogram>>,
+    pub replays: Arc<Family<Counter>>,
+}
+
+/// One stage's metric handles, resolved once per chain (labels: tenant, plugin, version).
+struct StageMetrics {
+    calls: Arc<Counter>,
+    errors: Arc<Counter>,
+    traps: Arc<Counter>,
+    records_in: Arc<Counter>,
+    records_out: Arc<Counter>,
+    seconds: Arc<Histogram>,
+}
+
+impl StageMetrics {
+    fn new(m: &WorkerMetrics, tenant: &str, stage: &Stage) -> StageMetrics {
+        let version = stage
+            .version
+            .map_or_else(|| "-".to_owned(), |v| v.to_string());
+        let l = [
+            ("tenant", tenant),
+            ("plugin", stage.spec.as_str()),
+            ("version", version.as_str()),
+        ];
+        StageMetrics {
+            calls: m.plugin_calls.with(&l),
+            errors: m.plugin_errors.with(&l),
+            traps: m.plugin_traps.with(&l),
+            records_in: m.plugin_records_in.with(&l),
+            records_out: m.plugin_records_out.with(&l),
+            seconds: m.plugin_seconds.with(&l),
+        }
+    }
+}
+
+/// A stage of a worker's chain with its metric handles.
+struct Running {
+    stage: Stage,
+    m: StageMetrics,
 }
 
 impl WorkerMetrics {
@@ -49,10 +89,22 @@ impl WorkerMetrics {
                 "weir_plugin_traps_total",
                 "Plugin calls that trapped, timed out or hit a limit.",
             ),
+            plugin_records_in: r.counter(
+                "weir_plugin_records_in_total",
+                "Records given to a plugin.",
+            ),
+            plugin_records_out: r.counter(
+                "weir_plugin_records_out_total",
+                "Records a plugin returned.",
+            ),
             plugin_seconds: r.histogram("weir_plugin_call_seconds", "Plugin call time."),
             commit_seconds: r.histogram(
                 "weir_store_commit_seconds",
                 "Hot store commit time per worker batch.",
+            ),
+            replays: r.counter(
+                "weir_dead_letter_replays_total",
+                "Replayed dead letters by outcome: landed, or duplicate (already replayed, dropped).",
             ),
         }
     }
@@ -62,6 +114,7 @@ impl WorkerMetrics {
 struct Failure {
     plugin: String,
     sha256: String,
+    version: Option<u32>,
     error: String,
 }
 
@@ -76,7 +129,7 @@ pub struct Worker {
     batch_records: usize,
     metrics: Arc<WorkerMetrics>,
     /// Chains by tenant and stream, with the catalog generation they were built at.
-    chains: HashMap<ChainKey, (u64, Result<Vec<Stage>, String>)>,
+    chains: HashMap<ChainKey, (u64, Result<Vec<Running>, String>)>,
 }
 
 fn now_ms() -> i64 {
@@ -130,13 +183,29 @@ impl Worker {
             let started = Instant::now();
             // The commit is retried until it succeeds: skipping it would lose rows.
             let mut backoff = Duration::from_millis(50);
-            while let Err(e) = self.store.commit(p, next, &segments, &dead) {
-                tracing::error!(partition = p, error = %e, "hot store commit failed; retrying");
-                if stop.load(Ordering::SeqCst) {
-                    return; // Nothing was committed: the entries are replayed on restart.
+            let replays = loop {
+                match self.store.commit(p, next, &segments, &dead) {
+                    Ok(r) => break r,
+                    Err(e) => {
+                        tracing::error!(partition = p, error = %e, "hot store commit failed; retrying");
+                        if stop.load(Ordering::SeqCst) {
+                            return; // Nothing was committed: the entries are replayed on restart.
+                        }
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
                 }
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+            };
+            for (outcome, n) in [
+                ("landed", replays.landed),
+                ("duplicate", replays.duplicates),
+            ] {
+                if n > 0 {
+                    self.metrics
+                        .replays
+                        .with(&[("outcome", outcome)])
+                        .add(n as u64);
+                }
             }
             self.metrics
                 .commit_seconds
@@ -175,10 +244,12 @@ impl Worker {
                     ingest_ts_ms: b.ingest_ts_ms,
                     count,
                     records,
+                    replay_of: b.replay_of,
                 };
                 Segment::new(self.partition, e.offset, batch).map_err(|bad| Failure {
                     plugin: self.last_plugin(b),
                     sha256: String::new(),
+                    version: None,
                     error: format!(
                         "output line {} is not a JSON object: {}",
                         bad.line, bad.reason
@@ -208,10 +279,12 @@ impl Worker {
                         count: b.count,
                         plugin: f.plugin,
                         plugin_sha256: f.sha256,
+                        plugin_version: f.version,
                         error: f.error,
                         ingest_ts_ms: b.ingest_ts_ms,
                         failed_at_ms: now_ms(),
                         records: String::from_utf8_lossy(&b.records).into_owned(),
+                        replay_of: b.replay_of,
                     });
                 }
             }
@@ -219,31 +292,40 @@ impl Worker {
         (done, segments, dead)
     }
 
+    /// A fresh chain for `tenant`'s `stream`, with its metric handles.
+    fn build_chain(&self, tenant: &str, stream: &str) -> Result<Vec<Running>, String> {
+        let stages = self
+            .catalog
+            .chain(tenant, stream)
+            .map_err(|e| e.to_string())?;
+        Ok(stages
+            .into_iter()
+            .map(|stage| Running {
+                m: StageMetrics::new(&self.metrics, tenant, &stage),
+                stage,
+            })
+            .collect())
+    }
+
     fn run_chain(&mut self, b: &Batch) -> Result<Vec<u8>, Failure> {
+        let generation = self.catalog.generation();
         let key = (b.tenant.clone(), b.stream.clone());
-        let catalog = &self.catalog;
-        let generation = catalog.generation();
         // A plugin change takes effect here, between entries: no entry sees two versions.
-        let (built_at, chain) = self.chains.entry(key).or_insert_with(|| {
-            (
-                generation,
-                catalog
-                    .chain(&b.tenant, &b.stream)
-                    .map_err(|e| e.to_string()),
-            )
-        });
-        if *built_at != generation {
-            *built_at = generation;
-            *chain = catalog
-                .chain(&b.tenant, &b.stream)
-                .map_err(|e| e.to_string());
+        let stale = self.chains.get(&key).is_none_or(|(g, _)| *g != generation);
+        if stale {
+            // The old chain goes first, so its instances do not count against the
+            // tenant's instance limit while the new one is built.
+            self.chains.remove(&key);
+            let chain = self.build_chain(&b.tenant, &b.stream);
+            self.chains.insert(key.clone(), (generation, chain));
         }
-        let stages = match chain {
+        let stages = match &mut self.chains.get_mut(&key).expect("just built").1 {
             Ok(s) => s,
             Err(e) => {
                 return Err(Failure {
                     plugin: "(pipeline)".into(),
                     sha256: String::new(),
+                    version: None,
                     error: format!("pipeline unavailable: {e}"),
                 })
             }
@@ -252,46 +334,48 @@ impl Worker {
             return Ok(b.records.clone());
         }
         let mut data = std::borrow::Cow::Borrowed(&b.records[..]);
+        let mut records_in = u64::from(b.count);
         let last = stages.len() - 1;
-        for (n, stage) in stages.iter_mut().enumerate() {
-            let labels = [
-                ("tenant", b.tenant.as_str()),
-                ("plugin", stage.spec.as_str()),
-            ];
+        for (n, Running { stage, m }) in stages.iter_mut().enumerate() {
             let started = Instant::now();
             let res = stage.instance.process(&data);
-            self.metrics
-                .plugin_seconds
-                .with(&labels)
-                .observe(started.elapsed().as_secs_f64());
-            self.metrics.plugin_calls.with(&labels).inc();
+            m.seconds.observe(started.elapsed().as_secs_f64());
+            m.calls.inc();
+            m.records_in.add(records_in);
             let fail = |error: String| Failure {
                 plugin: stage.spec.clone(),
                 sha256: stage.instance.plugin().sha256().to_owned(),
+                version: stage.version,
                 error,
             };
-            match res {
-                Ok(out) => {
-                    // The last stage's output is checked when its rows are built.
-                    if n < last {
-                        if let Some((line, why)) = invalid_output(&out) {
-                            self.metrics.plugin_errors.with(&labels).inc();
-                            return Err(fail(format!(
-                                "output line {line} is not a JSON object: {why}"
-                            )));
-                        }
-                    }
-                    data = std::borrow::Cow::Owned(out);
-                }
+            let trapped = matches!(&res, Err(e) if e.is_trap());
+            if let Some(v) = stage.version {
+                // Feeds the automatic rollback of a freshly activated version.
+                self.catalog.observe(&b.tenant, &stage.spec, v, trapped);
+            }
+            let out = match res {
+                Ok(out) => out,
                 Err(e) => {
-                    if e.is_trap() {
-                        self.metrics.plugin_traps.with(&labels).inc();
+                    if trapped {
+                        m.traps.inc();
                     } else {
-                        self.metrics.plugin_errors.with(&labels).inc();
+                        m.errors.inc();
                     }
                     return Err(fail(e.to_string()));
                 }
+            };
+            // The last stage's output is checked when its rows are built.
+            if n < last {
+                if let Some((line, why)) = invalid_output(&out) {
+                    m.errors.inc();
+                    return Err(fail(format!(
+                        "output line {line} is not a JSON object: {why}"
+                    )));
+                }
             }
+            records_in = ndjson_lines(&out).count() as u64;
+            m.records_out.add(records_in);
+            data = std::borrow::Cow::Owned(out);
         }
         Ok(data.into_owned())
     }

@@ -1,4 +1,5 @@
 use super::*;
+use weir_core::config::PluginRef;
 use weir_core::Config;
 use weir_transport::{RedbLog, RedbLogOptions};
 
@@ -47,7 +48,7 @@ deadline_ms = 100
     );
     let store = Arc::new(HotStore::open(&dir.path().join("store.redb"), usize::MAX).unwrap());
     let registry = Arc::new(crate::PluginRegistry::open(&dir.path().join("plugins.redb")).unwrap());
-    let catalog = Arc::new(Catalog::new(Arc::new(cfg), registry).unwrap());
+    let catalog = Arc::new(Catalog::new(Arc::new(cfg), registry, &Registry::default()).unwrap());
     catalog.check_config().unwrap();
     let metrics = Arc::new(WorkerMetrics::new(&Registry::default()));
     Rig {
@@ -71,6 +72,7 @@ fn append(log: &RedbLog, stream: &str, lines: &[&str]) {
         ingest_ts_ms: 1,
         count: lines.len() as u32,
         records,
+        replay_of: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -177,4 +179,61 @@ fn restart_neither_loses_nor_duplicates() {
         .map(|v| v["message"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(msgs, ["one", "two", "three"]);
+}
+
+#[test]
+fn instance_limit_holds_per_tenant() {
+    let text = r#"
+[log]
+partitions = 1
+[tenants.t]
+tokens = ["k"]
+limits = { max_instances = 2 }
+[tenants.t.streams.a]
+plugins = [{ plugin = "builtin:logfmt" }, { plugin = "builtin:logfmt" }]
+[tenants.t.streams.b]
+plugins = [{ plugin = "builtin:logfmt" }]
+[tenants.u]
+tokens = ["j"]
+[tenants.u.streams.a]
+plugins = [{ plugin = "builtin:logfmt" }]
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Arc::new(crate::PluginRegistry::open(&dir.path().join("plugins.redb")).unwrap());
+    let cfg = Arc::new(Config::from_toml(text).unwrap());
+    let catalog = Catalog::new(cfg, registry, &Registry::default()).unwrap();
+    let refused = catalog.check_config().unwrap_err().to_string();
+    assert!(
+        refused.contains("tenant t: 3 pipeline stages on 1 partitions need 3"),
+        "{refused}"
+    );
+    let a = catalog.chain("t", "a").unwrap();
+    assert_eq!(catalog.instances("t"), 2);
+    let err = catalog.chain("t", "b").err().expect("over the limit");
+    assert!(
+        matches!(err, crate::PipelineError::InstanceLimit { limit: 2 }),
+        "{err}"
+    );
+    assert_eq!(catalog.instances("t"), 2, "a refused chain holds nothing");
+    let u = catalog.chain("u", "a").unwrap();
+    assert_eq!(
+        (u.len(), catalog.instances("u")),
+        (1, 1),
+        "tenants count apart"
+    );
+    drop(a);
+    assert_eq!(catalog.instances("t"), 0);
+    assert_eq!(catalog.chain("t", "b").unwrap().len(), 1);
+    let two = vec![
+        PluginRef {
+            plugin: "builtin:logfmt".into(),
+            config: None,
+        };
+        2
+    ];
+    let over = catalog
+        .check_pipeline("t", "b", &two)
+        .unwrap_err()
+        .to_string();
+    assert!(over.contains("need 4"), "{over}");
 }

@@ -11,6 +11,7 @@ fn batch(tenant: &str, n: u32, ts: i64) -> Batch {
         ingest_ts_ms: ts,
         count: n,
         records,
+        replay_of: None,
     }
 }
 
