@@ -655,6 +655,49 @@ async fn hostile_plugins_are_contained_and_dead_lettered() {
             .any(|l| l.starts_with("weir_plugin_traps_total{tenant=\"evil\"")),
         "{m}"
     );
+
+    // A plugin that keeps timing out is quarantined after 3 in a row (the default), so
+    // it stops holding its partition for a deadline per batch: later batches are
+    // dead-lettered without a call while the other tenant is served.
+    for i in 0..5 {
+        let (st, _) = s
+            .ingest("evil-token", "loop", format!("{{\"a\":{i}}}"))
+            .await;
+        assert_eq!(st, 200);
+        let (st, _) = s
+            .ingest("good-token", "app", format!("{{\"i\":{i}}}"))
+            .await;
+        assert_eq!(st, 200);
+    }
+    s.wait_count(
+        "evil-token",
+        "SELECT count(*) FROM dead_letters WHERE stream = 'loop'",
+        6,
+    )
+    .await;
+    s.wait_count("good-token", "SELECT count(*) FROM logs", 6)
+        .await;
+    assert_eq!(
+        s.count(
+            "evil-token",
+            "SELECT count(*) FROM dead_letters WHERE stream = 'loop' AND error LIKE '%quarantined%'"
+        )
+        .await,
+        3
+    );
+    let m = reqwest::get(format!("{}/metrics", s.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // One call per batch of alloc, flood and trap, and 3 of the 6 loop batches.
+    let evil_calls: u64 = m
+        .lines()
+        .filter(|l| l.starts_with("weir_plugin_calls_total{tenant=\"evil\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(evil_calls, 6, "{m}");
     s.stop();
 }
 

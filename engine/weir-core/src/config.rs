@@ -246,6 +246,19 @@ pub struct PluginLimits {
     /// ...once it has made at least this many calls.
     #[serde(default = "d_rollback_min")]
     pub rollback_min_calls: u64,
+    /// Circuit breaker: after this many consecutive traps or timeouts, a worker stops
+    /// calling the stage and dead-letters its batches at once...
+    #[serde(default = "d_quarantine_after")]
+    pub quarantine_after: u32,
+    /// ...for this many seconds, then tries one call again.
+    #[serde(default = "d_quarantine_secs")]
+    pub quarantine_secs: u64,
+}
+fn d_quarantine_after() -> u32 {
+    3
+}
+fn d_quarantine_secs() -> u64 {
+    30
 }
 
 /// Per-tenant overrides of the `[plugins]` sandbox limits.
@@ -289,6 +302,8 @@ impl Default for PluginLimits {
             rollback_failure_ratio: d_rollback_ratio(),
             rollback_window_secs: d_rollback_window(),
             rollback_min_calls: d_rollback_min(),
+            quarantine_after: d_quarantine_after(),
+            quarantine_secs: d_quarantine_secs(),
         }
     }
 }

@@ -189,6 +189,10 @@ impl Catalog {
         }
     }
 
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     pub fn registry(&self) -> &PluginRegistry {
         &self.registry
     }

@@ -21,6 +21,7 @@ pub struct WorkerMetrics {
     pub plugin_calls: Arc<Family<Counter>>,
     pub plugin_errors: Arc<Family<Counter>>,
     pub plugin_traps: Arc<Family<Counter>>,
+    pub plugin_quarantined: Arc<Family<Counter>>,
     pub plugin_records_in: Arc<Family<Counter>>,
     pub plugin_records_out: Arc<Family<Counter>>,
     pub plugin_seconds: Arc<Family<Histogram>>,
@@ -33,6 +34,7 @@ struct StageMetrics {
     calls: Arc<Counter>,
     errors: Arc<Counter>,
     traps: Arc<Counter>,
+    quarantined: Arc<Counter>,
     records_in: Arc<Counter>,
     records_out: Arc<Counter>,
     seconds: Arc<Histogram>,
@@ -52,6 +54,7 @@ impl StageMetrics {
             calls: m.plugin_calls.with(&l),
             errors: m.plugin_errors.with(&l),
             traps: m.plugin_traps.with(&l),
+            quarantined: m.plugin_quarantined.with(&l),
             records_in: m.plugin_records_in.with(&l),
             records_out: m.plugin_records_out.with(&l),
             seconds: m.plugin_seconds.with(&l),
@@ -63,6 +66,10 @@ impl StageMetrics {
 struct Running {
     stage: Stage,
     m: StageMetrics,
+    /// Consecutive traps or timeouts of this stage.
+    trapped_in_a_row: u32,
+    /// While set and in the future, the stage is not called (circuit breaker open).
+    quarantined_until: Option<Instant>,
 }
 
 impl WorkerMetrics {
@@ -88,6 +95,10 @@ impl WorkerMetrics {
             plugin_traps: r.counter(
                 "weir_plugin_traps_total",
                 "Plugin calls that trapped, timed out or hit a limit.",
+            ),
+            plugin_quarantined: r.counter(
+                "weir_plugin_quarantined_total",
+                "Batches dead-lettered without a call while a stage's circuit breaker was open.",
             ),
             plugin_records_in: r.counter(
                 "weir_plugin_records_in_total",
@@ -303,6 +314,8 @@ impl Worker {
             .map(|stage| Running {
                 m: StageMetrics::new(&self.metrics, tenant, &stage),
                 stage,
+                trapped_in_a_row: 0,
+                quarantined_until: None,
             })
             .collect())
     }
@@ -336,19 +349,39 @@ impl Worker {
         let mut data = std::borrow::Cow::Borrowed(&b.records[..]);
         let mut records_in = u64::from(b.count);
         let last = stages.len() - 1;
-        for (n, Running { stage, m }) in stages.iter_mut().enumerate() {
+        let policy = &self.catalog.config().plugins;
+        for (n, run) in stages.iter_mut().enumerate() {
+            let Running { stage, m, .. } = run;
+            // A stage that keeps trapping or timing out is not called for a while, so it
+            // cannot hold its partition (and other tenants' entries there) hostage.
+            if let Some(until) = run.quarantined_until {
+                if Instant::now() < until {
+                    m.quarantined.inc();
+                    if let Some(v) = stage.version {
+                        self.catalog.observe(&b.tenant, &stage.spec, v, true);
+                    }
+                    return Err(failure(stage, format!(
+                        "plugin quarantined after {} consecutive traps or timeouts; not called (retried {} s after the last one)",
+                        run.trapped_in_a_row, policy.quarantine_secs
+                    )));
+                }
+            }
             let started = Instant::now();
             let res = stage.instance.process(&data);
             m.seconds.observe(started.elapsed().as_secs_f64());
             m.calls.inc();
             m.records_in.add(records_in);
-            let fail = |error: String| Failure {
-                plugin: stage.spec.clone(),
-                sha256: stage.instance.plugin().sha256().to_owned(),
-                version: stage.version,
-                error,
-            };
             let trapped = matches!(&res, Err(e) if e.is_trap());
+            if trapped {
+                run.trapped_in_a_row += 1;
+                if run.trapped_in_a_row >= policy.quarantine_after {
+                    run.quarantined_until =
+                        Some(Instant::now() + Duration::from_secs(policy.quarantine_secs));
+                }
+            } else {
+                run.trapped_in_a_row = 0;
+                run.quarantined_until = None;
+            }
             if let Some(v) = stage.version {
                 // Feeds the automatic rollback of a freshly activated version.
                 self.catalog.observe(&b.tenant, &stage.spec, v, trapped);
@@ -361,16 +394,17 @@ impl Worker {
                     } else {
                         m.errors.inc();
                     }
-                    return Err(fail(e.to_string()));
+                    return Err(failure(stage, e.to_string()));
                 }
             };
             // The last stage's output is checked when its rows are built.
             if n < last {
                 if let Some((line, why)) = invalid_output(&out) {
                     m.errors.inc();
-                    return Err(fail(format!(
-                        "output line {line} is not a JSON object: {why}"
-                    )));
+                    return Err(failure(
+                        stage,
+                        format!("output line {line} is not a JSON object: {why}"),
+                    ));
                 }
             }
             records_in = ndjson_lines(&out).count() as u64;
@@ -378,6 +412,15 @@ impl Worker {
             data = std::borrow::Cow::Owned(out);
         }
         Ok(data.into_owned())
+    }
+}
+
+fn failure(stage: &Stage, error: String) -> Failure {
+    Failure {
+        plugin: stage.spec.clone(),
+        sha256: stage.instance.plugin().sha256().to_owned(),
+        version: stage.version,
+        error,
     }
 }
 
