@@ -1,11 +1,54 @@
 #!/usr/bin/env bash
-# Installs what building and testing Weir needs, idempotently: the wasm32-wasip2 target
-# (plugins are Wasm components) and cargo-nextest (the test runner).
+# Installs what building and testing Weir needs, idempotently:
+# - the wasm32-wasip2 target (plugins are Wasm components) and cargo-nextest;
+# - the plugin toolchains `weir plugin build` uses for other languages, into
+#   $WEIR_TOOLS (default /var/tmp/weir-tools): wit-bindgen and wasm-tools (C),
+#   zig from PyPI's `ziglang` (C compiler), componentize-py (Python) and
+#   componentize-js from npm (JavaScript).
 set -euo pipefail
+
+TOOLS="${WEIR_TOOLS:-/var/tmp/weir-tools}"
+WIT_BINDGEN=0.46.0       # same as the wit-bindgen crate of sdk/rust
+WASM_TOOLS=1.263.0
+COMPONENTIZE_PY=0.25.1
+ZIGLANG=0.17.1
+COMPONENTIZE_JS=0.23.0
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
+fi
+
+sudo_if() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+mkdir -p "$TOOLS"
+# cargo tools, each at its pinned version (cargo install skips an equal version).
+cargo_tool() { # crate version binary
+  if ! "$TOOLS/bin/$3" --version 2>/dev/null | grep -q " $2"; then
+    cargo install --locked --root "$TOOLS" "$1" --version "$2"
+  fi
+}
+cargo_tool wit-bindgen-cli "$WIT_BINDGEN" wit-bindgen
+cargo_tool wasm-tools "$WASM_TOOLS" wasm-tools
+
+if [ ! -x "$TOOLS/venv/bin/python3" ]; then
+  if ! python3 -m venv "$TOOLS/venv"; then
+    sudo_if apt-get update -qq && sudo_if apt-get install -y -qq python3-venv
+    python3 -m venv "$TOOLS/venv"
+  fi
+fi
+if ! "$TOOLS/venv/bin/pip" freeze 2>/dev/null | grep -qx "componentize-py==$COMPONENTIZE_PY" ||
+   ! "$TOOLS/venv/bin/pip" freeze 2>/dev/null | grep -qx "ziglang==$ZIGLANG"; then
+  "$TOOLS/venv/bin/pip" install --quiet "componentize-py==$COMPONENTIZE_PY" "ziglang==$ZIGLANG"
+fi
+
+if ! grep -qs "\"version\": \"$COMPONENTIZE_JS\"" \
+    "$TOOLS/node/node_modules/@bytecodealliance/componentize-js/package.json"; then
+  if ! command -v npm >/dev/null 2>&1; then
+    sudo_if apt-get update -qq && sudo_if apt-get install -y -qq nodejs npm
+  fi
+  mkdir -p "$TOOLS/node"
+  (cd "$TOOLS/node" && { [ -f package.json ] || npm init -y >/dev/null; } &&
+    npm install --silent --no-audit --no-fund "@bytecodealliance/componentize-js@$COMPONENTIZE_JS")
 fi

@@ -1,11 +1,14 @@
 //! `weir`: the binary. `weir serve` runs the engine; `weir bench` drives a running server
-//! with realistic logs and reports throughput and ack latency.
+//! with realistic logs and reports throughput and ack latency; `weir plugin ...` and
+//! `weir pipeline ...` are the plugin developer's tools.
 //!
-//! Layout: [`server`] (HTTP data plane), [`ingest`] (body decoding and per-line
-//! validation), [`bench`] (load generator). The layers below live in `engine/weir-*`.
+//! Layout: [`server`] (HTTP data plane), [`admin`] (admin API), [`ingest`] (body
+//! decoding and per-line validation), [`bench`] (load generator), [`cli`] (plugin
+//! scaffolding, builds and admin API client). The layers below live in `engine/weir-*`.
 
 mod admin;
 mod bench;
+mod cli;
 mod ingest;
 mod server;
 
@@ -39,6 +42,12 @@ enum Command {
     Serve(ServeArgs),
     /// Drive a running server with realistic logs; report events/s and ack latency.
     Bench(bench::BenchArgs),
+    /// Create, build, run and upload plugins.
+    #[command(subcommand)]
+    Plugin(cli::PluginCommand),
+    /// Set or show a stream's plugin pipeline through the admin API.
+    #[command(subcommand)]
+    Pipeline(cli::PipelineCommand),
 }
 
 #[derive(clap::Args)]
@@ -85,6 +94,8 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => rt.block_on(serve(args)),
         Command::Bench(args) => rt.block_on(bench::run(args)),
+        Command::Plugin(cmd) => rt.block_on(cli::plugin(cmd)),
+        Command::Pipeline(cmd) => rt.block_on(cli::pipeline(cmd)),
     }
 }
 

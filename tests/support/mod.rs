@@ -1,0 +1,202 @@
+//! What the end-to-end tests share: a [`Server`] running the real `weir` binary on
+//! loopback ports chosen at run time, and small client helpers.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    /// The admin API's base URL, when the config has an admin token.
+    pub admin: Option<String>,
+    pub dir: PathBuf,
+}
+
+impl Server {
+    /// Start `weir serve` with `config` (TOML) on `dir` and wait until it listens.
+    pub fn start(dir: &Path, config: &str) -> Server {
+        let cfg = dir.join("weir.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("weir.log"))
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("weir: http listening on ") {
+                    let _ = tx.send(("http", addr.to_owned()));
+                }
+                if let Some(addr) = line.strip_prefix("weir: admin listening on ") {
+                    let _ = tx.send(("admin", addr.to_owned()));
+                }
+            }
+        });
+        let wants_admin = config.contains("[admin]");
+        let (mut http, mut admin) = (None, None);
+        while http.is_none() || (wants_admin && admin.is_none()) {
+            match rx.recv_timeout(Duration::from_secs(180)) {
+                Ok(("http", a)) => http = Some(format!("http://{a}")),
+                Ok((_, a)) => admin = Some(format!("http://{a}")),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "weir did not start:\n{}",
+                        std::fs::read_to_string(dir.join("weir.log")).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Server {
+            child,
+            base: http.expect("http address"),
+            admin,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "weir exited with {status}:\n{}",
+            self.log()
+        );
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("weir.log")).unwrap_or_default()
+    }
+
+    pub async fn ingest(
+        &self,
+        token: &str,
+        stream: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        self.ingest_with(token, stream, body, None).await
+    }
+
+    pub async fn ingest_with(
+        &self,
+        token: &str,
+        stream: &str,
+        body: impl Into<reqwest::Body>,
+        encoding: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = reqwest::Client::new()
+            .post(format!("{}/api/v1/logs?stream={stream}", self.base))
+            .bearer_auth(token)
+            .body(body);
+        if let Some(e) = encoding {
+            req = req.header("content-encoding", e);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn query(&self, token: &str, sql: &str) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/v1/query", self.base))
+            .bearer_auth(token)
+            .json(&json!({ "sql": sql }))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn count(&self, token: &str, sql: &str) -> i64 {
+        let (s, v) = self.query(token, sql).await;
+        assert_eq!(s, 200, "{sql}: {v}");
+        v["rows"][0][0]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{sql}: {v}"))
+    }
+
+    /// Poll until `sql` (a count) returns `want`; panics after a minute.
+    pub async fn wait_count(&self, token: &str, sql: &str, want: i64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let n = self.count(token, sql).await;
+            if n == want {
+                return;
+            }
+            assert!(n < want, "{sql}: {n} rows, more than the {want} expected");
+            assert!(
+                Instant::now() < deadline,
+                "{sql}: stuck at {n} of {want}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub mod parking_lot_free {
+    use std::sync::Mutex;
+    #[derive(Default)]
+    pub struct Acked(Mutex<Vec<u64>>);
+    impl Acked {
+        pub fn add(&self, ids: impl Iterator<Item = u64>) {
+            self.0.lock().unwrap().extend(ids);
+        }
+        pub fn take(&self) -> Vec<u64> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+}
+
+pub async fn admin_call(
+    s: &Server,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let url = format!("{}{path}", s.admin.as_ref().expect("admin listener"));
+    let r = reqwest::Client::new()
+        .request(method.parse().unwrap(), url)
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
