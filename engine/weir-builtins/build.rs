@@ -14,6 +14,7 @@ const FIXTURES: &[(&str, &str)] = &[
     ("weir-fixture-hostile", "weir_fixture_hostile"),
     ("weir-fixture-boundary", "weir_fixture_boundary"),
     ("weir-fixture-trapper", "weir_fixture_trapper"),
+    ("weir-fixture-counter", "weir_fixture_counter"),
 ];
 
 fn main() {

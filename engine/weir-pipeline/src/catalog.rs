@@ -8,9 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use weir_core::config::PluginRef;
 use weir_core::Config;
-use weir_plugin_host::{
-    CompiledPlugin, HostError, Limits, PluginHost, PluginInstance, TRANSFORM_WORLD,
-};
+use weir_plugin_host::{CompiledPlugin, HostError, Limits, PluginHost, PluginInstance};
 
 use weir_core::metrics::{Counter, Family, Registry};
 
@@ -220,9 +218,9 @@ impl Catalog {
         }
         let compiled = self.host.compile(name, bytes)?;
         let sha = compiled.sha256().to_owned();
-        let meta = self
-            .registry
-            .add_version(tenant, name, TRANSFORM_WORLD, &sha, bytes, now_ms)?;
+        let meta =
+            self.registry
+                .add_version(tenant, name, compiled.world(), &sha, bytes, now_ms)?;
         self.compiled
             .lock()
             .insert(format!("sha256:{sha}"), compiled);

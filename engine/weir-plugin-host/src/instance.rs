@@ -9,7 +9,14 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use crate::bindings::weir::plugin::host::{self, Level};
 use crate::bindings::weir::plugin::types::PluginError;
 use crate::bindings::Transform;
-use crate::{CallError, CompiledPlugin, HostError, Limits};
+use crate::stateful_bindings::{State as WitState, StatefulTransform};
+use crate::{CallError, CompiledPlugin, HostError, Limits, PluginState, Pre};
+
+/// A live instance's bindings, by world.
+pub(crate) enum Live {
+    Plain(Transform),
+    Stateful(StatefulTransform),
+}
 
 /// Per-store host state: the empty WASI context, the memory limiter and log tags.
 pub struct State {
@@ -90,7 +97,12 @@ pub struct PluginInstance {
     tenant: String,
     config: String,
     limits: Limits,
-    live: Option<(Store<State>, Transform)>,
+    live: Option<(Store<State>, Live)>,
+    /// A stateful plugin's state after its last successful call (or as restored): put
+    /// back into a fresh instance after a trap.
+    state: Option<PluginState>,
+    /// The state before the last successful call, for [`PluginInstance::undo_last`].
+    prev_state: Option<PluginState>,
 }
 
 impl PluginInstance {
@@ -106,16 +118,74 @@ impl PluginInstance {
             config: config.to_owned(),
             limits,
             live: None,
+            state: None,
+            prev_state: None,
         };
         inst.live = Some(inst.start()?);
         Ok(inst)
+    }
+
+    /// Whether the plugin keeps state (implements `stateful-transform`).
+    pub fn is_stateful(&self) -> bool {
+        self.plugin.is_stateful()
+    }
+
+    /// A stateful plugin's state after its last successful call.
+    pub fn state(&self) -> Option<&PluginState> {
+        self.state.as_ref()
+    }
+
+    /// Forget the effect of the last successful call on a stateful plugin's state (a
+    /// later stage failed the same batch, so the batch did not happen). The instance is
+    /// rebuilt from the earlier state before its next call.
+    pub fn undo_last(&mut self) {
+        if self.is_stateful() {
+            self.state = self.prev_state.take();
+            self.live = None;
+        }
+    }
+
+    /// Continue from `state` (an earlier version's or a checkpoint's). A plugin that
+    /// cannot read the format refuses it; its instance then keeps its fresh state.
+    pub fn restore(&mut self, state: PluginState) -> Result<(), HostError> {
+        if !self.is_stateful() {
+            return Ok(());
+        }
+        if self.live.is_none() {
+            self.live = Some(self.start()?);
+        }
+        let (store, live) = self.live.as_mut().expect("started");
+        let Live::Stateful(b) = live else {
+            return Ok(());
+        };
+        store.set_epoch_deadline(self.limits.deadline_ticks());
+        let wit = WitState {
+            format: state.format,
+            data: state.data.clone(),
+        };
+        match b.call_restore(&mut *store, &wit) {
+            Ok(Ok(())) => {
+                self.state = Some(state);
+                Ok(())
+            }
+            Ok(Err(PluginError::InvalidConfig(m) | PluginError::Failed(m))) => {
+                Err(HostError::Init(format!(
+                    "restore refused state format {}: {m}",
+                    state.format
+                )))
+            }
+            Err(e) => {
+                self.live = None;
+                Err(HostError::Init(format!("restore trapped: {e:#}")))
+            }
+        }
     }
 
     pub fn plugin(&self) -> &CompiledPlugin {
         &self.plugin
     }
 
-    fn start(&self) -> Result<(Store<State>, Transform), HostError> {
+    fn start(&self) -> Result<(Store<State>, Live), HostError> {
         let state = State {
             // No preopens, no env, no args, no network, stdio to a sink: nothing granted.
             wasi: WasiCtxBuilder::new().build(),
@@ -131,20 +201,42 @@ impl PluginInstance {
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(self.limits.deadline_ticks());
-        let bindings = self
-            .plugin
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| HostError::Init(format!("instantiate: {e:#}")))?;
+        let inst = |e: wasmtime::Error| HostError::Init(format!("instantiate: {e:#}"));
+        let live = match &self.plugin.pre {
+            Pre::Plain(p) => Live::Plain(p.instantiate(&mut store).map_err(inst)?),
+            Pre::Stateful(p) => Live::Stateful(p.instantiate(&mut store).map_err(inst)?),
+        };
         store.set_epoch_deadline(self.limits.deadline_ticks());
-        match bindings.call_init(&mut store, &self.config) {
-            Ok(Ok(())) => Ok((store, bindings)),
+        let init = match &live {
+            Live::Plain(b) => b.call_init(&mut store, &self.config),
+            Live::Stateful(b) => b.call_init(&mut store, &self.config),
+        };
+        match init {
+            Ok(Ok(())) => {}
             Ok(Err(PluginError::InvalidConfig(m))) => {
-                Err(HostError::Init(format!("invalid config: {m}")))
+                return Err(HostError::Init(format!("invalid config: {m}")))
             }
-            Ok(Err(PluginError::Failed(m))) => Err(HostError::Init(m)),
-            Err(e) => Err(HostError::Init(format!("init trapped: {e:#}"))),
+            Ok(Err(PluginError::Failed(m))) => return Err(HostError::Init(m)),
+            Err(e) => return Err(HostError::Init(format!("init trapped: {e:#}"))),
         }
+        // After a trap, a stateful plugin continues from its last good state.
+        if let (Live::Stateful(b), Some(st)) = (&live, &self.state) {
+            store.set_epoch_deadline(self.limits.deadline_ticks());
+            let wit = WitState {
+                format: st.format,
+                data: st.data.clone(),
+            };
+            match b.call_restore(&mut store, &wit) {
+                Ok(Ok(())) => {}
+                Ok(Err(PluginError::InvalidConfig(m) | PluginError::Failed(m))) => {
+                    return Err(HostError::Init(format!(
+                        "restore refused its own state: {m}"
+                    )))
+                }
+                Err(e) => return Err(HostError::Init(format!("restore trapped: {e:#}"))),
+            }
+        }
+        Ok((store, live))
     }
 
     /// Run one batch through the plugin. On a trap the instance is dropped and rebuilt
@@ -156,23 +248,50 @@ impl PluginInstance {
                     .map_err(|e| CallError::Restart(e.to_string()))?,
             );
         }
-        let (store, bindings) = self.live.as_mut().expect("just started");
+        let (store, live) = self.live.as_mut().expect("just started");
         store.set_epoch_deadline(self.limits.deadline_ticks());
         store.data_mut().limiter.hit = false;
         let started = Instant::now();
-        let res = bindings.call_process(&mut *store, input);
+        let mut new_state = None;
+        let res = match live {
+            Live::Plain(b) => b.call_process(&mut *store, input),
+            // A stateful plugin's state is taken after every successful call, within
+            // the same deadline, so that a later failure can go back to it.
+            Live::Stateful(b) => match b.call_process(&mut *store, input) {
+                Ok(Ok(out)) => b.call_snapshot(&mut *store).map(|st| {
+                    new_state = Some(PluginState {
+                        format: st.format,
+                        data: st.data,
+                    });
+                    Ok(out)
+                }),
+                other => other,
+            },
+        };
+        let stateful = matches!(live, Live::Stateful(_));
         match res {
             Ok(Ok(out)) => {
                 let limit = self.limits.output_cap(input.len());
                 if out.len() > limit {
+                    if stateful {
+                        // The batch fails: its effect on the state must not stay.
+                        self.live = None;
+                    }
                     return Err(CallError::OutputTooLarge {
                         len: out.len(),
                         limit,
                     });
                 }
+                if new_state.is_some() {
+                    self.prev_state = std::mem::replace(&mut self.state, new_state);
+                }
                 Ok(out)
             }
             Ok(Err(PluginError::Failed(m) | PluginError::InvalidConfig(m))) => {
+                if stateful {
+                    // A refused batch must not change the state either.
+                    self.live = None;
+                }
                 Err(CallError::Rejected(m))
             }
             Err(e) => {

@@ -1,7 +1,9 @@
 //! Weir's plugin host: Wasm components on wasmtime's component model.
 //!
 //! Layout:
-//! - [`bindings`]: `bindgen!` output for `weir:plugin/transform@0.1.0` (from `wit/`).
+//! - [`bindings`], [`stateful_bindings`]: `bindgen!` output for the
+//!   `weir:plugin/transform@0.1.0` and `stateful-transform` worlds (from `wit/`). A
+//!   component that exports `snapshot` and `restore` is stateful: see [`PluginState`].
 //! - [`PluginHost`]: one engine, one linker (host imports + an empty WASI), an epoch
 //!   ticker thread. [`PluginHost::compile`] validates and compiles a component once.
 //! - [`CompiledPlugin`]: a compiled, linked component (`InstancePre`); cheap to clone,
@@ -24,6 +26,19 @@ pub mod bindings {
     });
 }
 
+/// `bindgen!` output for `weir:plugin/stateful-transform@0.1.0`, sharing the imported
+/// interfaces with [`bindings`].
+pub mod stateful_bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "weir:plugin/stateful-transform@0.1.0",
+        with: {
+            "weir:plugin/host": crate::bindings::weir::plugin::host,
+            "weir:plugin/types": crate::bindings::weir::plugin::types,
+        },
+    });
+}
+
 mod instance;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,8 +55,16 @@ pub use instance::{PluginInstance, State};
 /// The version of the `weir:plugin` WIT package this host implements.
 pub const SUPPORTED_VERSION: &str = "0.1.0";
 
-/// The world uploaded components are checked against.
+/// The worlds uploaded components are checked against.
 pub const TRANSFORM_WORLD: &str = "weir:plugin/transform@0.1.0";
+pub const STATEFUL_TRANSFORM_WORLD: &str = "weir:plugin/stateful-transform@0.1.0";
+
+/// A stateful plugin's state as its `snapshot` gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginState {
+    pub format: u32,
+    pub data: Vec<u8>,
+}
 
 /// Epoch tick: deadlines are rounded up to this.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -208,8 +231,14 @@ impl PluginHost {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| HostError::WrongWorld(format!("{e:#}")))?;
-        let pre = bindings::TransformPre::new(pre)
-            .map_err(|e| HostError::WrongWorld(format!("{e:#}")))?;
+        // Stateful if it exports `snapshot` and `restore` too.
+        let pre = match stateful_bindings::StatefulTransformPre::new(pre.clone()) {
+            Ok(p) => Pre::Stateful(p),
+            Err(_) => Pre::Plain(
+                bindings::TransformPre::new(pre)
+                    .map_err(|e| HostError::WrongWorld(format!("{e:#}")))?,
+            ),
+        };
         Ok(CompiledPlugin {
             name: name.into(),
             sha256: hex::encode(Sha256::digest(wasm)),
@@ -230,15 +259,43 @@ fn check_preamble(wasm: &[u8]) -> Result<(), HostError> {
     }
 }
 
+/// The linked component, by the world it implements.
+#[derive(Clone)]
+pub(crate) enum Pre {
+    Plain(bindings::TransformPre<State>),
+    Stateful(stateful_bindings::StatefulTransformPre<State>),
+}
+
+impl Pre {
+    pub(crate) fn engine(&self) -> &Engine {
+        match self {
+            Pre::Plain(p) => p.engine(),
+            Pre::Stateful(p) => p.engine(),
+        }
+    }
+}
+
 /// A compiled and linked plugin. Cheap to clone.
 #[derive(Clone)]
 pub struct CompiledPlugin {
     name: Arc<str>,
     sha256: String,
-    pre: bindings::TransformPre<State>,
+    pub(crate) pre: Pre,
 }
 
 impl CompiledPlugin {
+    /// The world the component implements.
+    pub fn world(&self) -> &'static str {
+        match self.pre {
+            Pre::Plain(_) => TRANSFORM_WORLD,
+            Pre::Stateful(_) => STATEFUL_TRANSFORM_WORLD,
+        }
+    }
+
+    pub fn is_stateful(&self) -> bool {
+        matches!(self.pre, Pre::Stateful(_))
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -155,3 +155,67 @@ fn no_wasi_capabilities_are_granted() {
         "{report}"
     );
 }
+
+fn counter(host: &PluginHost) -> CompiledPlugin {
+    host.compile(
+        "counter",
+        weir_builtins::fixture("weir-fixture-counter").expect("fixtures feature"),
+    )
+    .unwrap()
+}
+
+fn numbers(out: &[u8]) -> Vec<u64> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn stateful_plugin_state_survives_traps_and_moves_to_new_instances() {
+    let h = host();
+    let p = counter(&h);
+    assert!(p.is_stateful());
+    assert_eq!(p.world(), STATEFUL_TRANSFORM_WORLD);
+    assert!(
+        !hostile(&h).is_stateful(),
+        "a plain transform is not stateful"
+    );
+    let mut a = p
+        .instantiate("t", r#"{"trap_on":"boom"}"#, &limits())
+        .unwrap();
+    assert_eq!(numbers(&a.process(b"{}\n{}\n").unwrap()), vec![1, 2]);
+    assert_eq!(a.state().unwrap().data, 2u64.to_le_bytes());
+    // A batch that traps half-way leaves the state where the last good batch left it.
+    assert!(matches!(
+        a.process(b"{}\n{\"x\":\"boom\"}\n"),
+        Err(CallError::Trap(_))
+    ));
+    assert_eq!(numbers(&a.process(b"{}\n").unwrap()), vec![3]);
+
+    // A new version writing format 2 continues from format 1 state (a migration).
+    let mut b = p.instantiate("t", r#"{"format":2}"#, &limits()).unwrap();
+    b.restore(a.state().unwrap().clone()).unwrap();
+    assert_eq!(numbers(&b.process(b"{}\n").unwrap()), vec![4]);
+    assert_eq!(
+        b.state().unwrap(),
+        &PluginState {
+            format: 2,
+            data: br#"{"count":4}"#.to_vec()
+        }
+    );
+    // A format the plugin does not know is refused, with the reason.
+    let mut c = p.instantiate("t", "{}", &limits()).unwrap();
+    let err = c
+        .restore(PluginState {
+            format: 9,
+            data: vec![],
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown state format 9"), "{err}");
+}

@@ -27,10 +27,12 @@ use thiserror::Error;
 use weir_core::Batch;
 
 use crate::rows::{segment_rows, InvalidLine};
+use crate::state::{ChainState, StageState};
 
 const POSITIONS: TableDefinition<u32, u64> = TableDefinition::new("positions");
 const SEGMENTS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("segments");
 const DEAD: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("dead_letters");
+const STATES: TableDefinition<(u32, &str, &str), &[u8]> = TableDefinition::new("plugin_states");
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -169,6 +171,7 @@ impl HotStore {
                 positions.insert(k.value(), v.value());
             }
             w.open_table(DEAD).map_err(storage_err)?;
+            w.open_table(STATES).map_err(storage_err)?;
             let segs = w.open_table(SEGMENTS).map_err(storage_err)?;
             for row in segs.iter().map_err(storage_err)? {
                 let (k, v) = row.map_err(storage_err)?;
@@ -214,6 +217,7 @@ impl HotStore {
         next: u64,
         segments: &[Segment],
         dead: &[DeadLetter],
+        states: &[ChainState],
     ) -> Result<ReplayOutcome, StoreError> {
         let mut outcome = ReplayOutcome::default();
         let mut kept = Vec::with_capacity(segments.len());
@@ -251,6 +255,16 @@ impl HotStore {
                 segs.insert((s.partition, s.offset), buf.as_slice())
                     .map_err(storage_err)?;
             }
+            let mut st = w.open_table(STATES).map_err(storage_err)?;
+            for c in states {
+                let key = (partition, c.tenant.as_str(), c.stream.as_str());
+                if c.stages.is_empty() {
+                    st.remove(key).map_err(storage_err)?;
+                } else {
+                    st.insert(key, crate::state::encode(&c.stages).as_slice())
+                        .map_err(storage_err)?;
+                }
+            }
             let mut pos = w.open_table(POSITIONS).map_err(storage_err)?;
             pos.insert(partition, next).map_err(storage_err)?;
         }
@@ -264,6 +278,25 @@ impl HotStore {
         }
         self.evict_over_bound()?;
         Ok(outcome)
+    }
+
+    /// The plugin state committed for `tenant`'s `stream` on `partition` (empty when none).
+    pub fn chain_state(
+        &self,
+        partition: u32,
+        tenant: &str,
+        stream: &str,
+    ) -> Result<Vec<StageState>, StoreError> {
+        let r = self.db.begin_read().map_err(storage_err)?;
+        let t = r.open_table(STATES).map_err(storage_err)?;
+        match t.get((partition, tenant, stream)).map_err(storage_err)? {
+            None => Ok(Vec::new()),
+            Some(v) => crate::state::decode(v.value()).map_err(|e| StoreError::Corrupt {
+                partition,
+                offset: 0,
+                reason: e.to_string(),
+            }),
+        }
     }
 
     /// Dead letters of `tenant` named by id (`PARTITION-OFFSET`), or all of them (for
@@ -419,9 +452,9 @@ mod tests {
         {
             let s = HotStore::open(&path, usize::MAX).unwrap();
             assert_eq!(s.position(0), 0);
-            s.commit(0, 5, &[seg("a", 0, 0, 2), seg("b", 0, 2, 3)], &[])
+            s.commit(0, 5, &[seg("a", 0, 0, 2), seg("b", 0, 2, 3)], &[], &[])
                 .unwrap();
-            s.commit(1, 1, &[seg("a", 1, 0, 1)], &[]).unwrap();
+            s.commit(1, 1, &[seg("a", 1, 0, 1)], &[], &[]).unwrap();
             assert_eq!(rows(&s, "a"), 3);
             assert_eq!(rows(&s, "b"), 3);
         }
@@ -452,10 +485,46 @@ mod tests {
             records: "{}\n{}\n".into(),
             replay_of: None,
         };
-        s.commit(0, 9, &[], std::slice::from_ref(&d)).unwrap();
+        s.commit(0, 9, &[], std::slice::from_ref(&d), &[]).unwrap();
         assert_eq!(s.dead_letters("a").unwrap(), vec![d]);
         assert!(s.dead_letters("b").unwrap().is_empty());
         assert_eq!(s.position(0), 9);
+    }
+
+    #[test]
+    fn plugin_state_is_committed_with_the_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let state = |data: &[u8]| ChainState {
+            tenant: "a".into(),
+            stream: "s".into(),
+            stages: vec![StageState {
+                spec: "counter".into(),
+                format: 1,
+                data: data.to_vec(),
+            }],
+        };
+        {
+            let s = HotStore::open(&path, usize::MAX).unwrap();
+            assert!(s.chain_state(0, "a", "s").unwrap().is_empty());
+            s.commit(0, 3, &[seg("a", 0, 0, 3)], &[], &[state(b"3")])
+                .unwrap();
+            s.commit(0, 5, &[seg("a", 0, 3, 2)], &[], &[state(b"5")])
+                .unwrap();
+        }
+        let s = HotStore::open(&path, usize::MAX).unwrap();
+        assert_eq!(s.position(0), 5);
+        assert_eq!(s.chain_state(0, "a", "s").unwrap(), state(b"5").stages);
+        assert!(
+            s.chain_state(1, "a", "s").unwrap().is_empty(),
+            "per partition"
+        );
+        let gone = ChainState {
+            stages: vec![],
+            ..state(b"")
+        };
+        s.commit(0, 6, &[], &[], &[gone]).unwrap();
+        assert!(s.chain_state(0, "a", "s").unwrap().is_empty());
     }
 
     #[test]
@@ -478,7 +547,7 @@ mod tests {
             records: "{}\n{}\n".into(),
             replay_of,
         };
-        s.commit(0, 2, &[], &[dead(0, None), dead(1, None)])
+        s.commit(0, 2, &[], &[dead(0, None), dead(1, None)], &[])
             .unwrap();
         let replay = |offset, of| {
             let mut g = seg("a", 0, offset, 2);
@@ -492,6 +561,7 @@ mod tests {
                 5,
                 &[replay(2, (0, 0)), replay(3, (0, 0))],
                 &[dead(4, Some((0, 1)))],
+                &[],
             )
             .unwrap();
         assert_eq!(
@@ -514,7 +584,7 @@ mod tests {
             "the failed replay replaces its dead letter"
         );
         // A later replay of a dead letter already replayed is dropped.
-        let out = s.commit(0, 6, &[replay(5, (0, 0))], &[]).unwrap();
+        let out = s.commit(0, 6, &[replay(5, (0, 0))], &[], &[]).unwrap();
         assert_eq!(
             out,
             ReplayOutcome {
@@ -534,7 +604,7 @@ mod tests {
         let one = seg("a", 0, 0, 100).rows.get_array_memory_size();
         let s = HotStore::open(&path, one * 2 + one / 2).unwrap();
         for i in 0..5u64 {
-            s.commit(0, (i + 1) * 100, &[seg("a", 0, i * 100, 100)], &[])
+            s.commit(0, (i + 1) * 100, &[seg("a", 0, i * 100, 100)], &[], &[])
                 .unwrap();
         }
         assert_eq!(rows(&s, "a"), 200);

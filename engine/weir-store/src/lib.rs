@@ -5,6 +5,7 @@
 //!   in redb together with each partition's consumer position (so a restart neither
 //!   loses nor duplicates rows), with a memory bound; and the dead-letter table.
 //! - [`rows`]: turning processed NDJSON into Arrow rows of the `logs` table.
+//! - [`state`]: stateful plugins' state, committed with the position it belongs to.
 //! - [`query`]: DataFusion SQL over one tenant's tables, results as JSON or Arrow IPC.
 //!
 //! Tenant isolation sits below SQL: a query's session only ever holds the tables of
@@ -14,7 +15,9 @@
 pub mod hot;
 pub mod query;
 pub mod rows;
+pub mod state;
 
 pub use hot::{DeadLetter, HotStore, ReplayOutcome, Segment, StoreError};
 pub use query::{QueryError, QueryResult};
 pub use rows::InvalidLine;
+pub use state::{ChainState, StageState};

@@ -225,6 +225,7 @@ mod tests {
                 seg("b", 2, "{\"level\":\"info\",\"message\":\"secret-b\"}\n"),
             ],
             &[],
+            &[],
         )
         .unwrap();
         (dir, s)

@@ -24,6 +24,8 @@
 //! - [`bindings`]: the wit-bindgen output for `weir:plugin/transform@0.1.0` (from `wit/`).
 //! - [`Transform`]: the trait a plugin implements; batch-level by default, with a
 //!   per-record convenience ([`Transform::record`]).
+//! - [`Stateful`]: a [`Transform`] whose state the host carries across hot swaps,
+//!   restarts and traps ([`export_stateful_transform!`]).
 //! - [`Record`]: a JSON object with dotted-path helpers (`get_str("http.user.email")`).
 //! - [`log`]: write to the plugin's log through the host.
 
@@ -35,6 +37,23 @@ pub mod bindings {
         default_bindings_module: "weir_plugin_sdk::bindings",
         pub_export_macro: true,
         export_macro_name: "__export_transform_world",
+    });
+}
+
+/// wit-bindgen output for `weir:plugin/stateful-transform@0.1.0`, sharing the imported
+/// interfaces with [`bindings`].
+#[doc(hidden)]
+pub mod stateful_bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "weir:plugin/stateful-transform@0.1.0",
+        default_bindings_module: "weir_plugin_sdk::stateful_bindings",
+        pub_export_macro: true,
+        export_macro_name: "__export_stateful_world",
+        with: {
+            "weir:plugin/host@0.1.0": crate::bindings::weir::plugin::host,
+            "weir:plugin/types@0.1.0": crate::bindings::weir::plugin::types,
+        },
     });
 }
 
@@ -98,6 +117,25 @@ pub trait Transform: Sized + 'static {
     fn batch(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
         batch_by_record(self, input, out)
     }
+}
+
+/// A plugin's state, in a format the plugin chooses and numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    pub format: u32,
+    pub data: Vec<u8>,
+}
+
+/// A [`Transform`] with state the host keeps: after every successful batch it takes a
+/// [`Stateful::snapshot`], commits it with the partition's position, and gives it to
+/// [`Stateful::restore`] of the next instance (a new version after a hot swap, the same
+/// one after a restart or a trap). Bump `format` when the layout changes and migrate
+/// older formats in `restore`.
+pub trait Stateful: Transform {
+    fn snapshot(&self) -> State;
+    /// Continue from `state`; refuse a format you cannot read with
+    /// [`Error::InvalidConfig`].
+    fn restore(&mut self, state: State) -> Result<(), Error>;
 }
 
 /// The lines of an NDJSON batch (without their `\n`; empty lines included, so the
@@ -200,6 +238,26 @@ pub mod __private {
             run_native(t, &batch).map_err(Into::into)
         })
     }
+
+    fn with<T: Stateful, R>(f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        INSTANCE.with(|i| {
+            let mut slot = i.borrow_mut();
+            slot.as_mut().and_then(|b| b.downcast_mut::<T>()).map(f)
+        })
+    }
+
+    pub fn snapshot<T: Stateful>() -> State {
+        with::<T, _>(|t| t.snapshot()).unwrap_or(State {
+            format: 0,
+            data: Vec::new(),
+        })
+    }
+
+    pub fn restore<T: Stateful>(state: State) -> Result<(), PluginError> {
+        with::<T, _>(|t| t.restore(state))
+            .unwrap_or_else(|| Err(Error::failed("restore called before init")))
+            .map_err(Into::into)
+    }
 }
 
 /// Export a [`Transform`] as the plugin's `weir:plugin/transform` world.
@@ -225,6 +283,42 @@ macro_rules! export_transform {
                 }
             }
             $crate::bindings::__export_transform_world!(__WeirExport);
+        };
+    };
+}
+
+/// Export a [`Stateful`] transform as the plugin's `weir:plugin/stateful-transform` world.
+#[macro_export]
+macro_rules! export_stateful_transform {
+    ($t:ty) => {
+        const _: () = {
+            use $crate::bindings::weir::plugin::types::PluginError as __PluginError;
+            use $crate::stateful_bindings::State as __WitState;
+            struct __WeirExport;
+            impl $crate::stateful_bindings::Guest for __WeirExport {
+                fn init(config: ::std::string::String) -> ::std::result::Result<(), __PluginError> {
+                    $crate::__private::init::<$t>(&config)
+                }
+                fn process(
+                    batch: ::std::vec::Vec<u8>,
+                ) -> ::std::result::Result<::std::vec::Vec<u8>, __PluginError> {
+                    $crate::__private::process::<$t>(batch)
+                }
+                fn snapshot() -> __WitState {
+                    let s = $crate::__private::snapshot::<$t>();
+                    __WitState {
+                        format: s.format,
+                        data: s.data,
+                    }
+                }
+                fn restore(state: __WitState) -> ::std::result::Result<(), __PluginError> {
+                    $crate::__private::restore::<$t>($crate::State {
+                        format: state.format,
+                        data: state.data,
+                    })
+                }
+            }
+            $crate::stateful_bindings::__export_stateful_world!(__WeirExport);
         };
     };
 }
