@@ -6,7 +6,8 @@
 # Usage: scripts/bench-e2e.sh [SECONDS] [CONCURRENCY] [BATCH]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/weir-target}"
+# Release builds keep their own target dir (a cold one takes ~40 min here).
+export CARGO_TARGET_DIR="${WEIR_RELEASE_TARGET:-/var/tmp/weir-release}"
 secs="${1:-20}"; conc="${2:-8}"; batch="${3:-1000}"
 cargo build --release --bin weir >&2
 bin="$CARGO_TARGET_DIR/release/weir"

@@ -829,3 +829,120 @@ async fn stateful_plugin_state_survives_swaps_restarts_and_kill9() {
     assert_numbered_once(&s, rows).await;
     s.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_activated_live_applies_to_new_data_and_queries_span_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), PIPELINES);
+    // Old producers keep sending schema 1: {"user":"First Last","amount":"12.50"}.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (base, stop) = (s.base.clone(), stop.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut acked = 0u64;
+            for b in 0u64.. {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return acked;
+                }
+                let body: String = (0..20)
+                    .map(|i| {
+                        format!(
+                            "{{\"id\":{},\"user\":\"Ada Lovelace\",\"amount\":\"12.50\"}}\n",
+                            b * 20 + i
+                        )
+                    })
+                    .collect();
+                let r = client
+                    .post(format!("{base}/api/v1/logs?stream=orders"))
+                    .bearer_auth("acme-token")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200, "no downtime during the migration");
+                acked += 20;
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The migration is uploaded and put in the pipeline while they write.
+    let migrate = weir_builtins::get("schema-migrate").unwrap().to_vec();
+    let (st, v) = admin_call(
+        &s,
+        "PUT",
+        "/admin/v1/tenants/acme/plugins/orders-v2",
+        "admin-secret",
+        migrate,
+    )
+    .await;
+    assert_eq!(
+        (st, v["world"].as_str()),
+        (200, Some("weir:plugin/migration@0.1.0")),
+        "{v}"
+    );
+    let pipeline = json!({"plugins": [{"plugin": "orders-v2", "config": {
+        "from": 1,
+        "split": {"user": {"into": ["first", "last"]}},
+        "retype": {"amount": "number"},
+    }}]});
+    let (st, v) = admin_call(
+        &s,
+        "PUT",
+        "/admin/v1/tenants/acme/pipelines/orders",
+        "admin-secret",
+        pipeline.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    // New producers send schema 2 already; it goes through untouched.
+    let new = "{\"id\":-1,\"first\":\"Grace\",\"last\":\"Hopper\",\"amount\":3.5,\"_schema\":2}";
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(s.ingest("acme-token", "orders", new).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let old = writer.await.unwrap() as i64;
+    let total = old + 1;
+
+    s.wait_count("acme-token", "SELECT count(*) FROM logs", total)
+        .await;
+    let c = |sql: &'static str| s.count("acme-token", sql);
+    assert_eq!(
+        c("SELECT count(DISTINCT json_get_int(record, 'id')) FROM logs").await,
+        total
+    );
+    let before = c("SELECT count(*) FROM logs WHERE schema = 1").await;
+    let after = c("SELECT count(*) FROM logs WHERE schema = 2").await;
+    assert!(
+        before > 0 && after > 1,
+        "{before} rows before, {after} after"
+    );
+    assert_eq!(before + after, total);
+    // Rows written before still have the old shape; migrated rows have the new one.
+    assert_eq!(
+        c("SELECT count(*) FROM logs WHERE schema = 1 AND json_get_str(record, 'user') = 'Ada Lovelace'").await,
+        before
+    );
+    assert_eq!(
+        c("SELECT count(*) FROM logs WHERE schema = 2 AND json_get_float(record, 'amount') IS NOT NULL \
+           AND json_get_str(record, 'user') IS NULL AND json_get_str(record, 'first') IS NOT NULL")
+        .await,
+        after
+    );
+    // One query spans both shapes.
+    let (_, v) = s
+        .query(
+            "acme-token",
+            "SELECT coalesce(json_get_str(record, 'first'), split_part(json_get_str(record, 'user'), ' ', 1)) AS first, \
+             count(*), sum(coalesce(json_get_float(record, 'amount'), CAST(json_get_str(record, 'amount') AS DOUBLE))) \
+             FROM logs GROUP BY first ORDER BY first",
+        )
+        .await;
+    assert_eq!(
+        v["rows"],
+        json!([["Ada", old, old as f64 * 12.5], ["Grace", 1, 3.5]]),
+        "{v}"
+    );
+    s.stop();
+}

@@ -9,7 +9,11 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PLUGINS: &[(&str, &str)] = &[("pii-redact", "pii_redact"), ("logfmt", "logfmt")];
+const PLUGINS: &[(&str, &str)] = &[
+    ("pii-redact", "pii_redact"),
+    ("logfmt", "logfmt"),
+    ("schema-migrate", "schema_migrate"),
+];
 const FIXTURES: &[(&str, &str)] = &[
     ("weir-fixture-hostile", "weir_fixture_hostile"),
     ("weir-fixture-boundary", "weir_fixture_boundary"),

@@ -9,6 +9,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use crate::bindings::weir::plugin::host::{self, Level};
 use crate::bindings::weir::plugin::types::PluginError;
 use crate::bindings::Transform;
+use crate::migration::{schema_of, stamp};
+use crate::migration_bindings::Migration;
 use crate::stateful_bindings::{State as WitState, StatefulTransform};
 use crate::{CallError, CompiledPlugin, HostError, Limits, PluginState, Pre};
 
@@ -16,6 +18,8 @@ use crate::{CallError, CompiledPlugin, HostError, Limits, PluginState, Pre};
 pub(crate) enum Live {
     Plain(Transform),
     Stateful(StatefulTransform),
+    /// A migration and the versions it reads and writes.
+    Migration(Migration, u32, u32),
 }
 
 /// Per-store host state: the empty WASI context, the memory limiter and log tags.
@@ -181,6 +185,14 @@ impl PluginInstance {
         }
     }
 
+    /// For a migration, the schema versions it reads and writes.
+    pub fn migration_step(&self) -> Option<(u32, u32)> {
+        match &self.live {
+            Some((_, Live::Migration(_, r, w))) => Some((*r, *w)),
+            _ => None,
+        }
+    }
+
     pub fn plugin(&self) -> &CompiledPlugin {
         &self.plugin
     }
@@ -205,11 +217,13 @@ impl PluginInstance {
         let live = match &self.plugin.pre {
             Pre::Plain(p) => Live::Plain(p.instantiate(&mut store).map_err(inst)?),
             Pre::Stateful(p) => Live::Stateful(p.instantiate(&mut store).map_err(inst)?),
+            Pre::Migration(p) => Live::Migration(p.instantiate(&mut store).map_err(inst)?, 0, 0),
         };
         store.set_epoch_deadline(self.limits.deadline_ticks());
         let init = match &live {
             Live::Plain(b) => b.call_init(&mut store, &self.config),
             Live::Stateful(b) => b.call_init(&mut store, &self.config),
+            Live::Migration(b, ..) => b.call_init(&mut store, &self.config),
         };
         match init {
             Ok(Ok(())) => {}
@@ -219,6 +233,21 @@ impl PluginInstance {
             Ok(Err(PluginError::Failed(m))) => return Err(HostError::Init(m)),
             Err(e) => return Err(HostError::Init(format!("init trapped: {e:#}"))),
         }
+        let live = match live {
+            Live::Migration(b, ..) => {
+                let step = b
+                    .call_step(&mut store)
+                    .map_err(|e| HostError::Init(format!("step trapped: {e:#}")))?;
+                if step.reads == 0 || step.writes != step.reads + 1 {
+                    return Err(HostError::Init(format!(
+                        "a migration must read version N >= 1 and write N + 1, not {} -> {}",
+                        step.reads, step.writes
+                    )));
+                }
+                Live::Migration(b, step.reads, step.writes)
+            }
+            other => other,
+        };
         // After a trap, a stateful plugin continues from its last good state.
         if let (Live::Stateful(b), Some(st)) = (&live, &self.state) {
             store.set_epoch_deadline(self.limits.deadline_ticks());
@@ -267,6 +296,10 @@ impl PluginInstance {
                 }),
                 other => other,
             },
+            Live::Migration(b, reads, writes) => {
+                let (reads, writes) = (*reads, *writes);
+                migrate(input, reads, writes, |run| b.call_migrate(&mut *store, run))
+            }
         };
         let stateful = matches!(live, Live::Stateful(_));
         match res {
@@ -311,4 +344,56 @@ impl PluginInstance {
             }
         }
     }
+}
+
+type CallResult = wasmtime::Result<Result<Vec<u8>, PluginError>>;
+
+/// A migration stage: records of version `reads` go to `call` in runs of consecutive
+/// records (keeping the batch's order) and come back stamped `_schema: writes`; others
+/// pass through as they are.
+fn migrate(
+    input: &[u8],
+    reads: u32,
+    writes: u32,
+    mut call: impl FnMut(&[u8]) -> CallResult,
+) -> CallResult {
+    let mut out = Vec::with_capacity(input.len() + input.len() / 16);
+    let mut run: Vec<u8> = Vec::new();
+    let mut flush = |run: &mut Vec<u8>, out: &mut Vec<u8>| -> CallResult {
+        if run.is_empty() {
+            return Ok(Ok(Vec::new()));
+        }
+        let migrated = match call(run)? {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(e)),
+        };
+        run.clear();
+        for line in weir_core::batch::ndjson_lines(&migrated) {
+            if let Err(e) = stamp(line, writes, out) {
+                return Ok(Err(PluginError::Failed(format!("migrated record: {e}"))));
+            }
+            out.push(b'\n');
+        }
+        Ok(Ok(Vec::new()))
+    };
+    for (i, line) in weir_core::batch::ndjson_lines(input).enumerate() {
+        let version = match schema_of(line) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(PluginError::Failed(format!("record {}: {e}", i + 1)))),
+        };
+        if version == reads {
+            run.extend_from_slice(line);
+            run.push(b'\n');
+        } else {
+            if let Err(e) = flush(&mut run, &mut out)? {
+                return Ok(Err(e));
+            }
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+    }
+    if let Err(e) = flush(&mut run, &mut out)? {
+        return Ok(Err(e));
+    }
+    Ok(Ok(out))
 }

@@ -39,7 +39,20 @@ pub mod stateful_bindings {
     });
 }
 
+/// `bindgen!` output for `weir:plugin/migration@0.1.0`.
+pub mod migration_bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "weir:plugin/migration@0.1.0",
+        with: {
+            "weir:plugin/host": crate::bindings::weir::plugin::host,
+            "weir:plugin/types": crate::bindings::weir::plugin::types,
+        },
+    });
+}
+
 mod instance;
+pub mod migration;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -58,6 +71,7 @@ pub const SUPPORTED_VERSION: &str = "0.1.0";
 /// The worlds uploaded components are checked against.
 pub const TRANSFORM_WORLD: &str = "weir:plugin/transform@0.1.0";
 pub const STATEFUL_TRANSFORM_WORLD: &str = "weir:plugin/stateful-transform@0.1.0";
+pub const MIGRATION_WORLD: &str = "weir:plugin/migration@0.1.0";
 
 /// A stateful plugin's state as its `snapshot` gave it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +92,7 @@ pub enum HostError {
     CoreModule,
     #[error("component does not compile: {0}")]
     Compile(String),
-    #[error("component does not match the weir:plugin/transform@0.1.0 world: {0}")]
+    #[error("component does not match a weir:plugin@0.1.0 world (transform, stateful-transform or migration): {0}")]
     WrongWorld(String),
     #[error(
         "component targets weir:plugin@{0}; this host supports weir:plugin@{SUPPORTED_VERSION}"
@@ -231,13 +245,17 @@ impl PluginHost {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| HostError::WrongWorld(format!("{e:#}")))?;
-        // Stateful if it exports `snapshot` and `restore` too.
-        let pre = match stateful_bindings::StatefulTransformPre::new(pre.clone()) {
-            Ok(p) => Pre::Stateful(p),
-            Err(_) => Pre::Plain(
+        // Stateful if it exports `snapshot` and `restore` too; a migration exports
+        // `step` and `migrate` instead of `process`.
+        let pre = if let Ok(p) = stateful_bindings::StatefulTransformPre::new(pre.clone()) {
+            Pre::Stateful(p)
+        } else if let Ok(p) = migration_bindings::MigrationPre::new(pre.clone()) {
+            Pre::Migration(p)
+        } else {
+            Pre::Plain(
                 bindings::TransformPre::new(pre)
                     .map_err(|e| HostError::WrongWorld(format!("{e:#}")))?,
-            ),
+            )
         };
         Ok(CompiledPlugin {
             name: name.into(),
@@ -264,6 +282,7 @@ fn check_preamble(wasm: &[u8]) -> Result<(), HostError> {
 pub(crate) enum Pre {
     Plain(bindings::TransformPre<State>),
     Stateful(stateful_bindings::StatefulTransformPre<State>),
+    Migration(migration_bindings::MigrationPre<State>),
 }
 
 impl Pre {
@@ -271,6 +290,7 @@ impl Pre {
         match self {
             Pre::Plain(p) => p.engine(),
             Pre::Stateful(p) => p.engine(),
+            Pre::Migration(p) => p.engine(),
         }
     }
 }
@@ -289,6 +309,7 @@ impl CompiledPlugin {
         match self.pre {
             Pre::Plain(_) => TRANSFORM_WORLD,
             Pre::Stateful(_) => STATEFUL_TRANSFORM_WORLD,
+            Pre::Migration(_) => MIGRATION_WORLD,
         }
     }
 

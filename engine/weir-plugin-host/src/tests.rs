@@ -120,8 +120,14 @@ fn trap_fails_the_batch_and_the_next_batch_works() {
 fn output_bomb_is_capped() {
     let h = host();
     let p = hostile(&h);
+    // A generous deadline: on a loaded machine writing 4 MiB may take a while, and the
+    // point here is the output cap.
+    let generous = Limits {
+        deadline: Duration::from_secs(10),
+        ..limits()
+    };
     let mut i = p
-        .instantiate("t", r#"{"mode":"flood"}"#, &limits())
+        .instantiate("t", r#"{"mode":"flood"}"#, &generous)
         .unwrap();
     assert!(matches!(
         i.process(BATCH),
@@ -218,4 +224,44 @@ fn stateful_plugin_state_survives_traps_and_moves_to_new_instances() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("unknown state format 9"), "{err}");
+}
+
+#[test]
+fn migration_rewrites_only_its_version_and_stamps_the_next() {
+    let h = host();
+    let p = h
+        .compile(
+            "schema-migrate",
+            weir_builtins::get("schema-migrate").unwrap(),
+        )
+        .unwrap();
+    assert_eq!(p.world(), MIGRATION_WORLD);
+    let cfg = r#"{"from":2,"rename":{"a":"b"},"retype":{"b":"string"}}"#;
+    let mut i = p.instantiate("t", cfg, &limits()).unwrap();
+    assert_eq!(i.migration_step(), Some((2, 3)));
+    let input =
+        b"{\"a\":1,\"_schema\":2}\n{\"a\":1}\n{\"a\":5,\"_schema\":2}\n{\"a\":1,\"_schema\":3}\n";
+    let out = i.process(input).unwrap();
+    let rows: Vec<serde_json::Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            serde_json::json!({"b": "1", "_schema": 3}),
+            serde_json::json!({"a": 1}),
+            serde_json::json!({"b": "5", "_schema": 3}),
+            serde_json::json!({"a": 1, "_schema": 3}),
+        ],
+        "version 2 migrated and stamped, others untouched, order kept"
+    );
+    let bad = i
+        .process(b"{\"_schema\":\"two\"}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(bad.contains("_schema must be a positive integer"), "{bad}");
+    // A migration whose step is not N -> N+1 is refused at init.
+    assert!(p.instantiate("t", r#"{"from":0}"#, &limits()).is_err());
 }

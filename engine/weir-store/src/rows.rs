@@ -4,7 +4,8 @@
 //! epoch seconds/milliseconds — else the ingest time), `stream`, `level`, `message`, the
 //! full `record` as JSON text (query it with `json_get_str(record, 'user', 'id')` and
 //! friends), and its provenance: `partition`, `offset` (first offset of the source
-//! entry), `seq` (index in the entry's processed output).
+//! entry), `seq` (index in the entry's processed output); `schema` is the record's
+//! schema version (its `_schema` field, 1 when absent; see the migration world).
 
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
@@ -34,6 +35,7 @@ pub fn logs_schema() -> SchemaRef {
             Field::new("partition", DataType::UInt32, false),
             Field::new("offset", DataType::UInt64, false),
             Field::new("seq", DataType::UInt32, false),
+            Field::new("schema", DataType::UInt32, false),
         ]))
     })
     .clone()
@@ -57,6 +59,16 @@ struct Known<'a> {
     message: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     msg: Option<Cow<'a, str>>,
+    #[serde(default, rename = "_schema")]
+    schema: Option<SchemaValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SchemaValue {
+    Version(u32),
+    #[allow(dead_code)]
+    Other(serde::de::IgnoredAny),
 }
 
 #[derive(Deserialize)]
@@ -111,6 +123,7 @@ pub fn segment_rows(
     let mut part = UInt32Builder::with_capacity(n);
     let mut offs = UInt64Builder::with_capacity(n);
     let mut seq = UInt32Builder::with_capacity(n);
+    let mut schema = UInt32Builder::with_capacity(n);
     for (i, line) in ndjson_lines(ndjson).enumerate() {
         let invalid = |reason: String| InvalidLine {
             line: i + 1,
@@ -144,6 +157,10 @@ pub fn segment_rows(
         part.append_value(partition);
         offs.append_value(offset);
         seq.append_value(i as u32);
+        schema.append_value(match known.as_ref().and_then(|k| k.schema.as_ref()) {
+            Some(SchemaValue::Version(v)) if *v >= 1 => *v,
+            _ => 1,
+        });
     }
     let cols: Vec<ArrayRef> = vec![
         Arc::new(ts.finish()),
@@ -154,6 +171,7 @@ pub fn segment_rows(
         Arc::new(part.finish()),
         Arc::new(offs.finish()),
         Arc::new(seq.finish()),
+        Arc::new(schema.finish()),
     ];
     Ok(RecordBatch::try_new(logs_schema(), cols).expect("columns match the logs schema"))
 }
@@ -169,7 +187,7 @@ mod tests {
         let nd = br#"{"timestamp":"2026-11-28T01:02:03.456Z","level":"warn","message":"m1"}
 {"ts":1795827723,"severity":"error","msg":"m2"}
 {"time":1795827723456}
-{"timestamp":"not a time","message":"esc\"aped"}
+{"timestamp":"not a time","message":"esc\"aped","_schema":3}
 "#;
         let b = segment_rows("app", 3, 40, 99, nd).unwrap();
         assert_eq!(b.num_rows(), 4);
@@ -193,5 +211,9 @@ mod tests {
             .column(7)
             .as_primitive::<datafusion::arrow::datatypes::UInt32Type>();
         assert_eq!(seq.value(3), 3);
+        let schema = b
+            .column(8)
+            .as_primitive::<datafusion::arrow::datatypes::UInt32Type>();
+        assert_eq!((schema.value(0), schema.value(3)), (1, 3));
     }
 }

@@ -26,6 +26,8 @@
 //!   per-record convenience ([`Transform::record`]).
 //! - [`Stateful`]: a [`Transform`] whose state the host carries across hot swaps,
 //!   restarts and traps ([`export_stateful_transform!`]).
+//! - [`Migration`]: a [`Transform`] that moves records from one schema version to the
+//!   next ([`export_migration!`]).
 //! - [`Record`]: a JSON object with dotted-path helpers (`get_str("http.user.email")`).
 //! - [`log`]: write to the plugin's log through the host.
 
@@ -50,6 +52,22 @@ pub mod stateful_bindings {
         default_bindings_module: "weir_plugin_sdk::stateful_bindings",
         pub_export_macro: true,
         export_macro_name: "__export_stateful_world",
+        with: {
+            "weir:plugin/host@0.1.0": crate::bindings::weir::plugin::host,
+            "weir:plugin/types@0.1.0": crate::bindings::weir::plugin::types,
+        },
+    });
+}
+
+/// wit-bindgen output for `weir:plugin/migration@0.1.0`.
+#[doc(hidden)]
+pub mod migration_bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "weir:plugin/migration@0.1.0",
+        default_bindings_module: "weir_plugin_sdk::migration_bindings",
+        pub_export_macro: true,
+        export_macro_name: "__export_migration_world",
         with: {
             "weir:plugin/host@0.1.0": crate::bindings::weir::plugin::host,
             "weir:plugin/types@0.1.0": crate::bindings::weir::plugin::types,
@@ -136,6 +154,15 @@ pub trait Stateful: Transform {
     /// Continue from `state`; refuse a format you cannot read with
     /// [`Error::InvalidConfig`].
     fn restore(&mut self, state: State) -> Result<(), Error>;
+}
+
+/// A schema migration: a [`Transform`] that rewrites records of schema version
+/// `step().0` into `step().1` (= `step().0 + 1`). The host only gives it records of the
+/// version it reads and stamps `_schema` on what it returns
+/// ([`export_migration!`]).
+pub trait Migration: Transform {
+    /// `(reads, writes)`.
+    fn step(&self) -> (u32, u32);
 }
 
 /// The lines of an NDJSON batch (without their `\n`; empty lines included, so the
@@ -246,6 +273,15 @@ pub mod __private {
         })
     }
 
+    pub fn step<T: Migration>() -> (u32, u32) {
+        INSTANCE.with(|i| {
+            i.borrow()
+                .as_ref()
+                .and_then(|b| b.downcast_ref::<T>())
+                .map_or((0, 0), |t| t.step())
+        })
+    }
+
     pub fn snapshot<T: Stateful>() -> State {
         with::<T, _>(|t| t.snapshot()).unwrap_or(State {
             format: 0,
@@ -319,6 +355,33 @@ macro_rules! export_stateful_transform {
                 }
             }
             $crate::stateful_bindings::__export_stateful_world!(__WeirExport);
+        };
+    };
+}
+
+/// Export a [`Migration`] as the plugin's `weir:plugin/migration` world.
+#[macro_export]
+macro_rules! export_migration {
+    ($t:ty) => {
+        const _: () = {
+            use $crate::bindings::weir::plugin::types::PluginError as __PluginError;
+            use $crate::migration_bindings::SchemaStep as __Step;
+            struct __WeirExport;
+            impl $crate::migration_bindings::Guest for __WeirExport {
+                fn init(config: ::std::string::String) -> ::std::result::Result<(), __PluginError> {
+                    $crate::__private::init::<$t>(&config)
+                }
+                fn step() -> __Step {
+                    let (reads, writes) = $crate::__private::step::<$t>();
+                    __Step { reads, writes }
+                }
+                fn migrate(
+                    batch: ::std::vec::Vec<u8>,
+                ) -> ::std::result::Result<::std::vec::Vec<u8>, __PluginError> {
+                    $crate::__private::process::<$t>(batch)
+                }
+            }
+            $crate::migration_bindings::__export_migration_world!(__WeirExport);
         };
     };
 }

@@ -1,4 +1,4 @@
-//! The plugin developer's CLI: `weir plugin new|build|run|upload|list|activate` and
+//! The plugin developer's CLI: `weir plugin new|build|run|bench|upload|list|activate` and
 //! `weir pipeline set|get`.
 //!
 //! Layout: [`scaffold`] writes a new plugin project per language, [`toolchain`] turns a
@@ -6,6 +6,7 @@
 //! API. A project is a directory with a `weir-plugin.toml` manifest (`name`, `lang`) and
 //! the WIT contract in `wit/`.
 
+mod measure;
 mod remote;
 mod scaffold;
 mod toolchain;
@@ -52,6 +53,21 @@ pub enum PluginCommand {
         /// The plugin's config (JSON).
         #[arg(long, default_value = "{}")]
         config: String,
+    },
+    /// Measure a component in this host: compile and instantiate time, throughput on
+    /// the realistic sample records (or --input NDJSON). Prints one JSON line.
+    Bench {
+        wasm: PathBuf,
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// NDJSON file to use as the batch instead of generated sample records.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Records per batch of generated sample records.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
     },
     /// Upload a component as the next version of a plugin.
     Upload {
@@ -142,6 +158,24 @@ pub async fn plugin(cmd: PluginCommand) -> Result<()> {
         }
         PluginCommand::Run { wasm, config } => {
             tokio::task::spawn_blocking(move || toolchain::run(&wasm, &config)).await?
+        }
+        PluginCommand::Bench {
+            wasm,
+            config,
+            input,
+            batch,
+            seconds,
+        } => {
+            tokio::task::spawn_blocking(move || {
+                let o = measure::Options {
+                    config: &config,
+                    input: input.as_deref(),
+                    batch,
+                    seconds,
+                };
+                measure::bench(&wasm, &o)
+            })
+            .await?
         }
         PluginCommand::Upload { admin, name, wasm } => remote::upload(&admin, &name, &wasm).await,
         PluginCommand::List { admin, name } => remote::list(&admin, name.as_deref()).await,
