@@ -946,3 +946,49 @@ async fn migration_activated_live_applies_to_new_data_and_queries_span_both() {
     );
     s.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasi_capabilities_only_as_the_pipeline_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), PIPELINES);
+    let escaper = weir_builtins::fixture("weir-fixture-hostile")
+        .unwrap()
+        .to_vec();
+    let put = "/admin/v1/tenants/acme/plugins/escaper";
+    assert_eq!(
+        admin_call(&s, "PUT", put, "admin-secret", escaper).await.0,
+        200
+    );
+    let granted = json!({"plugins": [{"plugin": "escaper", "config": {"mode": "escape"},
+        "wasi": {"env": {"REGION": "eu-1"}, "stdio": true, "clocks": true}}]});
+    let plain = json!({"plugins": [{"plugin": "escaper", "config": {"mode": "escape"}}]});
+    for (stream, p) in [("granted", granted), ("plain", plain)] {
+        let path = format!("/admin/v1/tenants/acme/pipelines/{stream}");
+        let (st, v) = admin_call(&s, "PUT", &path, "admin-secret", p.to_string().into()).await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(s.ingest("acme-token", stream, "{}").await.0, 200);
+    }
+    s.wait_count("acme-token", "SELECT count(*) FROM logs", 2)
+        .await;
+    let (_, v) = s
+        .query(
+            "acme-token",
+            "SELECT stream, json_get_int(record, 'env'), json_get_int(record, 'clock') > 0, \
+             json_get_str(record, 'fs') LIKE 'error%' FROM logs ORDER BY stream",
+        )
+        .await;
+    assert_eq!(
+        v["rows"],
+        json!([["granted", 1, true, true], ["plain", 0, false, true]]),
+        "{v}"
+    );
+    // Only the granted stage's stdout and stderr reach the server's log.
+    let log = s.log();
+    assert_eq!(
+        log.matches("hello from the sandbox on stdout").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(log.matches("hello from the sandbox on stderr").count(), 1);
+    s.stop();
+}

@@ -139,6 +139,31 @@ pub struct PluginRef {
     /// Passed to the plugin's `init` as JSON text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<serde_json::Value>,
+    /// WASI capabilities granted to this stage (none unless given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasi: Option<WasiGrants>,
+}
+
+/// What a plugin may see of the outside world through WASI. Everything is off by
+/// default: no environment, stdout/stderr discarded, clocks frozen at the Unix epoch,
+/// and a fixed pseudo-random sequence (so a replayed batch gives the same output).
+/// Files and sockets are never granted.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WasiGrants {
+    /// Environment variables the plugin sees.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Lines the plugin writes to stdout/stderr go to the server's log, tagged with
+    /// tenant and plugin.
+    #[serde(default)]
+    pub stdio: bool,
+    /// The real wall-clock and monotonic clocks.
+    #[serde(default)]
+    pub clocks: bool,
+    /// Unpredictable random bytes.
+    #[serde(default)]
+    pub random: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -450,7 +450,8 @@ impl Catalog {
             .config
             .as_ref()
             .map_or_else(|| "{}".to_owned(), |c| c.to_string());
-        let limits = Limits::from_config(&self.config.plugin_limits(tenant));
+        let mut limits = Limits::from_config(&self.config.plugin_limits(tenant));
+        limits.wasi = r.wasi.clone().unwrap_or_default();
         let instance = compiled
             .instantiate(tenant, &config, &limits)
             .map_err(|source| PipelineError::Host {

@@ -440,6 +440,7 @@ mod tests {
             plugins: vec![PluginRef {
                 plugin: "builtin:logfmt".into(),
                 config: Some(serde_json::json!({"k": 1})),
+                wasi: None,
             }],
             updated_at_ms: 7,
         };

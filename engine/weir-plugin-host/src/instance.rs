@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, Trap};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::weir::plugin::host::{self, Level};
 use crate::bindings::weir::plugin::types::PluginError;
@@ -199,8 +199,9 @@ impl PluginInstance {
 
     fn start(&self) -> Result<(Store<State>, Live), HostError> {
         let state = State {
-            // No preopens, no env, no args, no network, stdio to a sink: nothing granted.
-            wasi: WasiCtxBuilder::new().build(),
+            // No preopens, no args, no network ever; env, stdio, clocks and randomness
+            // only as granted.
+            wasi: crate::wasi::context(&self.limits.wasi, &self.tenant, self.plugin.name()),
             table: ResourceTable::new(),
             limiter: MemLimiter {
                 max_bytes: self.limits.memory_bytes,

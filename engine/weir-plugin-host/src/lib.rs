@@ -13,8 +13,9 @@
 //! - [`CallError`]: what a failed call means (plugin refused, trap, timeout, memory,
 //!   output bomb), kept apart from host errors ([`HostError`]).
 //!
-//! Sandbox: no WASI capability is granted (no preopened dirs, no sockets, no env, no
-//! args, stdio to a sink); linear memory is capped per instance by a `ResourceLimiter`;
+//! Sandbox: no WASI capability is granted unless the stage's [`WasiGrants`] say so
+//! ([`wasi`]: env, stdio to the log, real clocks, real randomness; never files or
+//! sockets); linear memory is capped per instance by a `ResourceLimiter`;
 //! every call has an epoch deadline; output is capped relative to input. After a trap
 //! the instance is discarded and a fresh one is made from the `InstancePre` (about 10
 //! µs) on the next call, so one bad batch never poisons the next.
@@ -53,6 +54,7 @@ pub mod migration_bindings {
 
 mod instance;
 pub mod migration;
+mod wasi;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -62,6 +64,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
+pub use weir_core::config::WasiGrants;
 
 pub use instance::{PluginInstance, State};
 
@@ -138,6 +141,8 @@ pub struct Limits {
     pub deadline: Duration,
     /// Output may be at most `max_output_ratio * input + 64 KiB` bytes.
     pub max_output_ratio: usize,
+    /// WASI capabilities granted (none by default).
+    pub wasi: WasiGrants,
 }
 
 impl Default for Limits {
@@ -146,6 +151,7 @@ impl Default for Limits {
             memory_bytes: 64 << 20,
             deadline: Duration::from_secs(2),
             max_output_ratio: 4,
+            wasi: WasiGrants::default(),
         }
     }
 }
@@ -156,6 +162,7 @@ impl Limits {
             memory_bytes: (c.memory_mb as usize) << 20,
             deadline: Duration::from_millis(c.deadline_ms),
             max_output_ratio: c.max_output_ratio as usize,
+            wasi: WasiGrants::default(),
         }
     }
 

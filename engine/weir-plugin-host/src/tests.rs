@@ -19,6 +19,7 @@ fn limits() -> Limits {
         memory_bytes: 32 << 20,
         deadline: Duration::from_millis(200),
         max_output_ratio: 4,
+        wasi: WasiGrants::default(),
     }
 }
 
@@ -160,6 +161,44 @@ fn no_wasi_capabilities_are_granted() {
         report["net"].as_str().unwrap().starts_with("error"),
         "{report}"
     );
+    assert_eq!(report["clock"], 0, "clocks are frozen: {report}");
+    // Randomness is a fixed sequence: a second instance sees the same.
+    let mut j = p
+        .instantiate("t", r#"{"mode":"escape"}"#, &limits())
+        .unwrap();
+    let again: serde_json::Value = serde_json::from_slice(&j.process(BATCH).unwrap()).unwrap();
+    assert_eq!(report["hash"], again["hash"], "{report} {again}");
+}
+
+#[test]
+fn granted_wasi_capabilities_and_only_those() {
+    let h = host();
+    let p = hostile(&h);
+    let mut env = std::collections::BTreeMap::new();
+    env.insert("REGION".to_owned(), "eu-1".to_owned());
+    let granted = Limits {
+        wasi: WasiGrants {
+            env,
+            stdio: true,
+            clocks: true,
+            random: true,
+        },
+        ..limits()
+    };
+    let report = |limits: &Limits| -> serde_json::Value {
+        let mut i = p.instantiate("t", r#"{"mode":"escape"}"#, limits).unwrap();
+        serde_json::from_slice(&i.process(BATCH).unwrap()).unwrap()
+    };
+    let (a, b) = (report(&granted), report(&granted));
+    assert_eq!(a["env_vars"], serde_json::json!(["REGION=eu-1"]), "{a}");
+    assert!(a["clock"].as_u64().unwrap() > 1_700_000_000, "{a}");
+    assert_ne!(
+        a["hash"], b["hash"],
+        "real randomness differs between instances"
+    );
+    // Files and sockets stay closed whatever is granted.
+    assert!(a["fs"].as_str().unwrap().starts_with("error"), "{a}");
+    assert!(a["net"].as_str().unwrap().starts_with("error"), "{a}");
 }
 
 fn counter(host: &PluginHost) -> CompiledPlugin {

@@ -228,6 +228,7 @@ plugins = [{ plugin = "builtin:logfmt" }]
         PluginRef {
             plugin: "builtin:logfmt".into(),
             config: None,
+            wasi: None,
         };
         2
     ];
