@@ -992,3 +992,44 @@ async fn wasi_capabilities_only_as_the_pipeline_grants() {
     assert_eq!(log.matches("hello from the sandbox on stderr").count(), 1);
     s.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mib_upload_is_refused_with_413_before_it_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    // Default limit: admin.max_plugin_bytes = 32 MiB.
+    let s = Server::start(dir.path(), PIPELINES);
+    let addr = s
+        .admin
+        .as_ref()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_owned();
+    // A client announcing 100 MiB gets its answer after the headers and the first
+    // megabyte: the server refuses from Content-Length instead of reading the rest.
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "PUT /admin/v1/tenants/acme/plugins/big HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer admin-secret\r\nContent-Length: {}\r\n\r\n",
+        100u64 << 20
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&vec![0u8; 1 << 20]).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(30), conn.read(&mut answer))
+        .await
+        .expect("an answer without the other 99 MiB")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let (_, v) = admin_call(
+        &s,
+        "GET",
+        "/admin/v1/tenants/acme/plugins",
+        "admin-secret",
+        vec![],
+    )
+    .await;
+    assert_eq!(v["plugins"], json!([]), "nothing stored");
+    s.stop();
+}

@@ -75,6 +75,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
             get(show_pipeline).put(set_pipeline),
         )
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            limit,
+            crate::body_limit::refuse_announced_over,
+        ))
         .with_state(state)
 }
 

@@ -8,6 +8,7 @@
 
 mod admin;
 mod bench;
+mod body_limit;
 mod cli;
 mod ingest;
 mod server;
