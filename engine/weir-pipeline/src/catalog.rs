@@ -33,6 +33,11 @@ pub struct Catalog {
     registry: Arc<PluginRegistry>,
     /// By `builtin:NAME`, `file:PATH` or `sha256:HEX` (uploaded versions).
     compiled: Mutex<HashMap<String, CompiledPlugin>>,
+    /// Held while compiling, so workers that need the same plugin at once compile it
+    /// once (the others wait and find it in `compiled`).
+    compiling: Mutex<()>,
+    /// Compiled machine code by sha256, kept across restarts (`DATA_DIR/plugin-cache`).
+    cache_dir: Option<std::path::PathBuf>,
     /// Live instances per tenant (for `max_instances`).
     instances: Mutex<HashMap<String, Arc<AtomicU64>>>,
     /// Versions activated over an older one, watched for automatic rollback, by tenant
@@ -85,12 +90,15 @@ impl Catalog {
         config: Arc<Config>,
         registry: Arc<PluginRegistry>,
         metrics: &Registry,
+        cache_dir: Option<std::path::PathBuf>,
     ) -> Result<Catalog, HostError> {
         Ok(Catalog {
             host: PluginHost::new()?,
             config,
             registry,
             compiled: Mutex::new(HashMap::new()),
+            compiling: Mutex::new(()),
+            cache_dir,
             instances: Mutex::new(HashMap::new()),
             rollouts: Mutex::new(HashMap::new()),
             rollbacks: metrics.counter(
@@ -216,14 +224,11 @@ impl Catalog {
                 limit,
             });
         }
-        let compiled = self.host.compile(name, bytes)?;
-        let sha = compiled.sha256().to_owned();
+        let sha = weir_plugin_host::sha256_hex(bytes);
+        let compiled = self.compile_once(&format!("sha256:{sha}"), name, bytes)?;
         let meta =
             self.registry
                 .add_version(tenant, name, compiled.world(), &sha, bytes, now_ms)?;
-        self.compiled
-            .lock()
-            .insert(format!("sha256:{sha}"), compiled);
         Ok(meta)
     }
 
@@ -287,18 +292,44 @@ impl Catalog {
             .active(tenant, name)
             .map_err(|e| PipelineError::Uploaded(e.to_string()))?;
         let key = format!("sha256:{}", meta.sha256);
-        if let Some(p) = self.compiled.lock().get(&key) {
-            return Ok((p.clone(), meta.version));
+        let compiled =
+            self.compile_once(&key, name, &bytes)
+                .map_err(|source| PipelineError::Host {
+                    spec: name.into(),
+                    source,
+                })?;
+        Ok((compiled, meta.version))
+    }
+
+    /// The compiled plugin for `key`, compiling it (once, whoever asks at the same time;
+    /// from the on-disk cache when there) on first use.
+    fn compile_once(
+        &self,
+        key: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<CompiledPlugin, HostError> {
+        if let Some(p) = self.compiled.lock().get(key) {
+            return Ok(p.clone());
         }
+        let _only_one = self.compiling.lock();
+        if let Some(p) = self.compiled.lock().get(key) {
+            return Ok(p.clone());
+        }
+        let started = std::time::Instant::now();
         let compiled = self
             .host
-            .compile(name, &bytes)
-            .map_err(|source| PipelineError::Host {
-                spec: name.into(),
-                source,
-            })?;
-        self.compiled.lock().insert(key, compiled.clone());
-        Ok((compiled, meta.version))
+            .compile_cached(name, bytes, self.cache_dir.as_deref())?;
+        tracing::info!(
+            plugin = key,
+            name,
+            ms = started.elapsed().as_millis() as u64,
+            "plugin compiled"
+        );
+        self.compiled
+            .lock()
+            .insert(key.to_owned(), compiled.clone());
+        Ok(compiled)
     }
 
     /// The compiled plugin for `builtin:NAME` or `file:PATH`, compiling on first use.
@@ -324,22 +355,11 @@ impl Catalog {
             } else {
                 return Err(PipelineError::BadSpec(spec.into()));
             };
-        let started = std::time::Instant::now();
-        let compiled = self
-            .host
-            .compile(&name, &bytes)
+        self.compile_once(spec, &name, &bytes)
             .map_err(|source| PipelineError::Host {
                 spec: spec.into(),
                 source,
-            })?;
-        tracing::info!(
-            plugin = spec,
-            sha256 = compiled.sha256(),
-            ms = started.elapsed().as_millis() as u64,
-            "plugin compiled"
-        );
-        self.compiled.lock().insert(spec.into(), compiled.clone());
-        Ok(compiled)
+            })
     }
 
     /// Whether `tenant`'s pipelines (with `stream`'s replaced by one of `stages` stages)

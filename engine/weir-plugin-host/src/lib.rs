@@ -235,9 +235,49 @@ impl PluginHost {
     /// Validate, compile and link a component. Costly (milliseconds to seconds): call it
     /// off the hot path, once per plugin version.
     pub fn compile(&self, name: &str, wasm: &[u8]) -> Result<CompiledPlugin, HostError> {
+        self.compile_cached(name, wasm, None)
+    }
+
+    /// Like [`PluginHost::compile`], keeping the machine code in `cache_dir` by the
+    /// component's sha256, so the next process loads it in milliseconds instead of
+    /// compiling again (seconds for interpreters packed as components). A cache file
+    /// this engine cannot load (another wasmtime or settings) is replaced.
+    pub fn compile_cached(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        cache_dir: Option<&std::path::Path>,
+    ) -> Result<CompiledPlugin, HostError> {
         check_preamble(wasm)?;
-        let component =
-            Component::new(&self.engine, wasm).map_err(|e| HostError::Compile(format!("{e:#}")))?;
+        let sha256 = sha256_hex(wasm);
+        let cached = cache_dir.map(|d| d.join(format!("{sha256}.cwasm")));
+        // SAFETY: the file is one this host wrote (under the data dir it owns) with
+        // `Component::serialize`; wasmtime checks it was built for this engine's
+        // version and settings and refuses it otherwise.
+        let loaded = cached
+            .as_ref()
+            .filter(|p| p.is_file())
+            .and_then(|p| unsafe { Component::deserialize_file(&self.engine, p) }.ok());
+        let component = match loaded {
+            Some(c) => c,
+            None => {
+                let c = Component::new(&self.engine, wasm)
+                    .map_err(|e| HostError::Compile(format!("{e:#}")))?;
+                if let Some(path) = &cached {
+                    // Best effort: without the cache file the next start compiles again.
+                    let tmp = path.with_extension("tmp");
+                    let written = c.serialize().ok().and_then(|bytes| {
+                        std::fs::create_dir_all(path.parent()?).ok()?;
+                        std::fs::write(&tmp, bytes).ok()?;
+                        std::fs::rename(&tmp, path).ok()
+                    });
+                    if written.is_none() {
+                        tracing::warn!(plugin = name, path = %path.display(), "could not write the compiled-plugin cache");
+                    }
+                }
+                c
+            }
+        };
         // A component built against another version of the contract imports
         // `weir:plugin/...@OTHER`: name the version instead of a link error.
         for (import, _) in component.component_type().imports(&self.engine) {
@@ -266,10 +306,15 @@ impl PluginHost {
         };
         Ok(CompiledPlugin {
             name: name.into(),
-            sha256: hex::encode(Sha256::digest(wasm)),
+            sha256,
             pre,
         })
     }
+}
+
+/// The hex sha256 of a component's bytes (how versions and caches name it).
+pub fn sha256_hex(wasm: &[u8]) -> String {
+    hex::encode(Sha256::digest(wasm))
 }
 
 /// Tell core modules and garbage from components before compiling.

@@ -304,3 +304,25 @@ fn migration_rewrites_only_its_version_and_stamps_the_next() {
     // A migration whose step is not N -> N+1 is refused at init.
     assert!(p.instantiate("t", r#"{"from":0}"#, &limits()).is_err());
 }
+
+#[test]
+fn compiled_code_is_cached_on_disk_and_a_bad_cache_file_is_replaced() {
+    let dir = std::env::temp_dir().join(format!("weir-cache-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let wasm = weir_builtins::get("logfmt").unwrap();
+    let file = dir.join(format!("{}.cwasm", sha256_hex(wasm)));
+    let run = |h: &PluginHost| {
+        let p = h.compile_cached("logfmt", wasm, Some(&dir)).unwrap();
+        let mut i = p.instantiate("t", "{}", &limits()).unwrap();
+        i.process(b"{\"message\":\"a=1\"}\n").unwrap()
+    };
+    let first = run(&host());
+    assert!(file.is_file(), "the first compile writes the cache");
+    // A second host (a restart) loads the machine code instead of compiling.
+    assert_eq!(run(&host()), first);
+    // A damaged cache file is not trusted blindly: it is recompiled and rewritten.
+    std::fs::write(&file, b"not machine code").unwrap();
+    assert_eq!(run(&host()), first);
+    assert!(std::fs::metadata(&file).unwrap().len() > 1000);
+    let _ = std::fs::remove_dir_all(&dir);
+}

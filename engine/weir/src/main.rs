@@ -156,8 +156,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
             .context("open the plugin registry")?,
     );
     let catalog = Arc::new(
-        Catalog::new(config.clone(), registry, &metrics_registry)
-            .context("start the plugin host")?,
+        Catalog::new(
+            config.clone(),
+            registry,
+            &metrics_registry,
+            Some(config.data_dir.join("plugin-cache")),
+        )
+        .context("start the plugin host")?,
     );
     catalog
         .check_config()

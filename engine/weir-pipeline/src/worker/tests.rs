@@ -48,7 +48,8 @@ deadline_ms = 100
     );
     let store = Arc::new(HotStore::open(&dir.path().join("store.redb"), usize::MAX).unwrap());
     let registry = Arc::new(crate::PluginRegistry::open(&dir.path().join("plugins.redb")).unwrap());
-    let catalog = Arc::new(Catalog::new(Arc::new(cfg), registry, &Registry::default()).unwrap());
+    let catalog =
+        Arc::new(Catalog::new(Arc::new(cfg), registry, &Registry::default(), None).unwrap());
     catalog.check_config().unwrap();
     let metrics = Arc::new(WorkerMetrics::new(&Registry::default()));
     Rig {
@@ -201,7 +202,7 @@ plugins = [{ plugin = "builtin:logfmt" }]
     let dir = tempfile::tempdir().unwrap();
     let registry = Arc::new(crate::PluginRegistry::open(&dir.path().join("plugins.redb")).unwrap());
     let cfg = Arc::new(Config::from_toml(text).unwrap());
-    let catalog = Catalog::new(cfg, registry, &Registry::default()).unwrap();
+    let catalog = Catalog::new(cfg, registry, &Registry::default(), None).unwrap();
     let refused = catalog.check_config().unwrap_err().to_string();
     assert!(
         refused.contains("tenant t: 3 pipeline stages on 1 partitions need 3"),
