@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use support::{admin_call, parking_lot_free, Server};
@@ -1031,5 +1031,111 @@ async fn a_100_mib_upload_is_refused_with_413_before_it_is_read() {
     )
     .await;
     assert_eq!(v["plugins"], json!([]), "nothing stored");
+    s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_version_sees_the_traffic_but_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), PIPELINES);
+    let plugin = "/admin/v1/tenants/acme/plugins/r";
+    let versions = [
+        weir_builtins::get("pii-redact").unwrap(), // v1: redacts
+        weir_builtins::fixture("weir-fixture-hostile").unwrap(), // v2: passes through
+        weir_builtins::fixture("weir-fixture-trapper").unwrap(), // v3: traps
+    ];
+    for v in versions {
+        assert_eq!(
+            admin_call(&s, "PUT", plugin, "admin-secret", v.to_vec())
+                .await
+                .0,
+            200
+        );
+    }
+    let pipeline = json!({"plugins": [{"plugin": "r"}]})
+        .to_string()
+        .into_bytes();
+    let put = "/admin/v1/tenants/acme/pipelines/app";
+    assert_eq!(
+        admin_call(&s, "PUT", put, "admin-secret", pipeline).await.0,
+        200
+    );
+    let shadow = format!("{plugin}/shadow");
+    let (st, _) = admin_call(
+        &s,
+        "POST",
+        &shadow,
+        "admin-secret",
+        b"{\"version\":9}".to_vec(),
+    )
+    .await;
+    assert_eq!(st, 404);
+    let (st, v) = admin_call(
+        &s,
+        "POST",
+        &shadow,
+        "admin-secret",
+        b"{\"version\":2}".to_vec(),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+
+    let batch: String = (0..10)
+        .map(|i| {
+            if i % 3 == 0 {
+                format!("{{\"i\":{i},\"m\":\"mail u{i}@x.io\"}}\n")
+            } else {
+                format!("{{\"i\":{i},\"m\":\"nothing here\"}}\n")
+            }
+        })
+        .collect();
+    assert_eq!(s.ingest("acme-token", "app", batch).await.0, 200);
+    s.wait_count("acme-token", "SELECT count(*) FROM logs", 10)
+        .await;
+    let leaked = "SELECT count(*) FROM logs WHERE record LIKE '%@x.io%'";
+    assert_eq!(
+        s.count("acme-token", leaked).await,
+        0,
+        "the active version's output is written"
+    );
+    let (_, v) = admin_call(&s, "GET", plugin, "admin-secret", vec![]).await;
+    assert_eq!(
+        v["shadow"],
+        json!({"version": 2, "calls": 1, "errors": 0, "diff_records": 4}),
+        "the shadow differs on the 4 records with an address: {v}"
+    );
+
+    // A shadow that traps changes nothing for the traffic.
+    let (st, _) = admin_call(
+        &s,
+        "POST",
+        &shadow,
+        "admin-secret",
+        b"{\"version\":3}".to_vec(),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        s.ingest("acme-token", "app", "{\"m\":\"b@x.io\"}").await.0,
+        200
+    );
+    s.wait_count("acme-token", "SELECT count(*) FROM logs", 11)
+        .await;
+    assert_eq!(s.count("acme-token", leaked).await, 0);
+    assert_eq!(
+        s.count("acme-token", "SELECT count(*) FROM dead_letters")
+            .await,
+        0
+    );
+    let (_, v) = admin_call(&s, "GET", plugin, "admin-secret", vec![]).await;
+    assert_eq!(v["shadow"]["errors"], 1, "{v}");
+    assert_eq!(
+        admin_call(&s, "DELETE", &shadow, "admin-secret", vec![])
+            .await
+            .0,
+        204
+    );
+    let (_, v) = admin_call(&s, "GET", plugin, "admin-secret", vec![]).await;
+    assert_eq!(v["shadow"], Value::Null, "{v}");
     s.stop();
 }

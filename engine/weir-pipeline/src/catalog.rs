@@ -62,6 +62,15 @@ pub struct Stage {
     /// The uploaded plugin's version (none for `builtin:` and `file:` plugins).
     pub version: Option<u32>,
     pub instance: PluginInstance,
+    pub shadow: Option<Shadow>,
+    _slot: InstanceSlot,
+}
+
+/// A version in shadow mode next to a stage: it gets a copy of the stage's input; its
+/// output is compared with the stage's and dropped.
+pub struct Shadow {
+    pub version: u32,
+    pub instance: PluginInstance,
     _slot: InstanceSlot,
 }
 
@@ -478,11 +487,58 @@ impl Catalog {
                 spec: r.plugin.clone(),
                 source,
             })?;
+        let shadow = match version {
+            Some(active) => self.shadow_stage(tenant, &r.plugin, active, &config, &limits),
+            None => None,
+        };
         Ok(Stage {
             spec: r.plugin.clone(),
             version,
             instance,
+            shadow,
             _slot: slot,
         })
+    }
+
+    /// The shadow instance for a stage of `tenant`'s uploaded `name` (active version
+    /// `active`), when another version is in shadow mode. A shadow that cannot start is
+    /// logged and left out: it never stops the pipeline.
+    fn shadow_stage(
+        &self,
+        tenant: &str,
+        name: &str,
+        active: u32,
+        config: &str,
+        limits: &Limits,
+    ) -> Option<Shadow> {
+        let version = self.registry.shadow(tenant, name).ok()??;
+        if version == active {
+            return None;
+        }
+        let start = || -> Result<Shadow, String> {
+            let slot = self.slot(tenant).map_err(|e| e.to_string())?;
+            let (meta, bytes) = self
+                .registry
+                .version_bytes(tenant, name, version)
+                .map_err(|e| e.to_string())?;
+            let compiled = self
+                .compile_once(&format!("sha256:{}", meta.sha256), name, &bytes)
+                .map_err(|e| e.to_string())?;
+            let instance = compiled
+                .instantiate(tenant, config, limits)
+                .map_err(|e| e.to_string())?;
+            Ok(Shadow {
+                version,
+                instance,
+                _slot: slot,
+            })
+        };
+        match start() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(%tenant, plugin = %name, version, error = %e, "shadow version not started");
+                None
+            }
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! `pipelines` maps `(tenant, stream)` to the JSON of a [`PipelineDoc`] set through the
 //! admin API; it overrides the stream's pipeline in the config file. `events` keeps a
 //! plugin's history of activations and automatic rollbacks as [`PluginEvent`]s.
+//! `shadow` maps `(tenant, name)` to a version running in shadow mode.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,6 +25,7 @@ const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 const ACTIVE: TableDefinition<(&str, &str), u32> = TableDefinition::new("active");
 const PIPELINES: TableDefinition<(&str, &str), &str> = TableDefinition::new("pipelines");
 const EVENTS: TableDefinition<(&str, &str, u64), &str> = TableDefinition::new("events");
+const SHADOW: TableDefinition<(&str, &str), u32> = TableDefinition::new("shadow");
 
 #[derive(Debug, Error)]
 pub enum RegistryError {
@@ -103,6 +105,7 @@ impl PluginRegistry {
         w.open_table(ACTIVE).map_err(storage)?;
         w.open_table(PIPELINES).map_err(storage)?;
         w.open_table(EVENTS).map_err(storage)?;
+        w.open_table(SHADOW).map_err(storage)?;
         w.commit().map_err(storage)?;
         let mut pipelines = BTreeMap::new();
         {
@@ -324,6 +327,56 @@ impl PluginRegistry {
         Ok(out)
     }
 
+    /// Run `version` of `tenant`'s `name` in shadow mode (`None` stops it): it gets a
+    /// copy of the active version's input, its output is compared and dropped.
+    pub fn set_shadow(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<(), RegistryError> {
+        if let Some(v) = version {
+            self.get(tenant, name)?.version(v)?;
+        }
+        let w = self.db.begin_write().map_err(storage)?;
+        {
+            let mut t = w.open_table(SHADOW).map_err(storage)?;
+            match version {
+                Some(v) => t.insert((tenant, name), v).map_err(storage)?,
+                None => t.remove((tenant, name)).map_err(storage)?,
+            };
+        }
+        w.commit().map_err(storage)?;
+        self.bump();
+        Ok(())
+    }
+
+    /// The version of `tenant`'s `name` in shadow mode, if any.
+    pub fn shadow(&self, tenant: &str, name: &str) -> Result<Option<u32>, RegistryError> {
+        let r = self.db.begin_read().map_err(storage)?;
+        let t = r.open_table(SHADOW).map_err(storage)?;
+        Ok(t.get((tenant, name)).map_err(storage)?.map(|v| v.value()))
+    }
+
+    /// The bytes of one version of `tenant`'s `name`.
+    pub fn version_bytes(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<(VersionMeta, Vec<u8>), RegistryError> {
+        let meta = self.get(tenant, name)?.version(version)?;
+        let r = self.db.begin_read().map_err(storage)?;
+        let blobs = r.open_table(BLOBS).map_err(storage)?;
+        let bytes = blobs
+            .get(meta.sha256.as_str())
+            .map_err(storage)?
+            .ok_or_else(|| RegistryError::Storage(format!("missing blob {}", meta.sha256)))?
+            .value()
+            .to_vec();
+        Ok((meta, bytes))
+    }
+
     /// Remove every version of a plugin (the caller checks no pipeline uses it).
     pub fn delete(&self, tenant: &str, name: &str) -> Result<(), RegistryError> {
         let info = self.get(tenant, name)?;
@@ -336,6 +389,10 @@ impl PluginRegistry {
                     .map_err(storage)?;
             }
             w.open_table(ACTIVE)
+                .map_err(storage)?
+                .remove((tenant, name))
+                .map_err(storage)?;
+            w.open_table(SHADOW)
                 .map_err(storage)?
                 .remove((tenant, name))
                 .map_err(storage)?;
@@ -355,20 +412,11 @@ impl PluginRegistry {
         tenant: &str,
         name: &str,
     ) -> Result<(VersionMeta, Vec<u8>), RegistryError> {
-        let info = self.get(tenant, name)?;
-        let version = info
+        let version = self
+            .get(tenant, name)?
             .active
             .ok_or_else(|| RegistryError::NotFound(name.to_owned()))?;
-        let meta = info.version(version)?;
-        let r = self.db.begin_read().map_err(storage)?;
-        let blobs = r.open_table(BLOBS).map_err(storage)?;
-        let bytes = blobs
-            .get(meta.sha256.as_str())
-            .map_err(storage)?
-            .ok_or_else(|| RegistryError::Storage(format!("missing blob {}", meta.sha256)))?
-            .value()
-            .to_vec();
-        Ok((meta, bytes))
+        self.version_bytes(tenant, name, version)
     }
 }
 

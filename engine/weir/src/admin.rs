@@ -8,6 +8,9 @@
 //! - `POST .../plugins/{name}/activate` `{"version":N}`: takes effect on every partition
 //!   at its next batch boundary (rollback = activating an older version).
 //! - `DELETE .../plugins/{name}`: refused (409) while a pipeline names it.
+//! - `POST .../plugins/{name}/shadow` `{"version":N}`, `DELETE .../shadow`: run version N
+//!   in shadow mode next to the active one (same input, output compared and dropped;
+//!   counts in `GET .../plugins/{name}` and `/metrics`).
 //! - `PUT /admin/v1/tenants/{tenant}/pipelines/{stream}` with
 //!   `{"plugins":[{"plugin":"NAME","config":{...}}]}`: every plugin is resolved, compiled
 //!   and initialised with its config before the pipeline is stored; then it takes effect
@@ -63,6 +66,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route(
             "/admin/v1/tenants/{tenant}/plugins/{name}/activate",
             post(activate),
+        )
+        .route(
+            "/admin/v1/tenants/{tenant}/plugins/{name}/shadow",
+            post(start_shadow).delete(stop_shadow),
         )
         .route("/admin/v1/tenants/{tenant}/pipelines", get(list_pipelines))
         .route("/admin/v1/tenants/{tenant}/dead-letters", get(list_dead))
@@ -196,11 +203,28 @@ async fn show(
                     )
                 })
                 .collect();
+            let shadow = registry.shadow(&tenant, &name).ok().flatten().map(|v| {
+                let version = v.to_string();
+                let l = [
+                    ("tenant", tenant.as_str()),
+                    ("plugin", name.as_str()),
+                    ("version", version.as_str()),
+                ];
+                let c = |f: &weir_core::metrics::Family<weir_core::metrics::Counter>| {
+                    f.find(&l).map_or(0, |c| c.get())
+                };
+                let m = &state.metrics;
+                json!({
+                    "version": v, "calls": c(&m.shadow_calls), "errors": c(&m.shadow_errors),
+                    "diff_records": c(&m.shadow_diff_records),
+                })
+            });
             Json(json!({
                 "name": p.name, "active": p.active, "versions": p.versions,
                 "used_by": state.catalog.streams_using(&tenant, &name),
                 "events": registry.events(&tenant, &name).unwrap_or_default(),
                 "metrics": metrics,
+                "shadow": shadow,
             }))
             .into_response()
         }
@@ -231,6 +255,45 @@ async fn activate(
             Json(json!({ "name": meta.name, "active": meta.version, "sha256": meta.sha256 }))
                 .into_response()
         }
+        Err(e) => registry_err(e),
+    }
+}
+
+async fn start_shadow(
+    State(state): State<Arc<AdminState>>,
+    Path((tenant, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err((status, why)) = authorize(&state, &headers, &tenant) {
+        return err(status, why);
+    }
+    let Ok(a) = serde_json::from_slice::<Activate>(&body) else {
+        return err(StatusCode::BAD_REQUEST, "expected {\"version\": N}");
+    };
+    match state
+        .catalog
+        .registry()
+        .set_shadow(&tenant, &name, Some(a.version))
+    {
+        Ok(()) => {
+            tracing::info!(%tenant, plugin = %name, version = a.version, "shadow version started");
+            Json(json!({ "name": name, "shadow": a.version })).into_response()
+        }
+        Err(e) => registry_err(e),
+    }
+}
+
+async fn stop_shadow(
+    State(state): State<Arc<AdminState>>,
+    Path((tenant, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err((status, why)) = authorize(&state, &headers, &tenant) {
+        return err(status, why);
+    }
+    match state.catalog.registry().set_shadow(&tenant, &name, None) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => registry_err(e),
     }
 }

@@ -64,10 +64,49 @@ impl StageMetrics {
     }
 }
 
+/// Metric handles of a stage's shadow version.
+struct ShadowMetrics {
+    calls: Arc<Counter>,
+    errors: Arc<Counter>,
+    diff: Arc<Counter>,
+}
+
+impl ShadowMetrics {
+    fn new(m: &WorkerMetrics, tenant: &str, stage: &Stage) -> Option<ShadowMetrics> {
+        let version = stage.shadow.as_ref()?.version.to_string();
+        let l = [
+            ("tenant", tenant),
+            ("plugin", stage.spec.as_str()),
+            ("version", version.as_str()),
+        ];
+        Some(ShadowMetrics {
+            calls: m.shadow_calls.with(&l),
+            errors: m.shadow_errors.with(&l),
+            diff: m.shadow_diff_records.with(&l),
+        })
+    }
+}
+
+/// Output records that differ between two NDJSON outputs (by position).
+fn differing_records(a: &[u8], b: &[u8]) -> u64 {
+    let (mut x, mut y) = (ndjson_lines(a), ndjson_lines(b));
+    let mut n = 0;
+    loop {
+        match (x.next(), y.next()) {
+            (None, None) => return n,
+            (Some(p), Some(q)) if p == q => {}
+            _ => n += 1,
+        }
+    }
+}
+
 /// A stage of a worker's chain with its metric handles.
 struct Running {
     stage: Stage,
     m: StageMetrics,
+    shadow_m: Option<ShadowMetrics>,
+    /// Consecutive failures of the shadow version.
+    shadow_failed_in_a_row: u32,
     /// Consecutive traps or timeouts of this stage.
     trapped_in_a_row: u32,
     /// While set and in the future, the stage is not called (circuit breaker open).
@@ -193,6 +232,8 @@ impl Chains {
                 }
             }
             out.push(Running {
+                shadow_m: ShadowMetrics::new(&self.metrics, tenant, &stage),
+                shadow_failed_in_a_row: 0,
                 m: StageMetrics::new(&self.metrics, tenant, &stage),
                 stage,
                 trapped_in_a_row: 0,
@@ -342,6 +383,27 @@ fn run_stages(
                 return Err((failure(stage, e.to_string()), n));
             }
         };
+        // A version in shadow mode sees the same input; its output is only compared.
+        // One that keeps failing is dropped from this chain, so a looping shadow cannot
+        // cost the partition a deadline per batch.
+        if let (Some(sh), Some(sm)) = (stage.shadow.as_mut(), run.shadow_m.as_ref()) {
+            sm.calls.inc();
+            match sh.instance.process(&data) {
+                Ok(shadow_out) => {
+                    run.shadow_failed_in_a_row = 0;
+                    sm.diff.add(differing_records(&out, &shadow_out));
+                }
+                Err(e) => {
+                    sm.errors.inc();
+                    run.shadow_failed_in_a_row += 1;
+                    if run.shadow_failed_in_a_row >= policy.quarantine_after {
+                        tracing::warn!(tenant = %b.tenant, plugin = %stage.spec, version = sh.version,
+                            error = %e, "shadow version stopped on this partition after repeated failures");
+                        stage.shadow = None;
+                    }
+                }
+            }
+        }
         // The last stage's output is checked when its rows are built.
         if n < last {
             if let Some((line, why)) = invalid_output(&out) {

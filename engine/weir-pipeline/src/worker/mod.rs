@@ -25,6 +25,9 @@ pub struct WorkerMetrics {
     pub plugin_errors: Arc<Family<Counter>>,
     pub plugin_traps: Arc<Family<Counter>>,
     pub plugin_quarantined: Arc<Family<Counter>>,
+    pub shadow_calls: Arc<Family<Counter>>,
+    pub shadow_errors: Arc<Family<Counter>>,
+    pub shadow_diff_records: Arc<Family<Counter>>,
     pub plugin_records_in: Arc<Family<Counter>>,
     pub plugin_records_out: Arc<Family<Counter>>,
     pub plugin_seconds: Arc<Family<Histogram>>,
@@ -59,6 +62,18 @@ impl WorkerMetrics {
             plugin_quarantined: r.counter(
                 "weir_plugin_quarantined_total",
                 "Batches dead-lettered without a call while a stage's circuit breaker was open.",
+            ),
+            shadow_calls: r.counter(
+                "weir_plugin_shadow_calls_total",
+                "Calls of a version in shadow mode (on a copy of the active version's input).",
+            ),
+            shadow_errors: r.counter(
+                "weir_plugin_shadow_errors_total",
+                "Shadow calls that failed (refused, trapped, timed out, over a limit).",
+            ),
+            shadow_diff_records: r.counter(
+                "weir_plugin_shadow_diff_records_total",
+                "Output records where the shadow version differs from the active one.",
             ),
             plugin_records_in: r.counter(
                 "weir_plugin_records_in_total",
