@@ -212,9 +212,10 @@ impl Catalog {
         &self.registry
     }
 
-    /// Changes when any tenant's plugins change: workers rebuild chains when it does.
-    pub fn generation(&self) -> u64 {
-        self.registry.generation()
+    /// Changes when `tenant`'s plugins or pipelines change: workers rebuild that
+    /// tenant's chains when it does.
+    pub fn generation(&self, tenant: &str) -> u64 {
+        self.registry.generation(tenant)
     }
 
     /// Validate and compile an upload (slow: call it off the async runtime), then store

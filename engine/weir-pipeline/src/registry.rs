@@ -3,7 +3,8 @@
 //! Tables of `plugins.redb`: `versions` maps `(tenant, name, version)` to the JSON of a
 //! [`VersionMeta`]; `blobs` maps a sha256 to the component bytes (shared by equal
 //! uploads); `active` maps `(tenant, name)` to the active version. Every change bumps
-//! an in-memory generation so workers swap chains at their next batch boundary.
+//! the tenant's in-memory generation so its workers swap chains at their next batch
+//! boundary (other tenants' chains stay as they are).
 //! `pipelines` maps `(tenant, stream)` to the JSON of a [`PipelineDoc`] set through the
 //! admin API; it overrides the stream's pipeline in the config file. `events` keeps a
 //! plugin's history of activations and automatic rollbacks as [`PluginEvent`]s.
@@ -92,6 +93,7 @@ pub struct PipelineDoc {
 pub struct PluginRegistry {
     db: Database,
     generation: AtomicU64,
+    generations: RwLock<std::collections::HashMap<String, u64>>,
     /// The `pipelines` table, read once at open and kept in step with it.
     pipelines: RwLock<BTreeMap<(String, String), PipelineDoc>>,
 }
@@ -125,6 +127,7 @@ impl PluginRegistry {
         Ok(PluginRegistry {
             db,
             generation: AtomicU64::new(0),
+            generations: RwLock::new(std::collections::HashMap::new()),
             pipelines: RwLock::new(pipelines),
         })
     }
@@ -147,7 +150,7 @@ impl PluginRegistry {
         w.commit().map_err(storage)?;
         cache.insert((tenant.to_owned(), stream.to_owned()), doc);
         drop(cache);
-        self.bump();
+        self.bump(tenant);
         Ok(())
     }
 
@@ -169,13 +172,16 @@ impl PluginRegistry {
             .collect()
     }
 
-    /// Changes whenever an active version or a plugin set changes.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
+    /// Changes whenever one of `tenant`'s plugins, versions, shadows or pipelines
+    /// changes (and only then: other tenants' changes leave it alone).
+    pub fn generation(&self, tenant: &str) -> u64 {
+        self.generations.read().get(tenant).copied().unwrap_or(0)
     }
 
-    fn bump(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
+    fn bump(&self, tenant: &str) {
+        // Values are unique across tenants, so a change is never mistaken for none.
+        let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.generations.write().insert(tenant.to_owned(), g);
     }
 
     /// Store an already validated component as the next version of `tenant`'s `name`.
@@ -224,7 +230,7 @@ impl PluginRegistry {
             }
         }
         w.commit().map_err(storage)?;
-        self.bump();
+        self.bump(tenant);
         Ok(meta)
     }
 
@@ -308,7 +314,7 @@ impl PluginRegistry {
                 .map_err(storage)?;
         }
         w.commit().map_err(storage)?;
-        self.bump();
+        self.bump(tenant);
         Ok((meta, before))
     }
 
@@ -347,7 +353,7 @@ impl PluginRegistry {
             };
         }
         w.commit().map_err(storage)?;
-        self.bump();
+        self.bump(tenant);
         Ok(())
     }
 
@@ -402,7 +408,7 @@ impl PluginRegistry {
                 .map_err(storage)?;
         }
         w.commit().map_err(storage)?;
-        self.bump();
+        self.bump(tenant);
         Ok(())
     }
 
@@ -430,11 +436,12 @@ mod tests {
         let path = dir.path().join("plugins.redb");
         {
             let r = PluginRegistry::open(&path).unwrap();
-            let g0 = r.generation();
+            let g0 = r.generation("a");
             let v1 = r.add_version("a", "p", "w", "s1", b"one", 1).unwrap();
             let v2 = r.add_version("a", "p", "w", "s2", b"two", 2).unwrap();
             assert_eq!((v1.version, v2.version), (1, 2));
-            assert!(r.generation() > g0);
+            assert!(r.generation("a") > g0);
+            assert_eq!(r.generation("zz"), 0, "other tenants are untouched");
             assert_eq!(
                 r.active("a", "p").unwrap().1,
                 b"one",
@@ -495,9 +502,10 @@ mod tests {
         {
             let r = PluginRegistry::open(&path).unwrap();
             assert_eq!(r.pipeline("a", "s"), None);
-            let g = r.generation();
+            let (ga, gb) = (r.generation("a"), r.generation("b"));
             r.set_pipeline("a", "s", doc.clone()).unwrap();
-            assert!(r.generation() > g);
+            assert!(r.generation("a") > ga);
+            assert_eq!(r.generation("b"), gb);
             assert_eq!(r.pipeline("a", "s").as_ref(), Some(&doc));
             assert_eq!(r.pipeline("b", "s"), None, "tenants are separate");
         }

@@ -245,7 +245,7 @@ impl Chains {
 
     /// The chain of `b`'s tenant and stream, rebuilt first if the catalog changed.
     fn current(&mut self, b: &Batch) -> &mut Chain {
-        let generation = self.catalog.generation();
+        let generation = self.catalog.generation(&b.tenant);
         let key = (b.tenant.clone(), b.stream.clone());
         // A plugin change takes effect here, between entries: no entry sees two versions.
         let stale = self
