@@ -605,3 +605,89 @@ fn bad_config_is_refused_with_a_clear_error() {
         assert!(err.contains(expect), "{config}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_samples_are_checked_one_by_one_and_queryable() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), TWO_TENANTS);
+    let post = |token: &'static str, body: String| {
+        let url = format!("{}/api/v1/metrics", s.base);
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let mut body = String::new();
+    for i in 0..100 {
+        body.push_str(&format!(
+            "{{\"name\":\"http_requests_total\",\"value\":{i},\"ts\":{},\"labels\":{{\"host\":\"h{}\",\"code\":\"200\"}},\"kind\":\"counter\"}}\n",
+            1_795_000_000 + i,
+            i % 3
+        ));
+    }
+    body.push_str(
+        "{\"name\":\"bad name\",\"value\":1}\n{\"name\":\"cpu\",\"value\":\"high\"}\nnot json\n",
+    );
+    body.push_str("{\"name\":\"cpu\",\"value\":0.25,\"labels\":{\"host\":\"h0\"}}\n");
+    let (st, v) = post("acme-token", body).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        (v["accepted"].as_u64(), v["rejected"].as_u64()),
+        (Some(101), Some(3)),
+        "{v}"
+    );
+    let lines: Vec<u64> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, vec![103, 101, 102], "{v}");
+
+    s.wait_count("acme-token", "SELECT count(*) FROM metrics", 101)
+        .await;
+    let (_, v) = s
+        .query(
+            "acme-token",
+            "SELECT series, count(*), sum(value) FROM metrics WHERE name = 'http_requests_total' \
+             GROUP BY series ORDER BY series",
+        )
+        .await;
+    assert_eq!(
+        v["rows"],
+        json!([
+            ["http_requests_total{code=\"200\",host=\"h0\"}", 34, 1683.0],
+            ["http_requests_total{code=\"200\",host=\"h1\"}", 33, 1617.0],
+            ["http_requests_total{code=\"200\",host=\"h2\"}", 33, 1650.0],
+        ]),
+        "{v}"
+    );
+    assert_eq!(
+        s.count("acme-token", "SELECT count(*) FROM metrics WHERE json_get_str(labels, 'host') = 'h0' AND kind IS NULL").await,
+        1
+    );
+    assert_eq!(s.count("acme-token", "SELECT count(*) FROM logs").await, 0);
+    assert_eq!(
+        s.count("globex-token", "SELECT count(*) FROM metrics")
+            .await,
+        0
+    );
+    // Metrics have their own endpoint; `_`-streams are Weir's.
+    let (st, _) = s
+        .ingest("acme-token", "_metrics", "{\"name\":\"x\",\"value\":1}")
+        .await;
+    assert_eq!(st, 400);
+    s.stop();
+    let s = Server::start(dir.path(), TWO_TENANTS);
+    assert_eq!(
+        s.count("acme-token", "SELECT count(*) FROM metrics").await,
+        101
+    );
+    s.stop();
+}

@@ -403,6 +403,11 @@ impl Config {
                         "stream name {stream:?} of tenant {tenant} is invalid"
                     ));
                 }
+                if crate::names::is_reserved_stream(stream) {
+                    return bad(format!(
+                        "stream name {stream:?} of tenant {tenant}: names starting with '_' are reserved"
+                    ));
+                }
                 for p in &sc.plugins {
                     if !(p.plugin.starts_with("builtin:")
                         || p.plugin.starts_with("file:")

@@ -4,6 +4,8 @@
 //! - `positions`: partition → next log offset to process;
 //! - `segments`: `(partition, offset)` → one processed log entry (an encoded [`Batch`]
 //!   of the plugin chain's output, same tenant, stream and ingest time as the entry);
+//!   entries of the `_metrics` stream are metric samples and become `metrics` rows,
+//!   the others `logs` rows;
 //! - `dead_letters`: `(partition, offset)` → JSON of a [`DeadLetter`].
 //!
 //! [`HotStore::commit`] writes a worker's segments, dead letters and new position in one
@@ -60,6 +62,8 @@ fn storage_err(e: impl std::fmt::Display) -> StoreError {
 /// The processed output of one log entry, with its Arrow rows.
 #[derive(Debug, Clone)]
 pub struct Segment {
+    /// Which table its rows belong to.
+    pub table: Table,
     pub partition: u32,
     /// First offset of the source log entry.
     pub offset: u64,
@@ -72,14 +76,21 @@ impl Segment {
     /// Build a segment and its rows; fails on a line that is not a JSON object. Costly
     /// (one parse per record): done by the worker, outside any lock.
     pub fn new(partition: u32, offset: u64, batch: Batch) -> Result<Segment, InvalidLine> {
-        let rows = segment_rows(
-            &batch.stream,
-            partition,
-            offset,
-            batch.ingest_ts_ms,
-            &batch.records,
-        )?;
+        let (table, rows) = if batch.stream == weir_core::names::METRICS_STREAM {
+            let rows = crate::metric_rows::segment_metric_rows(partition, offset, &batch.records)?;
+            (Table::Metrics, rows)
+        } else {
+            let rows = segment_rows(
+                &batch.stream,
+                partition,
+                offset,
+                batch.ingest_ts_ms,
+                &batch.records,
+            )?;
+            (Table::Logs, rows)
+        };
         Ok(Segment {
+            table,
             partition,
             offset,
             batch,
@@ -132,8 +143,19 @@ pub struct ReplayOutcome {
     pub duplicates: usize,
 }
 
+/// The tables of the hot store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    Logs,
+    Metrics,
+}
+
+/// A segment's rows in memory: partition, offset, rows.
+type HeldRows = (u32, u64, RecordBatch);
+
 struct Held {
     tenant: String,
+    table: Table,
     partition: u32,
     offset: u64,
     rows: usize,
@@ -143,7 +165,7 @@ struct Held {
 #[derive(Default)]
 struct Mem {
     /// Per tenant, its batches in commit order.
-    tenants: HashMap<String, Vec<(u32, u64, RecordBatch)>>,
+    tenants: HashMap<(String, Table), Vec<HeldRows>>,
     /// Every segment held, oldest first (for eviction).
     order: VecDeque<Held>,
     bytes: usize,
@@ -324,7 +346,7 @@ impl HotStore {
                     break;
                 };
                 mem.bytes -= h.bytes;
-                if let Some(list) = mem.tenants.get_mut(&h.tenant) {
+                if let Some(list) = mem.tenants.get_mut(&(h.tenant.clone(), h.table)) {
                     if let Some(i) = list
                         .iter()
                         .position(|(p, o, _)| *p == h.partition && *o == h.offset)
@@ -357,10 +379,15 @@ impl HotStore {
 
     /// The tenant's `logs` batches (cheap `Arc` clones).
     pub fn tenant_batches(&self, tenant: &str) -> Vec<RecordBatch> {
+        self.table_batches(tenant, Table::Logs)
+    }
+
+    /// The tenant's batches of `table` (cheap `Arc` clones).
+    pub fn table_batches(&self, tenant: &str, table: Table) -> Vec<RecordBatch> {
         self.mem
             .read()
             .tenants
-            .get(tenant)
+            .get(&(tenant.to_owned(), table))
             .map(|v| v.iter().map(|(_, _, b)| b.clone()).collect())
             .unwrap_or_default()
     }
@@ -402,13 +429,14 @@ fn insert_mem(mem: &mut Mem, seg: &Segment) {
     mem.bytes += bytes;
     mem.order.push_back(Held {
         tenant: batch.tenant.clone(),
+        table: seg.table,
         partition,
         offset,
         rows: rows.num_rows(),
         bytes,
     });
     mem.tenants
-        .entry(batch.tenant.clone())
+        .entry((batch.tenant.clone(), seg.table))
         .or_default()
         .push((partition, offset, rows));
 }

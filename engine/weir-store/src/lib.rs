@@ -5,6 +5,7 @@
 //!   in redb together with each partition's consumer position (so a restart neither
 //!   loses nor duplicates rows), with a memory bound; and the dead-letter table.
 //! - [`rows`]: turning processed NDJSON into Arrow rows of the `logs` table.
+//! - [`metric_rows`]: normalised metric samples into rows of the `metrics` table.
 //! - [`state`]: stateful plugins' state, committed with the position it belongs to.
 //! - [`query`]: DataFusion SQL over one tenant's tables, results as JSON or Arrow IPC.
 //!
@@ -13,11 +14,12 @@
 //! URL tables are refused, so no statement can name or reach other rows.
 
 pub mod hot;
+pub mod metric_rows;
 pub mod query;
 pub mod rows;
 pub mod state;
 
-pub use hot::{DeadLetter, HotStore, ReplayOutcome, Segment, StoreError};
+pub use hot::{DeadLetter, HotStore, ReplayOutcome, Segment, StoreError, Table};
 pub use query::{QueryError, QueryResult};
 pub use rows::InvalidLine;
 pub use state::{ChainState, StageState};

@@ -25,7 +25,9 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
+use crate::hot::Table;
 use crate::hot::{DeadLetter, HotStore};
+use crate::metric_rows::metrics_schema;
 use crate::rows::logs_schema;
 
 #[derive(Debug, Error)]
@@ -104,15 +106,19 @@ impl HotStore {
             .map_err(|e| QueryError::Execution(e.to_string()))?;
 
         // Split the tenant's batches in two partitions so both cores scan.
-        let batches = self.tenant_batches(tenant);
-        let mut parts = vec![Vec::new(), Vec::new()];
-        for (i, b) in batches.into_iter().enumerate() {
-            parts[i % 2].push(b);
+        for (name, table, schema) in [
+            ("logs", Table::Logs, logs_schema()),
+            ("metrics", Table::Metrics, metrics_schema()),
+        ] {
+            let mut parts = vec![Vec::new(), Vec::new()];
+            for (i, b) in self.table_batches(tenant, table).into_iter().enumerate() {
+                parts[i % 2].push(b);
+            }
+            let mem = MemTable::try_new(schema, parts)
+                .map_err(|e| QueryError::Execution(e.to_string()))?;
+            ctx.register_table(name, Arc::new(mem))
+                .map_err(|e| QueryError::Execution(e.to_string()))?;
         }
-        let logs = MemTable::try_new(logs_schema(), parts)
-            .map_err(|e| QueryError::Execution(e.to_string()))?;
-        ctx.register_table("logs", Arc::new(logs))
-            .map_err(|e| QueryError::Execution(e.to_string()))?;
         let dead = self.dead_letters(tenant)?;
         let dl = MemTable::try_new(dead_letters_schema(), vec![vec![dead_letters_batch(&dead)]])
             .map_err(|e| QueryError::Execution(e.to_string()))?;

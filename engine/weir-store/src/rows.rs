@@ -18,6 +18,11 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use serde::Deserialize;
 use weir_core::batch::ndjson_lines;
 
+/// Epoch milliseconds of RFC 3339 text (what `ts` columns accept as text).
+pub fn rfc3339_millis(s: &str) -> Option<i64> {
+    string_to_timestamp_nanos(s).ok().map(|ns| ns / 1_000_000)
+}
+
 /// Schema of the `logs` table.
 pub fn logs_schema() -> SchemaRef {
     static S: OnceLock<SchemaRef> = OnceLock::new();

@@ -21,6 +21,8 @@ pub struct LineError {
 pub struct Parsed {
     pub records: Vec<u8>,
     pub count: u32,
+    /// The 1-based line (or array index) each kept record came from.
+    pub line_numbers: Vec<usize>,
     pub rejected: usize,
     /// The first rejected lines (at most [`MAX_ERRORS`]).
     pub errors: Vec<LineError>,
@@ -30,7 +32,7 @@ pub struct Parsed {
 pub const MAX_ERRORS: usize = 100;
 
 impl Parsed {
-    fn reject(&mut self, line: usize, reason: impl Into<String>) {
+    pub(crate) fn reject(&mut self, line: usize, reason: impl Into<String>) {
         self.rejected += 1;
         if self.errors.len() < MAX_ERRORS {
             self.errors.push(LineError {
@@ -129,6 +131,7 @@ fn parse_ndjson(body: &[u8], max_record: usize) -> Parsed {
         p.records.extend_from_slice(line);
         p.records.push(b'\n');
         p.count += 1;
+        p.line_numbers.push(n);
     }
     p
 }
@@ -162,6 +165,7 @@ fn parse_array(body: &[u8], max_record: usize) -> Parsed {
         p.records.extend_from_slice(text.as_bytes());
         p.records.push(b'\n');
         p.count += 1;
+        p.line_numbers.push(n);
     }
     p
 }

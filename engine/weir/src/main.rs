@@ -11,6 +11,7 @@ mod bench;
 mod body_limit;
 mod cli;
 mod ingest;
+mod samples;
 mod server;
 
 use std::net::SocketAddr;

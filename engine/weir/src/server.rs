@@ -93,6 +93,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.ingest.max_body_bytes;
     Router::new()
         .route("/api/v1/logs", post(ingest_logs))
+        .route("/api/v1/metrics", post(ingest_metrics))
         .route("/api/v1/query", post(query))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -190,6 +191,13 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// What a body holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Payload {
+    Logs,
+    Metrics,
+}
+
 async fn ingest_logs(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -197,15 +205,41 @@ async fn ingest_logs(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let res = ingest_inner(&state, peer, params, &headers, body).await;
+    ingest(state, peer, params, headers, body, Payload::Logs).await
+}
+
+async fn ingest_metrics(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(params): Query<IngestParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    ingest(state, peer, params, headers, body, Payload::Metrics).await
+}
+
+async fn ingest(
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    params: IngestParams,
+    headers: HeaderMap,
+    body: Bytes,
+    what: Payload,
+) -> Response {
+    let res = ingest_inner(&state, peer, params, &headers, body, what).await;
     let status = match &res {
         Ok(_) => StatusCode::OK,
         Err(e) => e.status,
     };
+    let route = if what == Payload::Logs {
+        "logs"
+    } else {
+        "metrics"
+    };
     state
         .m
         .requests
-        .with(&[("route", "logs"), ("status", status.as_str())])
+        .with(&[("route", route), ("status", status.as_str())])
         .inc();
     match res {
         Ok(r) => r,
@@ -219,13 +253,23 @@ async fn ingest_inner(
     params: IngestParams,
     headers: &HeaderMap,
     body: Bytes,
+    what: Payload,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(state, headers, peer)?;
-    let stream = params.stream.unwrap_or_else(|| "default".into());
-    if !weir_core::names::is_valid_name(&stream) {
+    let stream = match what {
+        Payload::Metrics => weir_core::names::METRICS_STREAM.to_owned(),
+        Payload::Logs => params.stream.unwrap_or_else(|| "default".into()),
+    };
+    if what == Payload::Logs && !weir_core::names::is_valid_name(&stream) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "stream must be 1-64 characters of [A-Za-z0-9_.-]",
+        ));
+    }
+    if what == Payload::Logs && weir_core::names::is_reserved_stream(&stream) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "stream names starting with '_' are reserved (metrics go to /api/v1/metrics)",
         ));
     }
     state
@@ -258,8 +302,12 @@ async fn ingest_inner(
             ),
         },
     )?;
-    let parsed = parse_body(&decoded, state.config.ingest.max_record_bytes);
+    let ts = now_ms();
+    let mut parsed = parse_body(&decoded, state.config.ingest.max_record_bytes);
     drop(decoded);
+    if what == Payload::Metrics {
+        parsed = crate::samples::check(parsed, ts);
+    }
     state
         .m
         .rejected
@@ -272,7 +320,6 @@ async fn ingest_inner(
             params.key.as_deref(),
             state.log.partitions(),
         );
-        let ts = now_ms();
         let items: Vec<(u32, Batch)> = split_entries(&parsed.records)
             .map(|(count, records)| {
                 (
