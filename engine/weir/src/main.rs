@@ -126,6 +126,8 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    // Before anything is printed or bound: see `shutdown_signal`.
+    let shutdown = shutdown_signal().context("install signal handlers")?;
     let config = Arc::new(load_config(&args)?);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
@@ -233,7 +235,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         listener,
         server::router(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown(shutdown)
     .await?;
     let _ = stop_admin.send(true);
     if let Some(t) = admin_task {
@@ -249,12 +251,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not
+/// when the future is first polled: a signal that arrives right after the listening
+/// line is printed must already mean "shut down cleanly", not the default "die".
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutdown signal received: finishing in-flight requests");
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown signal received: finishing in-flight requests");
+    })
 }

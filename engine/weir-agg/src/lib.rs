@@ -1,0 +1,49 @@
+//! Weir's aggregation layer (issue 4). So far: the mergeable sketches that windowed
+//! aggregations will keep as state.
+//!
+//! Layout:
+//! - [`ddsketch`]: [`DDSketch`], quantiles with a relative-error guarantee, mergeable,
+//!   bounded in size.
+//! - [`hll`]: [`HyperLogLog`], distinct counts in a fixed 2^p bytes, mergeable.
+//! - [`hash`]: the stable 64-bit hash HLL uses (stable across runs and versions, so a
+//!   checkpointed sketch merges with one built after a restart).
+//!
+//! Both sketches encode to bytes and decode back exactly, to join checkpoints.
+
+pub mod ddsketch;
+pub mod hash;
+pub mod hll;
+
+pub use ddsketch::DDSketch;
+pub use hll::HyperLogLog;
+
+/// A sketch's bytes could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("corrupt sketch: {0}")]
+pub struct DecodeError(pub &'static str);
+
+#[cfg(test)]
+pub(crate) mod testdata {
+    /// A deterministic xorshift generator (tests need no rand crate).
+    pub struct Rng(pub u64);
+    impl Rng {
+        pub fn next_u64(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+        /// Uniform in (0, 1).
+        pub fn unit(&mut self) -> f64 {
+            ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        }
+        /// Log-normal(mu, sigma) by Box-Muller: skewed like latencies.
+        pub fn lognormal(&mut self, mu: f64, sigma: f64) -> f64 {
+            let (u, v) = (self.unit(), self.unit());
+            let z = (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos();
+            (mu + sigma * z).exp()
+        }
+    }
+}
