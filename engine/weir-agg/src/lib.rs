@@ -5,6 +5,9 @@
 //! - [`ddsketch`]: [`DDSketch`], quantiles with a relative-error guarantee, mergeable,
 //!   bounded in size.
 //! - [`hll`]: [`HyperLogLog`], distinct counts in a fixed 2^p bytes, mergeable.
+//! - [`window`]: epoch-aligned tumbling and hopping windows, duration parsing, and the
+//!   [`window::Watermark`] with allowed lateness that decides when a window is complete
+//!   and which events are late.
 //! - [`hash`]: the stable 64-bit hash HLL uses (stable across runs and versions, so a
 //!   checkpointed sketch merges with one built after a restart).
 //!
@@ -13,9 +16,11 @@
 pub mod ddsketch;
 pub mod hash;
 pub mod hll;
+pub mod window;
 
 pub use ddsketch::DDSketch;
 pub use hll::HyperLogLog;
+pub use window::{parse_duration, Watermark, Windows};
 
 /// A sketch's bytes could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
