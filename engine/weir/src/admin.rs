@@ -57,6 +57,7 @@ pub struct AdminState {
 
 pub fn router(state: Arc<AdminState>) -> Router {
     let limit = state.config.admin.max_plugin_bytes;
+    let auth = axum::middleware::from_fn_with_state(state.clone(), require_admin);
     Router::new()
         .route("/admin/v1/tenants/{tenant}/plugins", get(list))
         .route(
@@ -81,6 +82,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
             "/admin/v1/tenants/{tenant}/pipelines/{stream}",
             get(show_pipeline).put(set_pipeline),
         )
+        // Every route is a tenant's: the admin token and an existing tenant first.
+        .layer(auth)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             limit,
@@ -125,6 +128,25 @@ fn authorize(
     Ok(())
 }
 
+/// The admin token and the tenant of `/admin/v1/tenants/{tenant}/...` for every route.
+async fn require_admin(
+    State(state): State<Arc<AdminState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let tenant = req
+        .uri()
+        .path()
+        .strip_prefix("/admin/v1/tenants/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("")
+        .to_owned();
+    if let Err((status, why)) = authorize(&state, req.headers(), &tenant) {
+        return err(status, why);
+    }
+    next.run(req).await
+}
+
 fn registry_err(e: RegistryError) -> Response {
     match e {
         RegistryError::NotFound(_) | RegistryError::NoVersion { .. } => {
@@ -137,12 +159,8 @@ fn registry_err(e: RegistryError) -> Response {
 async fn upload(
     State(state): State<Arc<AdminState>>,
     Path((tenant, name)): Path<(String, String)>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err((status, why)) = authorize(&state, &headers, &tenant) {
-        return err(status, why);
-    }
     if !weir_core::names::is_valid_name(&name) {
         return err(
             StatusCode::BAD_REQUEST,
@@ -167,14 +185,7 @@ async fn upload(
     }
 }
 
-async fn list(
-    State(state): State<Arc<AdminState>>,
-    Path(tenant): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err((status, why)) = authorize(&state, &headers, &tenant) {
-        return err(status, why);
-    }
+async fn list(State(state): State<Arc<AdminState>>, Path(tenant): Path<String>) -> Response {
     match state.catalog.registry().list(&tenant) {
         Ok(l) => Json(json!({ "plugins": l })).into_response(),
         Err(e) => registry_err(e),
@@ -184,11 +195,7 @@ async fn list(
 async fn show(
     State(state): State<Arc<AdminState>>,
     Path((tenant, name)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err((status, why)) = authorize(&state, &headers, &tenant) {
-        return err(status, why);
-    }
     let registry = state.catalog.registry();
     match registry.get(&tenant, &name) {
         Ok(p) => {
@@ -240,12 +247,8 @@ struct Activate {
 async fn activate(
     State(state): State<Arc<AdminState>>,
     Path((tenant, name)): Path<(String, String)>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err((status, why)) = authorize(&state, &headers, &tenant) {
-        return err(status, why);
-    }
     let Ok(a) = serde_json::from_slice::<Activate>(&body) else {
         return err(StatusCode::BAD_REQUEST, "expected {\"version\": N}");
     };
@@ -262,12 +265,8 @@ async fn activate(
 async fn start_shadow(
     State(state): State<Arc<AdminState>>,
     Path((tenant, name)): Path<(String, String)>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err((status, why)) = authorize(&state, &headers, &tenant) {
-        return err(status, why);
-    }
     let Ok(a) = serde_json::from_slice::<Activate>(&body) else {
         return err(StatusCode::BAD_REQUEST, "expected {\"version\": N}");
     };
@@ -287,11 +286,7 @@ async fn start_shadow(
 async fn stop_shadow(
     State(state): State<Arc<AdminState>>,
     Path((tenant, name)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err((status, why)) = authorize(&state, &headers, &tenant) {
-        return err(status, why);
-    }
     match state.catalog.registry().set_shadow(&tenant, &name, None) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => registry_err(e),
@@ -301,11 +296,7 @@ async fn stop_shadow(
 async fn remove(
     State(state): State<Arc<AdminState>>,
     Path((tenant, name)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err((status, why)) = authorize(&state, &headers, &tenant) {
-        return err(status, why);
-    }
     let users = state.catalog.streams_using(&tenant, &name);
     if !users.is_empty() {
         return err(
@@ -348,12 +339,8 @@ struct PipelineBody {
 async fn set_pipeline(
     State(state): State<Arc<AdminState>>,
     Path((tenant, stream)): Path<(String, String)>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err((status, why)) = authorize(&state, &headers, &tenant) {
-        return err(status, why);
-    }
     if !weir_core::names::is_valid_name(&stream) {
         return err(
             StatusCode::BAD_REQUEST,
@@ -400,22 +387,14 @@ async fn set_pipeline(
 async fn show_pipeline(
     State(state): State<Arc<AdminState>>,
     Path((tenant, stream)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err((status, why)) = authorize(&state, &headers, &tenant) {
-        return err(status, why);
-    }
     Json(pipeline_json(&state, &tenant, &stream)).into_response()
 }
 
 async fn list_pipelines(
     State(state): State<Arc<AdminState>>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err((status, why)) = authorize(&state, &headers, &tenant) {
-        return err(status, why);
-    }
     let all: Vec<_> = state
         .catalog
         .streams(&tenant)
@@ -456,11 +435,7 @@ async fn list_dead(
     State(state): State<Arc<AdminState>>,
     Path(tenant): Path<String>,
     axum::extract::Query(q): axum::extract::Query<DeadQuery>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err((status, why)) = authorize(&state, &headers, &tenant) {
-        return err(status, why);
-    }
     match state
         .store
         .select_dead_letters(&tenant, q.stream.as_deref(), &[])
@@ -495,12 +470,8 @@ struct ReplayBody {
 async fn replay_dead(
     State(state): State<Arc<AdminState>>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err((status, why)) = authorize(&state, &headers, &tenant) {
-        return err(status, why);
-    }
     let req = if body.is_empty() {
         ReplayBody::default()
     } else {
