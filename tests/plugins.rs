@@ -825,7 +825,9 @@ async fn stateful_plugin_state_survives_swaps_restarts_and_kill9() {
         rows = now;
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
-    assert!(rows - total < 200, "{rows} rows for {total} acknowledged");
+    // At most the four writers' in-flight requests (50 records each) were made durable
+    // without their acknowledgement reaching the client.
+    assert!(rows - total <= 200, "{rows} rows for {total} acknowledged");
     assert_numbered_once(&s, rows).await;
     s.stop();
 }
