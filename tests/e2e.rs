@@ -209,12 +209,7 @@ async fn auth_limits_and_encodings() {
     assert_eq!(s.query("acme-token", "SELEC nonsense").await.0, 400);
     // The server is still fine.
     assert_eq!(s.ingest("acme-token", "app", "{\"a\":1}").await.0, 200);
-    let m = reqwest::get(format!("{}/metrics", s.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = s.metrics().await;
     assert!(
         m.contains("weir_ingest_records_accepted_total{tenant=\"acme\"} 1"),
         "{m}"
@@ -377,12 +372,7 @@ async fn kill9_under_load_keeps_every_acknowledged_event_exactly_once() {
             .map(|r| r[0].as_u64().unwrap())
             .collect();
         if ids.len() >= acked.len() {
-            let stats = reqwest::get(format!("{}/metrics", s.base))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let stats = s.metrics().await;
             if !stats
                 .lines()
                 .any(|l| l.starts_with("weir_log_lag_bytes") && !l.ends_with(" 0"))
@@ -473,12 +463,7 @@ async fn hostile_plugins_are_contained_and_dead_lettered() {
     assert!(err(3).contains("trapped"), "trap: {}", err(3));
     assert!(rows.iter().all(|r| r[2] == 2));
     assert_eq!(s.count("evil-token", "SELECT count(*) FROM logs").await, 0);
-    let m = reqwest::get(format!("{}/metrics", s.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = s.metrics().await;
     assert!(
         m.lines()
             .any(|l| l.starts_with("weir_plugin_traps_total{tenant=\"evil\"")),
@@ -514,12 +499,7 @@ async fn hostile_plugins_are_contained_and_dead_lettered() {
         .await,
         3
     );
-    let m = reqwest::get(format!("{}/metrics", s.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = s.metrics().await;
     // One call per batch of alloc, flood and trap, and 3 of the 6 loop batches.
     let evil_calls: u64 = m
         .lines()

@@ -458,12 +458,7 @@ async fn failing_version_rolls_back_and_its_dead_letters_replay_once() {
     let traps = v["metrics"]["2"]["traps"].as_u64().unwrap();
     assert!(traps >= 3, "{v}");
     assert_eq!(v["metrics"]["1"]["traps"], 0, "{v}");
-    let metrics = reqwest::get(format!("{}/metrics", s.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains("weir_plugin_rollbacks_total{tenant=\"acme\",plugin=\"p\"} 1"),
         "{metrics}"
@@ -528,12 +523,7 @@ async fn failing_version_rolls_back_and_its_dead_letters_replay_once() {
     ];
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let metrics = reqwest::get(format!("{}/metrics", s.base))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = s.metrics().await;
         let duplicates_seen = sent as u64 == traps || metrics.contains(&want[1]);
         if metrics.contains(&want[0]) && duplicates_seen {
             break;

@@ -90,6 +90,16 @@ impl Server {
         self.child.wait().unwrap();
     }
 
+    /// The server's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("weir.log")).unwrap_or_default()
     }

@@ -212,14 +212,7 @@ async fn show(
                 .collect();
             let shadow = registry.shadow(&tenant, &name).ok().flatten().map(|v| {
                 let version = v.to_string();
-                let l = [
-                    ("tenant", tenant.as_str()),
-                    ("plugin", name.as_str()),
-                    ("version", version.as_str()),
-                ];
-                let c = |f: &weir_core::metrics::Family<weir_core::metrics::Counter>| {
-                    f.find(&l).map_or(0, |c| c.get())
-                };
+                let c = counter_of(&tenant, &name, &version);
                 let m = &state.metrics;
                 json!({
                     "version": v, "calls": c(&m.shadow_calls), "errors": c(&m.shadow_errors),
@@ -404,6 +397,18 @@ async fn list_pipelines(
     Json(json!({ "pipelines": all })).into_response()
 }
 
+/// Reads a counter family's value for one tenant, plugin and version (0 when unseen).
+fn counter_of<'a>(
+    tenant: &'a str,
+    name: &'a str,
+    version: &'a str,
+) -> impl Fn(&weir_core::metrics::Family<weir_core::metrics::Counter>) -> u64 + 'a {
+    move |f| {
+        f.find(&[("tenant", tenant), ("plugin", name), ("version", version)])
+            .map_or(0, |c| c.get())
+    }
+}
+
 /// Calls, errors, traps, records in/out and call time of one version, from `/metrics`.
 fn version_metrics(
     m: &WorkerMetrics,
@@ -411,13 +416,10 @@ fn version_metrics(
     name: &str,
     version: &str,
 ) -> serde_json::Value {
-    let l = [("tenant", tenant), ("plugin", name), ("version", version)];
-    let c = |f: &weir_core::metrics::Family<weir_core::metrics::Counter>| {
-        f.find(&l).map_or(0, |c| c.get())
-    };
+    let c = counter_of(tenant, name, version);
     let (calls, secs) = m
         .plugin_seconds
-        .find(&l)
+        .find(&[("tenant", tenant), ("plugin", name), ("version", version)])
         .map_or((0, 0.0), |h| (h.count(), h.sum()));
     json!({
         "calls": c(&m.plugin_calls), "errors": c(&m.plugin_errors), "traps": c(&m.plugin_traps),
