@@ -1,7 +1,15 @@
-//! Weir's aggregation layer (issue 4). So far: the mergeable sketches that windowed
-//! aggregations will keep as state.
+//! Weir's aggregation layer: windowed aggregations over the records a partition's
+//! worker has committed, as pure state machines (no I/O: the worker feeds them and
+//! `weir-store` checkpoints what they hand back).
 //!
 //! Layout:
+//! - [`spec`]: [`Definition`], a checked aggregation declaration (windows, group-by,
+//!   filters, functions, limits, anomaly rule) and its fingerprint.
+//! - [`aggregator`]: [`Aggregator`], one partition's open windows and watermarks;
+//!   closed windows come out as [`Partial`]s, late events as late counts.
+//! - [`acc`]: [`acc::Acc`], the mergeable accumulator of one window and group.
+//! - [`anomaly`]: the robust z-score that flags a window of a series.
+//! - [`codec`]: the byte encoding of checkpoints.
 //! - [`ddsketch`]: [`DDSketch`], quantiles with a relative-error guarantee, mergeable,
 //!   bounded in size.
 //! - [`hll`]: [`HyperLogLog`], distinct counts in a fixed 2^p bytes, mergeable.
@@ -13,13 +21,21 @@
 //!
 //! Both sketches encode to bytes and decode back exactly, to join checkpoints.
 
+pub mod acc;
+pub mod aggregator;
+pub mod anomaly;
+pub mod codec;
 pub mod ddsketch;
 pub mod hash;
 pub mod hll;
+pub mod spec;
 pub mod window;
 
+pub use acc::Acc;
+pub use aggregator::{Aggregator, Counters, Partial};
 pub use ddsketch::DDSketch;
 pub use hll::HyperLogLog;
+pub use spec::{Definition, SpecError};
 pub use window::{parse_duration, Watermark, Windows};
 
 /// A sketch's bytes could not be decoded.

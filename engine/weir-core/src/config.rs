@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use crate::aggregation::{AggregationConfig, AnomalyConfig};
 use crate::names::is_valid_name;
 
 /// The tenant used when no tenants are configured.
@@ -46,6 +47,28 @@ pub struct Config {
     pub plugins: PluginLimits,
     #[serde(default)]
     pub hot: HotConfig,
+    #[serde(default)]
+    pub aggregation: AggregationSettings,
+}
+
+/// How aggregation state is checkpointed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregationSettings {
+    /// Aggregation state and its input offsets are checkpointed (atomically, in redb) at
+    /// most this often; closed windows of non-critical aggregations wait for it.
+    #[serde(default = "d_ckpt")]
+    pub checkpoint_interval_ms: u64,
+}
+fn d_ckpt() -> u64 {
+    1_000
+}
+impl Default for AggregationSettings {
+    fn default() -> Self {
+        AggregationSettings {
+            checkpoint_interval_ms: d_ckpt(),
+        }
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -126,6 +149,9 @@ pub struct StreamConfig {
     /// The plugin chain, in order.
     #[serde(default)]
     pub plugins: Vec<PluginRef>,
+    /// Windowed aggregations over the chain's output.
+    #[serde(default)]
+    pub aggregations: Vec<AggregationConfig>,
 }
 
 /// One entry of a plugin chain.
@@ -403,9 +429,11 @@ impl Config {
                         "stream name {stream:?} of tenant {tenant} is invalid"
                     ));
                 }
-                if crate::names::is_reserved_stream(stream) {
+                if crate::names::is_reserved_stream(stream)
+                    && (stream != crate::names::METRICS_STREAM || !sc.plugins.is_empty())
+                {
                     return bad(format!(
-                        "stream name {stream:?} of tenant {tenant}: names starting with '_' are reserved"
+                        "stream name {stream:?} of tenant {tenant}: names starting with '_' are reserved ({} takes aggregations only)", crate::names::METRICS_STREAM
                     ));
                 }
                 for p in &sc.plugins {
@@ -479,6 +507,24 @@ impl Config {
             .get(tenant)
             .and_then(|t| t.streams.get(stream))
             .map(|s| s.plugins.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// The tenants that exist: the configured ones, or `default` when none is.
+    pub fn tenant_names(&self) -> Vec<String> {
+        if self.tenants.is_empty() {
+            vec![DEFAULT_TENANT.to_owned()]
+        } else {
+            self.tenants.keys().cloned().collect()
+        }
+    }
+
+    /// The aggregations the config file declares for `tenant`'s `stream`.
+    pub fn aggregations(&self, tenant: &str, stream: &str) -> &[AggregationConfig] {
+        self.tenants
+            .get(tenant)
+            .and_then(|t| t.streams.get(stream))
+            .map(|s| s.aggregations.as_slice())
             .unwrap_or(&[])
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`config`]: the TOML configuration file of `weir serve` (and its defaults).
+//! - [`aggregation`]: the declaration of a windowed aggregation (checked by `weir-agg`).
 //! - [`batch`]: [`Batch`], a group of NDJSON records of one tenant and stream, and its
 //!   stable binary encoding in the log.
 //! - [`partition`]: the stable partitioning hash (FNV-1a, fixed forever).
@@ -9,6 +10,7 @@
 //! - [`names`]: validation of tenant, stream and plugin names.
 //! - [`sample`]: realistic sample logs for benchmarks and profiles.
 
+pub mod aggregation;
 pub mod batch;
 pub mod config;
 pub mod metrics;

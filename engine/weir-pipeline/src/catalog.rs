@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
+use weir_agg::Definition;
+use weir_core::aggregation::AggregationConfig;
 use weir_core::config::PluginRef;
 use weir_core::Config;
 use weir_plugin_host::{CompiledPlugin, HostError, Limits, PluginHost, PluginInstance};
@@ -251,6 +253,57 @@ impl Catalog {
         }
     }
 
+    /// The aggregations of `tenant`'s `stream`: the pipeline document's if one was set
+    /// through the admin API, else the config file's.
+    pub fn aggregations(&self, tenant: &str, stream: &str) -> Vec<AggregationConfig> {
+        match self.registry.pipeline(tenant, stream) {
+            Some(doc) => doc.aggregations,
+            None => self.config.aggregations(tenant, stream).to_vec(),
+        }
+    }
+
+    /// Every aggregation of `tenant`, checked, by stream. A declaration that does not
+    /// check (impossible for ones that passed the API or startup) is skipped and logged.
+    pub fn definitions(&self, tenant: &str) -> Vec<(String, Arc<Definition>)> {
+        let mut out = Vec::new();
+        for stream in self.streams(tenant) {
+            for a in self.aggregations(tenant, &stream) {
+                match Definition::new(&a) {
+                    Ok(d) => out.push((stream.clone(), Arc::new(d))),
+                    Err(e) => tracing::error!(%tenant, %stream, error = %e, "aggregation skipped"),
+                }
+            }
+        }
+        out
+    }
+
+    /// Check a stream's aggregations: each one parses and names are unique.
+    pub fn check_aggregations(
+        stream: &str,
+        plugins: &[PluginRef],
+        aggs: &[AggregationConfig],
+    ) -> Result<(), PipelineError> {
+        if weir_core::names::is_reserved_stream(stream)
+            && (stream != weir_core::names::METRICS_STREAM || !plugins.is_empty())
+        {
+            return Err(PipelineError::Aggregation(format!(
+                "stream {stream:?} is reserved ({} takes aggregations only)",
+                weir_core::names::METRICS_STREAM
+            )));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for a in aggs {
+            Definition::new(a).map_err(|e| PipelineError::Aggregation(e.to_string()))?;
+            if !names.insert(&a.name) {
+                return Err(PipelineError::Aggregation(format!(
+                    "two aggregations named {:?} on stream {stream:?}",
+                    a.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Every stream of `tenant` with a pipeline (config file or admin API), in order.
     pub fn streams(&self, tenant: &str) -> Vec<String> {
         let mut names: std::collections::BTreeSet<String> = self
@@ -412,7 +465,13 @@ impl Catalog {
                     tenant: tenant.clone(),
                     source: Box::new(e),
                 })?;
-            for s in t.streams.values() {
+            for (name, s) in &t.streams {
+                Self::check_aggregations(name, &s.plugins, &s.aggregations).map_err(|e| {
+                    PipelineError::Tenant {
+                        tenant: tenant.clone(),
+                        source: Box::new(e),
+                    }
+                })?;
                 for r in &s.plugins {
                     if r.plugin.contains(':') {
                         self.stage(tenant, r)?;

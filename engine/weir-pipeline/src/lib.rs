@@ -58,6 +58,8 @@ pub enum PipelineError {
         partitions: u64,
         limit: u64,
     },
+    #[error("{0}")]
+    Aggregation(String),
     #[error("tenant {tenant}: {source}")]
     Tenant {
         tenant: String,

@@ -87,6 +87,10 @@ pub struct PluginEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PipelineDoc {
     pub plugins: Vec<PluginRef>,
+    /// Windowed aggregations over the chain's output (absent in documents stored
+    /// before aggregations existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aggregations: Vec<weir_core::aggregation::AggregationConfig>,
     pub updated_at_ms: i64,
 }
 
@@ -497,6 +501,7 @@ mod tests {
                 config: Some(serde_json::json!({"k": 1})),
                 wasi: None,
             }],
+            aggregations: vec![],
             updated_at_ms: 7,
         };
         {

@@ -32,7 +32,7 @@ use crate::rows::{segment_rows, InvalidLine};
 use crate::state::{ChainState, StageState};
 
 const POSITIONS: TableDefinition<u32, u64> = TableDefinition::new("positions");
-const SEGMENTS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("segments");
+pub(crate) const SEGMENTS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("segments");
 const DEAD: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("dead_letters");
 const STATES: TableDefinition<(u32, &str, &str), &[u8]> = TableDefinition::new("plugin_states");
 
@@ -50,7 +50,7 @@ pub enum StoreError {
     },
 }
 
-fn storage_err(e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn storage_err(e: impl std::fmt::Display) -> StoreError {
     let msg = e.to_string();
     if msg.contains("No space left") || msg.contains("os error 28") {
         StoreError::DiskFull(msg)
@@ -98,6 +98,16 @@ impl Segment {
         })
     }
 
+    /// Event time of each row (the `ts` column of `logs` and of `metrics`), in order.
+    pub fn event_times(&self) -> &[i64] {
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::datatypes::TimestampMillisecondType;
+        self.rows
+            .column(0)
+            .as_primitive::<TimestampMillisecondType>()
+            .values()
+    }
+
     pub fn num_rows(&self) -> usize {
         self.rows.num_rows()
     }
@@ -134,13 +144,15 @@ impl DeadLetter {
 }
 
 /// What a commit did with replays of dead letters.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReplayOutcome {
     /// Replays whose dead letter was still there: landed (as rows or a new dead letter)
     /// and the dead letter removed.
     pub landed: usize,
     /// Replays of a dead letter already gone (replayed before): dropped, not doubled.
     pub duplicates: usize,
+    /// Per segment given to the commit: whether it was stored (false: a duplicate replay).
+    pub kept: Vec<bool>,
 }
 
 /// The tables of the hot store.
@@ -173,7 +185,13 @@ struct Mem {
 
 /// The hot store. Shared by all workers and queries.
 pub struct HotStore {
-    db: Database,
+    pub(crate) db: Database,
+    pub(crate) aggs: RwLock<crate::aggregates::AggMem>,
+    /// Per partition, the offset its aggregator has checkpointed (segments from there on
+    /// stay in redb even when evicted from memory).
+    pub(crate) agg_positions: Mutex<HashMap<u32, u64>>,
+    /// Segments evicted from memory that an aggregator checkpoint still needs.
+    pub(crate) deferred: Mutex<Vec<(u32, u64)>>,
     mem: RwLock<Mem>,
     positions: Mutex<HashMap<u32, u64>>,
     max_bytes: usize,
@@ -194,6 +212,12 @@ impl HotStore {
             }
             w.open_table(DEAD).map_err(storage_err)?;
             w.open_table(STATES).map_err(storage_err)?;
+            w.open_table(crate::aggregates::CHECKPOINTS)
+                .map_err(storage_err)?;
+            w.open_table(crate::aggregates::PARTIALS)
+                .map_err(storage_err)?;
+            w.open_table(crate::aggregates::DEFINITIONS)
+                .map_err(storage_err)?;
             let segs = w.open_table(SEGMENTS).map_err(storage_err)?;
             for row in segs.iter().map_err(storage_err)? {
                 let (k, v) = row.map_err(storage_err)?;
@@ -212,11 +236,15 @@ impl HotStore {
         w.commit().map_err(storage_err)?;
         let store = HotStore {
             db,
+            aggs: RwLock::default(),
+            agg_positions: Mutex::default(),
+            deferred: Mutex::default(),
             mem: RwLock::new(mem),
             positions: Mutex::new(positions),
             max_bytes,
             evicted_rows: AtomicU64::new(0),
         };
+        store.load_aggregates()?;
         store.evict_over_bound()?;
         Ok(store)
     }
@@ -299,6 +327,7 @@ impl HotStore {
             }
         }
         self.evict_over_bound()?;
+        outcome.kept = kept;
         Ok(outcome)
     }
 
@@ -358,6 +387,18 @@ impl HotStore {
                     .fetch_add(h.rows as u64, Ordering::Relaxed);
                 doomed.push((h.partition, h.offset));
             }
+        }
+        // An aggregator that has not checkpointed past a segment may need to re-read it.
+        {
+            let agg = self.agg_positions.lock();
+            let mut deferred = self.deferred.lock();
+            doomed.retain(|(p, o)| {
+                let keep = agg.get(p).is_some_and(|a| o >= a);
+                if keep {
+                    deferred.push((*p, *o));
+                }
+                !keep
+            });
         }
         if doomed.is_empty() {
             return Ok(());
@@ -596,7 +637,8 @@ mod tests {
             out,
             ReplayOutcome {
                 landed: 2,
-                duplicates: 1
+                duplicates: 1,
+                kept: vec![true, false],
             }
         );
         assert_eq!(rows(&s, "a"), 2);
@@ -617,7 +659,8 @@ mod tests {
             out,
             ReplayOutcome {
                 landed: 0,
-                duplicates: 1
+                duplicates: 1,
+                kept: vec![false],
             }
         );
         drop(s);

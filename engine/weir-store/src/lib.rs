@@ -1,6 +1,8 @@
 //! Weir's storage and query layer: the hot store and SQL over it.
 //!
 //! Layout:
+//! - [`aggregates`]: the `aggregates` table — aggregator checkpoints, per-partition
+//!   partial results merged into rows, anomaly verdicts.
 //! - [`hot`]: [`HotStore`], processed rows as Arrow record batches in memory, persisted
 //!   in redb together with each partition's consumer position (so a restart neither
 //!   loses nor duplicates rows), with a memory bound; and the dead-letter table.
@@ -13,12 +15,14 @@
 //! the tenant that asked, built from that tenant's batches, and DDL, DML, `COPY` and
 //! URL tables are refused, so no statement can name or reach other rows.
 
+pub mod aggregates;
 pub mod hot;
 pub mod metric_rows;
 pub mod query;
 pub mod rows;
 pub mod state;
 
+pub use aggregates::{aggregates_schema, AggRow};
 pub use hot::{DeadLetter, HotStore, ReplayOutcome, Segment, StoreError, Table};
 pub use query::{QueryError, QueryResult};
 pub use rows::InvalidLine;

@@ -2,6 +2,8 @@
 //!
 //! Each query gets a fresh `SessionContext` holding only the asking tenant's tables:
 //! - `logs`: the hot rows (see [`crate::rows`] for the columns);
+//! - `metrics`: metric samples (see [`crate::metric_rows`]);
+//! - `aggregates`: windowed aggregation results (see [`crate::aggregates`]);
 //! - `dead_letters`: batches a plugin failed on (`tenant, stream, partition, offset,
 //!   count, plugin, plugin_sha256, plugin_version, error, ingest_ts, failed_at, records`).
 //!
@@ -119,6 +121,13 @@ impl HotStore {
             ctx.register_table(name, Arc::new(mem))
                 .map_err(|e| QueryError::Execution(e.to_string()))?;
         }
+        let aggs = MemTable::try_new(
+            crate::aggregates::aggregates_schema(),
+            vec![vec![self.aggregates_batch(tenant)]],
+        )
+        .map_err(|e| QueryError::Execution(e.to_string()))?;
+        ctx.register_table("aggregates", Arc::new(aggs))
+            .map_err(|e| QueryError::Execution(e.to_string()))?;
         let dead = self.dead_letters(tenant)?;
         let dl = MemTable::try_new(dead_letters_schema(), vec![vec![dead_letters_batch(&dead)]])
             .map_err(|e| QueryError::Execution(e.to_string()))?;

@@ -314,11 +314,12 @@ fn now_ms() -> i64 {
 fn pipeline_json(state: &AdminState, tenant: &str, stream: &str) -> serde_json::Value {
     match state.catalog.registry().pipeline(tenant, stream) {
         Some(doc) => json!({
-            "stream": stream, "plugins": doc.plugins, "source": "admin",
-            "updated_at_ms": doc.updated_at_ms,
+            "stream": stream, "plugins": doc.plugins, "aggregations": doc.aggregations,
+            "source": "admin", "updated_at_ms": doc.updated_at_ms,
         }),
         None => json!({
-            "stream": stream, "plugins": state.config.pipeline(tenant, stream), "source": "config",
+            "stream": stream, "plugins": state.config.pipeline(tenant, stream),
+            "aggregations": state.config.aggregations(tenant, stream), "source": "config",
         }),
     }
 }
@@ -326,7 +327,10 @@ fn pipeline_json(state: &AdminState, tenant: &str, stream: &str) -> serde_json::
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PipelineBody {
+    #[serde(default)]
     plugins: Vec<PluginRef>,
+    #[serde(default)]
+    aggregations: Vec<weir_core::aggregation::AggregationConfig>,
 }
 
 async fn set_pipeline(
@@ -343,13 +347,14 @@ async fn set_pipeline(
     let doc = match serde_json::from_slice::<PipelineBody>(&body) {
         Ok(b) => PipelineDoc {
             plugins: b.plugins,
+            aggregations: b.aggregations,
             updated_at_ms: now_ms(),
         },
         Err(e) => {
             return err(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "expected {{\"plugins\":[{{\"plugin\":\"NAME\",\"config\":{{...}}}}]}}: {e}"
+                    "expected {{\"plugins\":[{{\"plugin\":\"NAME\",\"config\":{{...}}}}],\"aggregations\":[...]}}: {e}"
                 ),
             )
         }
@@ -358,7 +363,10 @@ async fn set_pipeline(
     let catalog = state.catalog.clone();
     let (t, s) = (tenant.clone(), stream.clone());
     let res = tokio::task::spawn_blocking(move || {
-        if let Err(e) = catalog.check_pipeline(&t, &s, &doc.plugins) {
+        if let Err(e) =
+            weir_pipeline::Catalog::check_aggregations(&s, &doc.plugins, &doc.aggregations)
+                .and_then(|()| catalog.check_pipeline(&t, &s, &doc.plugins))
+        {
             return Err(Box::new(err(StatusCode::BAD_REQUEST, e.to_string())));
         }
         catalog

@@ -1,6 +1,7 @@
 //! [`Worker`]: the processing loop of one partition; its plugin chains are in
 //! [`chain`].
 
+mod agg;
 mod chain;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chain::{Chains, Failure};
 use weir_core::batch::ndjson_lines;
-use weir_core::metrics::{Counter, Family, Histogram, Registry};
+use weir_core::metrics::{Counter, Family, Gauge, Histogram, Registry};
 use weir_core::Batch;
 use weir_store::{DeadLetter, HotStore, Segment};
 use weir_transport::{Entry, Log};
@@ -33,6 +34,13 @@ pub struct WorkerMetrics {
     pub plugin_seconds: Arc<Family<Histogram>>,
     pub commit_seconds: Arc<Family<Histogram>>,
     pub replays: Arc<Family<Counter>>,
+    pub agg_events: Arc<Family<Counter>>,
+    pub agg_late: Arc<Family<Counter>>,
+    pub agg_overflow: Arc<Family<Counter>>,
+    pub agg_rows: Arc<Family<Counter>>,
+    pub agg_checkpoint_seconds: Arc<Family<Histogram>>,
+    pub agg_state_bytes: Arc<Family<Gauge>>,
+    pub agg_open_groups: Arc<Family<Gauge>>,
 }
 
 impl WorkerMetrics {
@@ -92,6 +100,34 @@ impl WorkerMetrics {
                 "weir_dead_letter_replays_total",
                 "Replayed dead letters by outcome: landed, or duplicate (already replayed, dropped).",
             ),
+            agg_events: r.counter(
+                "weir_agg_events_total",
+                "Events that passed an aggregation's filter.",
+            ),
+            agg_late: r.counter(
+                "weir_agg_late_events_total",
+                "Events that arrived after their window closed (counted in the row's `late`, not in its values).",
+            ),
+            agg_overflow: r.counter(
+                "weir_agg_overflow_events_total",
+                "Events folded into the overflow group because their window held max_groups groups.",
+            ),
+            agg_rows: r.counter(
+                "weir_agg_windows_total",
+                "Closed windows written (one per aggregation, window, group and partition).",
+            ),
+            agg_checkpoint_seconds: r.histogram(
+                "weir_agg_checkpoint_seconds",
+                "Time to write one aggregation checkpoint (state, offset and closed windows).",
+            ),
+            agg_state_bytes: r.gauge(
+                "weir_agg_state_bytes",
+                "Size of the last aggregation checkpoint's state, per partition.",
+            ),
+            agg_open_groups: r.gauge(
+                "weir_agg_open_groups",
+                "Open windows x groups held in aggregation state, per partition.",
+            ),
         }
     }
 }
@@ -104,6 +140,7 @@ pub struct Worker {
     batch_records: usize,
     metrics: Arc<WorkerMetrics>,
     chains: Chains,
+    catalog: Arc<Catalog>,
 }
 
 fn now_ms() -> i64 {
@@ -125,7 +162,8 @@ impl Worker {
         Worker {
             partition,
             log,
-            chains: Chains::new(partition, catalog, store.clone(), metrics.clone()),
+            chains: Chains::new(partition, catalog.clone(), store.clone(), metrics.clone()),
+            catalog,
             store,
             batch_records,
             metrics,
@@ -137,7 +175,15 @@ impl Worker {
         let p = self.partition;
         let mut pos = self.store.position(p);
         self.log.release(p, pos);
+        let mut aggs = agg::AggDriver::restore(
+            p,
+            self.catalog.clone(),
+            self.store.clone(),
+            self.metrics.clone(),
+            pos,
+        );
         while !stop.load(Ordering::SeqCst) {
+            aggs.maybe_checkpoint(false);
             let entries = match self.log.read(p, pos, self.batch_records) {
                 Ok(e) => e,
                 Err(e) => {
@@ -163,6 +209,7 @@ impl Worker {
                     Err(e) => {
                         tracing::error!(partition = p, error = %e, "hot store commit failed; retrying");
                         if stop.load(Ordering::SeqCst) {
+                            aggs.maybe_checkpoint(true);
                             return; // Nothing was committed: the entries are replayed on restart.
                         }
                         std::thread::sleep(backoff);
@@ -185,9 +232,12 @@ impl Worker {
                 .commit_seconds
                 .with(&[])
                 .observe(started.elapsed().as_secs_f64());
+            aggs.feed(&segments, &replays.kept, next);
+            aggs.maybe_checkpoint(false);
             pos = next;
             self.log.release(p, pos);
         }
+        aggs.maybe_checkpoint(true);
     }
 
     /// Run entries through their chains until done or `stop` is set; returns how many

@@ -1,0 +1,493 @@
+//! The `aggregates` table: windowed aggregation results, checkpointed exactly once.
+//!
+//! redb tables (in `store.redb`, next to the rows):
+//! - `agg_checkpoints`: partition → `[offset u64][aggregator state]`: the position up to
+//!   which that partition's aggregator has consumed committed segments, and its state
+//!   (open windows, watermarks) at that position;
+//! - `agg_partials`: `(tenant, aggregation, definition, window_start, group, partition)`
+//!   → `[stream][accumulator]`: one partition's share of one row;
+//! - `agg_definitions`: definition fingerprint → its declaration (JSON), so rows and
+//!   states of a definition that has since changed can still be read.
+//!
+//! [`HotStore::checkpoint_aggregation`] writes a partition's state, its offset and the
+//! partials it emitted since the last checkpoint in one transaction. A row of the table
+//! is the merge, in partition order, of the partials stored under its key; a replayed
+//! window replaces its partial with identical bytes, so a row never counts anything
+//! twice. Late counts add to the stored partial in the same transaction that moves the
+//! offset past the events they count.
+//!
+//! Until a partition's aggregator has checkpointed past a segment, the hot store's
+//! eviction keeps that segment in redb (the aggregator re-reads it after a crash).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array,
+    UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use weir_agg::codec::{Reader, Writer};
+use weir_agg::{Acc, Definition, Partial};
+use weir_core::aggregation::AggregationConfig;
+
+use crate::hot::{storage_err, HotStore, StoreError};
+
+pub(crate) const CHECKPOINTS: TableDefinition<u32, &[u8]> = TableDefinition::new("agg_checkpoints");
+type PartialKey<'a> = (&'a str, &'a str, &'a str, i64, &'a str, u32);
+pub(crate) const PARTIALS: TableDefinition<PartialKey, &[u8]> =
+    TableDefinition::new("agg_partials");
+pub(crate) const DEFINITIONS: TableDefinition<&str, &str> = TableDefinition::new("agg_definitions");
+
+/// (tenant, aggregation, definition, group, window_start): windows of one series in order.
+type RowKey = (String, String, String, String, i64);
+
+/// One row of the `aggregates` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggRow {
+    pub stream: String,
+    pub window_end: i64,
+    pub count: u64,
+    pub late: u64,
+    pub results: serde_json::Map<String, serde_json::Value>,
+    pub partitions: u32,
+    pub anomaly: Option<String>,
+}
+
+#[derive(Default)]
+pub(crate) struct AggMem {
+    defs: HashMap<String, Arc<Definition>>,
+    rows: BTreeMap<RowKey, AggRow>,
+}
+
+/// Schema of the `aggregates` table.
+pub fn aggregates_schema() -> SchemaRef {
+    let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("aggregation", DataType::Utf8, false),
+        Field::new("definition", DataType::Utf8, false),
+        Field::new("stream", DataType::Utf8, false),
+        Field::new("window_start", ts.clone(), false),
+        Field::new("window_end", ts, false),
+        Field::new("group_key", DataType::Utf8, false),
+        Field::new("count", DataType::UInt64, false),
+        Field::new("late", DataType::UInt64, false),
+        Field::new("results", DataType::Utf8, false),
+        Field::new("anomaly", DataType::Boolean, false),
+        Field::new("anomaly_reason", DataType::Utf8, true),
+        Field::new("partitions", DataType::UInt32, false),
+    ]))
+}
+
+fn corrupt(reason: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        partition: 0,
+        offset: 0,
+        reason: format!("aggregation: {reason}"),
+    }
+}
+
+fn encode_partial(stream: &str, acc: &Acc) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.str(stream);
+    acc.encode_into(&mut w);
+    w.0
+}
+
+fn decode_partial(b: &[u8]) -> Result<(String, Acc), StoreError> {
+    let mut r = Reader(b);
+    let stream = r.str().map_err(corrupt)?.to_owned();
+    let acc = Acc::decode_from(&mut r).map_err(corrupt)?;
+    Ok((stream, acc))
+}
+
+impl AggMem {
+    fn definition(&self, fp: &str) -> Option<Arc<Definition>> {
+        self.defs.get(fp).cloned()
+    }
+
+    /// Recompute the anomaly verdicts of a series from `start` on (a changed window
+    /// moves the baseline of the windows after it).
+    fn score_from(&mut self, key: &RowKey) {
+        let Some(def) = self.defs.get(&key.2).cloned() else {
+            return;
+        };
+        let Some(spec) = &def.anomaly else { return };
+        let series = |k: &RowKey| (k.0.clone(), k.1.clone(), k.2.clone(), k.3.clone());
+        let lo = (
+            key.0.clone(),
+            key.1.clone(),
+            key.2.clone(),
+            key.3.clone(),
+            i64::MIN,
+        );
+        let hi = (
+            key.0.clone(),
+            key.1.clone(),
+            key.2.clone(),
+            key.3.clone(),
+            i64::MAX,
+        );
+        let value = |r: &AggRow| r.results.get(&spec.on).and_then(serde_json::Value::as_f64);
+        let points: Vec<(i64, Option<f64>)> = self
+            .rows
+            .range(lo..=hi)
+            .filter(|(k, _)| series(k) == series(key))
+            .map(|(k, r)| (k.4, value(r)))
+            .collect();
+        let first = points.partition_point(|(s, _)| *s < key.4);
+        let last = (first + spec.history + 1).min(points.len());
+        for i in first..last {
+            let hist: Vec<f64> = points[i.saturating_sub(spec.history)..i]
+                .iter()
+                .filter_map(|p| p.1)
+                .collect();
+            let verdict = points[i]
+                .1
+                .and_then(|x| weir_agg::anomaly::robust_z(&hist, x, spec.threshold))
+                .map(|why| format!("{}: {why}", spec.on));
+            let k = (
+                key.0.clone(),
+                key.1.clone(),
+                key.2.clone(),
+                key.3.clone(),
+                points[i].0,
+            );
+            if let Some(r) = self.rows.get_mut(&k) {
+                r.anomaly = verdict;
+            }
+        }
+    }
+}
+
+impl HotStore {
+    /// The aggregator checkpoint of `partition`: offset and state (None before the first).
+    pub fn aggregation_checkpoint(
+        &self,
+        partition: u32,
+    ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let r = self.db.begin_read().map_err(storage_err)?;
+        let t = r.open_table(CHECKPOINTS).map_err(storage_err)?;
+        match t.get(partition).map_err(storage_err)? {
+            None => Ok(None),
+            Some(v) => {
+                let v = v.value();
+                if v.len() < 8 {
+                    return Err(corrupt("checkpoint shorter than its offset"));
+                }
+                let off = u64::from_le_bytes(v[..8].try_into().expect("8"));
+                Ok(Some((off, v[8..].to_vec())))
+            }
+        }
+    }
+
+    /// A definition named by a checkpoint or a partial.
+    pub fn aggregation_definition(&self, fingerprint: &str) -> Option<Arc<Definition>> {
+        self.aggs.read().definition(fingerprint)
+    }
+
+    /// Atomically store `partition`'s aggregator `state` as of log offset `offset`, the
+    /// `partials` it emitted since its last checkpoint and the definitions they use;
+    /// then update the rows in memory.
+    pub fn checkpoint_aggregation(
+        &self,
+        partition: u32,
+        offset: u64,
+        state: &[u8],
+        partials: &[Partial],
+        defs: &[Arc<Definition>],
+    ) -> Result<(), StoreError> {
+        let mut touched: BTreeMap<RowKey, ()> = BTreeMap::new();
+        let mut merged: Vec<(RowKey, AggRow)> = Vec::new();
+        let released: Vec<(u32, u64)> = {
+            let d = self.deferred.lock();
+            d.iter()
+                .copied()
+                .filter(|(p, o)| *p == partition && *o < offset)
+                .collect()
+        };
+        let w = self.db.begin_write().map_err(storage_err)?;
+        {
+            let mut dt = w.open_table(DEFINITIONS).map_err(storage_err)?;
+            let known = self.aggs.read();
+            for d in defs.iter().chain(partials.iter().map(|p| &p.def)) {
+                if !known.defs.contains_key(&d.fingerprint)
+                    && dt
+                        .get(d.fingerprint.as_str())
+                        .map_err(storage_err)?
+                        .is_none()
+                {
+                    let json = serde_json::to_string(&d.config).map_err(storage_err)?;
+                    dt.insert(d.fingerprint.as_str(), json.as_str())
+                        .map_err(storage_err)?;
+                }
+            }
+            drop(known);
+            let mut pt = w.open_table(PARTIALS).map_err(storage_err)?;
+            for p in partials {
+                let key = (
+                    p.tenant.as_str(),
+                    p.def.name(),
+                    p.def.fingerprint.as_str(),
+                    p.window_start,
+                    p.group.as_str(),
+                    partition,
+                );
+                let mut acc = p.acc.clone();
+                if p.additive {
+                    if let Some(old) = pt.get(key).map_err(storage_err)? {
+                        let (_, mut stored) = decode_partial(old.value())?;
+                        stored.merge(&acc);
+                        acc = stored;
+                    }
+                }
+                pt.insert(key, encode_partial(&p.stream, &acc).as_slice())
+                    .map_err(storage_err)?;
+                touched.insert(
+                    (
+                        p.tenant.clone(),
+                        p.def.name().to_owned(),
+                        p.def.fingerprint.clone(),
+                        p.group.clone(),
+                        p.window_start,
+                    ),
+                    (),
+                );
+            }
+            // Each touched row is the merge of its partials, in partition order.
+            for (key, ()) in &touched {
+                let def = partials
+                    .iter()
+                    .find(|p| p.def.fingerprint == key.2)
+                    .map(|p| p.def.clone())
+                    .expect("a touched row has a partial");
+                let lo = (
+                    key.0.as_str(),
+                    key.1.as_str(),
+                    key.2.as_str(),
+                    key.4,
+                    key.3.as_str(),
+                    0u32,
+                );
+                let hi = (
+                    key.0.as_str(),
+                    key.1.as_str(),
+                    key.2.as_str(),
+                    key.4,
+                    key.3.as_str(),
+                    u32::MAX,
+                );
+                merged.push((
+                    key.clone(),
+                    row_of(&def, key.4, pt.range(lo..=hi).map_err(storage_err)?)?,
+                ));
+            }
+            let mut ck = w.open_table(CHECKPOINTS).map_err(storage_err)?;
+            let mut v = Vec::with_capacity(8 + state.len());
+            v.extend_from_slice(&offset.to_le_bytes());
+            v.extend_from_slice(state);
+            ck.insert(partition, v.as_slice()).map_err(storage_err)?;
+            let mut segs = w.open_table(crate::hot::SEGMENTS).map_err(storage_err)?;
+            for k in &released {
+                segs.remove(*k).map_err(storage_err)?;
+            }
+        }
+        w.commit().map_err(storage_err)?;
+        self.agg_positions.lock().insert(partition, offset);
+        self.deferred
+            .lock()
+            .retain(|(p, o)| !(*p == partition && *o < offset));
+        let mut mem = self.aggs.write();
+        for d in defs.iter().chain(partials.iter().map(|p| &p.def)) {
+            mem.defs
+                .entry(d.fingerprint.clone())
+                .or_insert_with(|| d.clone());
+        }
+        for (key, row) in merged {
+            mem.rows.insert(key.clone(), row);
+            mem.score_from(&key);
+        }
+        Ok(())
+    }
+
+    /// Load definitions and rows at startup.
+    pub(crate) fn load_aggregates(&self) -> Result<(), StoreError> {
+        let r = self.db.begin_read().map_err(storage_err)?;
+        let mut mem = AggMem::default();
+        let dt = r.open_table(DEFINITIONS).map_err(storage_err)?;
+        for row in dt.iter().map_err(storage_err)? {
+            let (k, v) = row.map_err(storage_err)?;
+            let cfg: AggregationConfig = serde_json::from_str(v.value()).map_err(corrupt)?;
+            let def = Definition::new(&cfg).map_err(corrupt)?;
+            // The stored fingerprint names the rows, whatever today's hash would be.
+            let mut def = def;
+            def.fingerprint = k.value().to_owned();
+            mem.defs.insert(k.value().to_owned(), Arc::new(def));
+        }
+        let pt = r.open_table(PARTIALS).map_err(storage_err)?;
+        let mut groups: BTreeMap<RowKey, Vec<Vec<u8>>> = BTreeMap::new();
+        for row in pt.iter().map_err(storage_err)? {
+            let (k, v) = row.map_err(storage_err)?;
+            let (t, a, f, s, g, _p) = k.value();
+            groups
+                .entry((t.to_owned(), a.to_owned(), f.to_owned(), g.to_owned(), s))
+                .or_default()
+                .push(v.value().to_vec());
+        }
+        for (key, parts) in groups {
+            let def = mem
+                .definition(&key.2)
+                .ok_or_else(|| corrupt(format!("rows of unknown definition {}", key.2)))?;
+            let row = merge_rows(&def, key.4, parts.iter().map(|v| v.as_slice()))?;
+            mem.rows.insert(key, row);
+        }
+        let series: Vec<RowKey> = {
+            let mut seen = std::collections::BTreeSet::new();
+            mem.rows
+                .keys()
+                .filter(|k| seen.insert((k.0.clone(), k.1.clone(), k.2.clone(), k.3.clone())))
+                .cloned()
+                .collect()
+        };
+        for k in series {
+            mem.score_from(&k);
+        }
+        let ck = r.open_table(CHECKPOINTS).map_err(storage_err)?;
+        let mut pos = self.agg_positions.lock();
+        for row in ck.iter().map_err(storage_err)? {
+            let (k, v) = row.map_err(storage_err)?;
+            if v.value().len() >= 8 {
+                pos.insert(
+                    k.value(),
+                    u64::from_le_bytes(v.value()[..8].try_into().expect("8")),
+                );
+            }
+        }
+        *self.aggs.write() = mem;
+        Ok(())
+    }
+
+    /// `tenant`'s rows of the `aggregates` table.
+    pub fn aggregates_batch(&self, tenant: &str) -> RecordBatch {
+        let mem = self.aggs.read();
+        let lo = (
+            tenant.to_owned(),
+            String::new(),
+            String::new(),
+            String::new(),
+            i64::MIN,
+        );
+        let rows: Vec<(&RowKey, &AggRow)> = mem
+            .rows
+            .range(lo..)
+            .take_while(|(k, _)| k.0 == tenant)
+            .collect();
+        let s = |f: &dyn Fn(&RowKey, &AggRow) -> String| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|(k, r)| f(k, r)),
+            ))
+        };
+        let ts = |f: &dyn Fn(&RowKey, &AggRow) -> i64| -> ArrayRef {
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(rows.iter().map(|(k, r)| f(k, r)))
+                    .with_timezone("UTC"),
+            )
+        };
+        let cols: Vec<ArrayRef> = vec![
+            s(&|k, _| k.1.clone()),
+            s(&|k, _| k.2.clone()),
+            s(&|_, r| r.stream.clone()),
+            ts(&|k, _| k.4),
+            ts(&|_, r| r.window_end),
+            s(&|k, _| k.3.clone()),
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|(_, r)| r.count),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|(_, r)| r.late),
+            )),
+            s(&|_, r| serde_json::Value::Object(r.results.clone()).to_string()),
+            Arc::new(BooleanArray::from_iter(
+                rows.iter().map(|(_, r)| Some(r.anomaly.is_some())),
+            )),
+            Arc::new(StringArray::from_iter(
+                rows.iter().map(|(_, r)| r.anomaly.as_deref()),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                rows.iter().map(|(_, r)| r.partitions),
+            )),
+        ];
+        RecordBatch::try_new(aggregates_schema(), cols).expect("columns match the schema")
+    }
+
+    /// Segments of `partition` still in redb from `from` on, in order (what an
+    /// aggregator re-reads after restoring an older checkpoint).
+    pub fn segments_since(
+        &self,
+        partition: u32,
+        from: u64,
+    ) -> Result<Vec<crate::Segment>, StoreError> {
+        let r = self.db.begin_read().map_err(storage_err)?;
+        let t = r.open_table(crate::hot::SEGMENTS).map_err(storage_err)?;
+        let mut out = Vec::new();
+        for row in t
+            .range((partition, from)..=(partition, u64::MAX))
+            .map_err(storage_err)?
+        {
+            let (k, v) = row.map_err(storage_err)?;
+            let (_, offset) = k.value();
+            let batch = weir_core::Batch::decode(v.value()).map_err(|e| StoreError::Corrupt {
+                partition,
+                offset,
+                reason: e.to_string(),
+            })?;
+            out.push(crate::Segment::new(partition, offset, batch).map_err(|e| {
+                StoreError::Corrupt {
+                    partition,
+                    offset,
+                    reason: e.reason,
+                }
+            })?);
+        }
+        Ok(out)
+    }
+}
+
+fn row_of<'a>(
+    def: &Definition,
+    start: i64,
+    range: redb::Range<'a, PartialKey<'static>, &'static [u8]>,
+) -> Result<AggRow, StoreError> {
+    let mut parts = Vec::new();
+    for row in range {
+        let (_, v) = row.map_err(storage_err)?;
+        parts.push(v.value().to_vec());
+    }
+    merge_rows(def, start, parts.iter().map(|v| v.as_slice()))
+}
+
+fn merge_rows<'a>(
+    def: &Definition,
+    start: i64,
+    parts: impl Iterator<Item = &'a [u8]>,
+) -> Result<AggRow, StoreError> {
+    let mut acc = Acc::default();
+    let mut stream = String::new();
+    let mut n = 0;
+    for p in parts {
+        let (s, a) = decode_partial(p)?;
+        stream = s;
+        acc.merge(&a);
+        n += 1;
+    }
+    Ok(AggRow {
+        stream,
+        window_end: start + def.windows.size_ms as i64,
+        count: acc.count,
+        late: acc.late,
+        results: acc.results(def),
+        partitions: n,
+        anomaly: None,
+    })
+}
