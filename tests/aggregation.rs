@@ -306,3 +306,126 @@ async fn windows_over_logs_and_metrics_match_exact_values() {
     assert_eq!(rows(&s, "acme-token").await, got);
     s.stop();
 }
+
+const KILL_CONFIG: &str = r#"
+[aggregation]
+checkpoint_interval_ms = 40
+[tenants.acme]
+tokens = ["acme-token"]
+[[tenants.acme.streams.app.aggregations]]
+name = "by_service"
+window = "1s"
+lateness = "500ms"
+group_by = ["service"]
+functions = ["count", "sum(latency_ms)", "p99(latency_ms) as p99", "distinct(user) as users", "topk(3, path) as paths"]
+anomaly = { on = "count", history = 5 }
+[[tenants.acme.streams.app.aggregations]]
+name = "hopping"
+window = "10s"
+hop = "5s"
+group_by = ["level"]
+functions = ["count", "max(latency_ms) as max", "p50(latency_ms) as p50"]
+"#;
+
+/// Request `r` of the kill test: 400 events around `r * 250 ms`, with jitter that makes
+/// some of them later than the 500 ms lateness.
+fn kill_request(r: u64) -> Vec<Value> {
+    let mut rng = Rng(0x9e37_79b9 ^ (r + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
+    (0..400)
+        .map(|i| {
+            let jitter = (rng.next() % 1_400) as i64 - 1_000;
+            let ts = T0 + r as i64 * 250 + i as i64 + jitter;
+            let svc = format!("s{}", rng.next() % 4);
+            event(&mut rng, i, ts, &svc)
+        })
+        .collect()
+}
+
+const KILL_REQUESTS: u64 = 48;
+
+async fn snapshot(s: &Server) -> Value {
+    let total = KILL_REQUESTS as i64 * 400;
+    s.wait_count(
+        "acme-token",
+        "SELECT CAST(sum(count) + sum(late) AS BIGINT) FROM aggregates WHERE aggregation = 'by_service'",
+        total,
+    )
+    .await;
+    let (st, v) = s
+        .query(
+            "acme-token",
+            "SELECT aggregation, definition, stream, window_start, window_end, group_key, count, late, \
+             results, anomaly, anomaly_reason, partitions FROM aggregates \
+             ORDER BY aggregation, window_start, group_key",
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    v["rows"].clone()
+}
+
+async fn send_kill_request(s: &Server, r: u64) {
+    post(s, &format!("k{}", r % 4), &kill_request(r)).await;
+}
+
+async fn close_all(s: &Server) {
+    let mut rng = Rng(3);
+    for k in 0..4 {
+        post(
+            s,
+            &format!("k{k}"),
+            &[event(&mut rng, 1, T0 + 3_600_000, "closer")],
+        )
+        .await;
+    }
+}
+
+/// Property: whatever moments `kill -9` strikes at, the `aggregates` table ends equal
+/// to the table of a run that was never interrupted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregates_after_kill9_at_random_points_equal_an_uninterrupted_run() {
+    let clean = tempfile::tempdir().unwrap();
+    let s = Server::start(clean.path(), KILL_CONFIG);
+    for r in 0..KILL_REQUESTS {
+        send_kill_request(&s, r).await;
+    }
+    close_all(&s).await;
+    let want = snapshot(&s).await;
+    s.stop();
+    let rows = want.as_array().unwrap();
+    assert!(rows.len() > 40, "{want}");
+    let late: u64 = rows.iter().map(|r| r[7].as_u64().unwrap()).sum();
+    assert!(late > 0, "the input has events beyond the lateness");
+    assert!(
+        rows.iter().any(|r| r[11].as_u64().unwrap() > 1),
+        "some rows merge several partitions"
+    );
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut rng = Rng(seed);
+    let mut kills: Vec<u64> = (0..3).map(|_| rng.next() % KILL_REQUESTS).collect();
+    kills.sort();
+    eprintln!("seed {seed}: kill -9 after requests {kills:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(dir.path(), KILL_CONFIG);
+    for r in 0..KILL_REQUESTS {
+        send_kill_request(&s, r).await;
+        for _ in kills.iter().filter(|k| **k == r) {
+            // Strike while the workers are still processing and checkpointing.
+            tokio::time::sleep(std::time::Duration::from_millis(rng.next() % 40)).await;
+            s.kill9();
+            s = Server::start(dir.path(), KILL_CONFIG);
+        }
+    }
+    close_all(&s).await;
+    let got = snapshot(&s).await;
+    let (g, w) = (got.as_array().unwrap(), want.as_array().unwrap());
+    for (i, (a, b)) in g.iter().zip(w).enumerate() {
+        assert_eq!(a, b, "row {i} differs; seed {seed}, kills after {kills:?}");
+    }
+    assert_eq!(g.len(), w.len(), "seed {seed}, kills after {kills:?}");
+    s.stop();
+}

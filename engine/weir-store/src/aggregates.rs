@@ -107,9 +107,9 @@ impl AggMem {
         self.defs.get(fp).cloned()
     }
 
-    /// Recompute the anomaly verdicts of a series from `start` on (a changed window
-    /// moves the baseline of the windows after it).
-    fn score_from(&mut self, key: &RowKey) {
+    /// Recompute the anomaly verdicts of the row at `key` and of the windows whose
+    /// baseline it is part of (`all`: every window of its series).
+    fn score_from(&mut self, key: &RowKey, all: bool) {
         let Some(def) = self.defs.get(&key.2).cloned() else {
             return;
         };
@@ -137,7 +137,11 @@ impl AggMem {
             .map(|(k, r)| (k.4, value(r)))
             .collect();
         let first = points.partition_point(|(s, _)| *s < key.4);
-        let last = (first + spec.history + 1).min(points.len());
+        let last = if all {
+            points.len()
+        } else {
+            (first + spec.history + 1).min(points.len())
+        };
         for i in first..last {
             let hist: Vec<f64> = points[i.saturating_sub(spec.history)..i]
                 .iter()
@@ -306,7 +310,7 @@ impl HotStore {
         }
         for (key, row) in merged {
             mem.rows.insert(key.clone(), row);
-            mem.score_from(&key);
+            mem.score_from(&key, false);
         }
         Ok(())
     }
@@ -351,7 +355,7 @@ impl HotStore {
                 .collect()
         };
         for k in series {
-            mem.score_from(&k);
+            mem.score_from(&k, true);
         }
         let ck = r.open_table(CHECKPOINTS).map_err(storage_err)?;
         let mut pos = self.agg_positions.lock();
