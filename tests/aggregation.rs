@@ -209,7 +209,7 @@ async fn windows_over_logs_and_metrics_match_exact_values() {
     // Late counts land with the checkpoint after the late event: wait for them too.
     s.wait_count(
         "acme-token",
-        "SELECT CAST(sum(late) AS BIGINT) FROM aggregates",
+        "SELECT CAST(COALESCE(sum(late), 0) AS BIGINT) FROM aggregates",
         1,
     )
     .await;
@@ -347,7 +347,7 @@ async fn snapshot(s: &Server) -> Value {
     let total = KILL_REQUESTS as i64 * 400;
     s.wait_count(
         "acme-token",
-        "SELECT CAST(sum(count) + sum(late) AS BIGINT) FROM aggregates WHERE aggregation = 'by_service'",
+        "SELECT CAST(COALESCE(sum(count) + sum(late), 0) AS BIGINT) FROM aggregates WHERE aggregation = 'by_service'",
         total,
     )
     .await;
@@ -427,5 +427,154 @@ async fn aggregates_after_kill9_at_random_points_equal_an_uninterrupted_run() {
         assert_eq!(a, b, "row {i} differs; seed {seed}, kills after {kills:?}");
     }
     assert_eq!(g.len(), w.len(), "seed {seed}, kills after {kills:?}");
+    s.stop();
+}
+
+const CARDINALITY_CONFIG: &str = r#"
+[aggregation]
+checkpoint_interval_ms = 100
+[tenants.acme]
+tokens = ["acme-token"]
+[tenants.acme.metrics]
+max_series = 1000
+on_limit = "overflow"
+[[tenants.acme.streams.app.aggregations]]
+name = "per_user"
+window = "1m"
+group_by = ["user_id"]
+max_groups = 100
+functions = ["count"]
+[[tenants.acme.streams.app.aggregations]]
+name = "users"
+window = "1m"
+functions = ["count", "distinct(user_id) as users"]
+"#;
+
+/// 200,000 distinct user ids, as metric labels and as log fields: series held to the
+/// tenant's limit (the rest in the overflow series, counted), aggregation groups held to
+/// max_groups (the rest in the overflow group), and the number of users still answered
+/// by a sketch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cardinality_explosion_is_held_to_the_limits() {
+    const USERS: i64 = 200_000;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), CARDINALITY_CONFIG);
+    let client = reqwest::Client::new();
+    for chunk in 0..USERS / 10_000 {
+        let (mut samples, mut logs) = (String::new(), String::new());
+        for u in chunk * 10_000..(chunk + 1) * 10_000 {
+            samples.push_str(&format!(
+                "{{\"name\":\"logins\",\"value\":1,\"ts\":{},\"labels\":{{\"user_id\":\"u{u}\"}}}}\n",
+                T0 + u / 10
+            ));
+            logs.push_str(&format!(
+                "{{\"ts\":{},\"user_id\":\"u{u}\"}}\n",
+                T0 + u / 10
+            ));
+        }
+        for (path, body) in [("metrics", samples), ("logs?stream=app&key=k", logs)] {
+            let r = client
+                .post(format!("{}/api/v1/{path}", s.base))
+                .bearer_auth("acme-token")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let st = r.status().as_u16();
+            let v: Value = r.json().await.unwrap();
+            assert_eq!((st, v["rejected"].as_u64()), (200, Some(0)), "{v}");
+        }
+    }
+    post(&s, "k", &[json!({"ts": T0 + 600_000, "user_id": "closer"})]).await;
+    s.wait_count("acme-token", "SELECT count(*) FROM metrics", USERS)
+        .await;
+    assert_eq!(
+        s.count("acme-token", "SELECT count(DISTINCT series) FROM metrics")
+            .await,
+        1001,
+        "1000 series and the overflow series"
+    );
+    assert_eq!(
+        s.count(
+            "acme-token",
+            "SELECT count(*) FROM metrics WHERE json_get_str(labels, '_overflow') = 'true'"
+        )
+        .await,
+        USERS - 1000
+    );
+    let m = s.metrics().await;
+    assert!(
+        m.contains(&format!(
+            "weir_series_limited_total{{tenant=\"acme\",limit=\"tenant\",action=\"overflowed\"}} {}",
+            USERS - 1000
+        )),
+        "{m}"
+    );
+    // Aggregations: [T0, T0 + 1 min) holds the 200,000 users (ts = T0 + u / 10 ms).
+    s.wait_count(
+        "acme-token",
+        "SELECT CAST(COALESCE(sum(count), 0) AS BIGINT) FROM aggregates WHERE aggregation = 'per_user'",
+        USERS,
+    )
+    .await;
+    assert_eq!(
+        s.count(
+            "acme-token",
+            "SELECT count(*) FROM aggregates WHERE aggregation = 'per_user'"
+        )
+        .await,
+        101,
+        "100 groups and the overflow group"
+    );
+    assert_eq!(
+        s.count(
+            "acme-token",
+            "SELECT CAST(count AS BIGINT) FROM aggregates WHERE group_key = '{\"_overflow\":true}'"
+        )
+        .await,
+        USERS - 100
+    );
+    s.wait_count(
+        "acme-token",
+        "SELECT count(*) FROM aggregates WHERE aggregation = 'users'",
+        1,
+    )
+    .await;
+    let users = s
+        .count(
+            "acme-token",
+            "SELECT json_get_int(results, 'users') FROM aggregates WHERE aggregation = 'users'",
+        )
+        .await;
+    let err = (users - USERS).abs() as f64 / USERS as f64;
+    assert!(
+        err < 3.0 * 0.0081,
+        "{users} distinct users estimated for {USERS}"
+    );
+    let m = s.metrics().await;
+    assert!(
+        m.contains(&format!(
+            "weir_agg_overflow_events_total{{tenant=\"acme\",aggregation=\"per_user\"}} {}",
+            USERS - 100
+        )),
+        "{m}"
+    );
+    s.stop();
+    // The series budget survives a restart: a new user still goes to the overflow series.
+    let s = Server::start(dir.path(), CARDINALITY_CONFIG);
+    let r = client
+        .post(format!("{}/api/v1/metrics", s.base))
+        .bearer_auth("acme-token")
+        .body("{\"name\":\"logins\",\"value\":1,\"labels\":{\"user_id\":\"new\"}}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    s.wait_count(
+        "acme-token",
+        "SELECT count(*) FROM metrics WHERE json_get_str(labels, '_overflow') = 'true'",
+        USERS - 1000 + 1,
+    )
+    .await;
     s.stop();
 }

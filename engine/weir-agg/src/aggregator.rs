@@ -528,6 +528,63 @@ mod tests {
         );
     }
 
+    /// One million distinct user ids: groups held to max_groups (memory bounded, the
+    /// rest counted into the overflow group) while a distinct count still answers.
+    #[test]
+    fn a_million_distinct_users_stay_within_bounds() {
+        let grouped = Arc::new(
+            Definition::new(&AggregationConfig {
+                name: "per_user".into(),
+                window: "1h".into(),
+                hop: None,
+                lateness: None,
+                group_by: vec!["user".into()],
+                filter: Default::default(),
+                functions: vec!["count".into()],
+                critical: false,
+                max_groups: Some(1000),
+                anomaly: None,
+            })
+            .unwrap(),
+        );
+        let mut total = (*grouped).clone();
+        total.config.name = "users".into();
+        total.group_by.clear();
+        total.fields = vec![(
+            crate::spec::Path(vec!["user".into()]),
+            crate::spec::FieldNeeds {
+                distinct: true,
+                ..Default::default()
+            },
+        )];
+        total.functions = vec![crate::spec::Function {
+            alias: "users".into(),
+            kind: crate::spec::FnKind::Distinct,
+            field: Some(0),
+        }];
+        let (mut g, mut t) = (
+            AggState::new("t", "s", grouped),
+            AggState::new("t", "s", Arc::new(total)),
+        );
+        let mut out = Vec::new();
+        for u in 0..1_000_000u32 {
+            let r = json!({ "user": u });
+            g.update(1_000, &r, &mut out);
+            t.update(1_000, &r, &mut out);
+        }
+        assert_eq!(g.open[&0].len(), 1001);
+        assert_eq!(g.counters.overflow, 999_000);
+        let mut a = Aggregator::new();
+        a.states = vec![g, t];
+        let state = a.encode();
+        assert!(state.len() < 200_000, "{} bytes of state", state.len());
+        let users = a.states[1].open[&0]["{}"].results(&a.states[1].def)["users"]
+            .as_u64()
+            .unwrap();
+        let err = (users as f64 - 1e6).abs() / 1e6;
+        assert!(err < 3.0 * 0.0081, "{users}");
+    }
+
     #[test]
     fn checkpoint_and_replay_give_the_same_partials() {
         let d = def("10s", Some("5s"), "2s", 100);

@@ -141,6 +141,61 @@ pub struct TenantConfig {
     /// Sandbox limits of this tenant's plugins (defaults: `[plugins]`).
     #[serde(default)]
     pub limits: TenantLimits,
+    /// Cardinality control of this tenant's metric samples.
+    #[serde(default)]
+    pub metrics: SeriesPolicy,
+}
+
+/// Cardinality control of a tenant's metrics: label rewriting, then series limits.
+///
+/// ```toml
+/// [tenants.acme.metrics]
+/// max_series = 100000            # distinct series of the tenant
+/// max_series_per_metric = 10000  # distinct series of one metric name
+/// on_limit = "overflow"          # or "refuse" (default)
+/// allow_labels = ["host", "code"]  # when set, other labels are dropped
+/// drop_labels = ["request_id"]
+/// hash_labels = { user_id = 64 } # value replaced by one of 64 buckets
+/// ```
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesPolicy {
+    #[serde(default = "d_max_series")]
+    pub max_series: u64,
+    pub max_series_per_metric: Option<u64>,
+    #[serde(default)]
+    pub on_limit: OnLimit,
+    pub allow_labels: Option<Vec<String>>,
+    #[serde(default)]
+    pub drop_labels: Vec<String>,
+    #[serde(default)]
+    pub hash_labels: BTreeMap<String, u32>,
+}
+fn d_max_series() -> u64 {
+    100_000
+}
+impl Default for SeriesPolicy {
+    fn default() -> Self {
+        SeriesPolicy {
+            max_series: d_max_series(),
+            max_series_per_metric: None,
+            on_limit: OnLimit::default(),
+            allow_labels: None,
+            drop_labels: Vec::new(),
+            hash_labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// What happens to a sample of a new series beyond a limit.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLimit {
+    /// The sample is rejected (its line, with the reason).
+    #[default]
+    Refuse,
+    /// The sample is kept in its metric's overflow series `{_overflow="true"}`.
+    Overflow,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -410,6 +465,15 @@ impl Config {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let mut seen: HashMap<&str, &str> = HashMap::new();
         for (tenant, tc) in &self.tenants {
+            let m = &tc.metrics;
+            if m.max_series == 0
+                || m.max_series_per_metric == Some(0)
+                || m.hash_labels.values().any(|b| *b == 0)
+            {
+                return bad(format!(
+                    "tenants.{tenant}.metrics: limits and hash buckets must be at least 1"
+                ));
+            }
             if !is_valid_name(tenant) {
                 return bad(format!(
                     "tenant name {tenant:?} must be 1-64 chars of [A-Za-z0-9_.-]"
@@ -499,6 +563,14 @@ impl Config {
             l.max_instances = o.max_instances.unwrap_or(l.max_instances);
         }
         l
+    }
+
+    /// The cardinality policy of `tenant`'s metrics (defaults when not configured).
+    pub fn series_policy(&self, tenant: &str) -> SeriesPolicy {
+        self.tenants
+            .get(tenant)
+            .map(|t| t.metrics.clone())
+            .unwrap_or_default()
     }
 
     /// The plugin chain of a tenant's stream (empty when none is configured).

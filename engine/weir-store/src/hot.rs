@@ -418,6 +418,37 @@ impl HotStore {
         Ok(())
     }
 
+    /// Distinct metric series of `tenant` held in the hot tier: name and labels.
+    pub fn metric_series(
+        &self,
+        tenant: &str,
+    ) -> Vec<(String, std::collections::BTreeMap<String, String>)> {
+        use datafusion::arrow::array::AsArray;
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for b in self.table_batches(tenant, Table::Metrics) {
+            let (Some(name), Some(labels), Some(series)) = (
+                b.column_by_name("name"),
+                b.column_by_name("labels"),
+                b.column_by_name("series"),
+            ) else {
+                continue;
+            };
+            let (name, labels, series) = (
+                name.as_string::<i32>(),
+                labels.as_string::<i32>(),
+                series.as_string::<i32>(),
+            );
+            for i in 0..b.num_rows() {
+                if seen.insert(series.value(i).to_owned()) {
+                    let l = serde_json::from_str(labels.value(i)).unwrap_or_default();
+                    out.push((name.value(i).to_owned(), l));
+                }
+            }
+        }
+        out
+    }
+
     /// The tenant's `logs` batches (cheap `Arc` clones).
     pub fn tenant_batches(&self, tenant: &str) -> Vec<RecordBatch> {
         self.table_batches(tenant, Table::Logs)

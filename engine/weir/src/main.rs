@@ -12,6 +12,7 @@ mod body_limit;
 mod cli;
 mod ingest;
 mod samples;
+mod series;
 mod server;
 
 use std::net::SocketAddr;
@@ -181,7 +182,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
         worker_metrics.clone(),
     )?;
 
+    let series = series::SeriesLimits::new(&metrics_registry);
+    for t in config.tenant_names() {
+        let known = store.metric_series(&t);
+        series.seed(
+            &t,
+            known
+                .iter()
+                .map(|(n, l)| (n.clone(), series::hash_of(n, l))),
+        );
+    }
     let state = Arc::new(server::AppState {
+        series,
         config: config.clone(),
         log: dyn_log.clone(),
         store: store.clone(),

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ingest::Parsed;
+use crate::series::{Admit, TenantSeries, OVERFLOW_LABEL};
 
 /// Labels per sample, at most.
 pub const MAX_LABELS: usize = 64;
@@ -37,7 +38,7 @@ struct Sample<'a> {
     name: &'a str,
     value: f64,
     ts: i64,
-    labels: BTreeMap<&'a str, &'a str>,
+    labels: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     kind: Option<&'a str>,
 }
@@ -73,8 +74,9 @@ fn millis(v: &Value) -> Result<i64, String> {
     }
 }
 
-/// Check one sample; its normalised JSON line, or why not.
-fn normalise(line: &[u8], now_ms: i64) -> Result<String, String> {
+/// Check one sample, rewrite its labels by the tenant's policy and admit its series;
+/// its normalised JSON line, or why not.
+fn normalise(line: &[u8], now_ms: i64, series: &TenantSeries) -> Result<String, String> {
     let raw: Raw = serde_json::from_slice(line).map_err(|e| e.to_string())?;
     let name = raw.name.as_str().ok_or("name must be a string")?;
     if name.len() > 200 || !valid_name(name, b":.") {
@@ -107,7 +109,7 @@ fn normalise(line: &[u8], now_ms: i64) -> Result<String, String> {
                 let v = v
                     .as_str()
                     .ok_or_else(|| format!("label {k:?} must have a string value"))?;
-                labels.insert(k.as_str(), v);
+                labels.insert(k.clone(), v.to_owned());
             }
         }
         Some(_) => return Err("labels must be an object of strings".into()),
@@ -119,6 +121,15 @@ fn normalise(line: &[u8], now_ms: i64) -> Result<String, String> {
         }
         Some(k) => return Err(format!("kind {k} must be counter, gauge or histogram")),
     };
+    series.rewrite_labels(&mut labels);
+    match series.admit(name, &labels) {
+        Admit::Yes => {}
+        Admit::Overflow => {
+            labels.clear();
+            labels.insert(OVERFLOW_LABEL.to_owned(), "true".to_owned());
+        }
+        Admit::Refuse(why) => return Err(why),
+    }
     let sample = Sample {
         name,
         value,
@@ -130,7 +141,7 @@ fn normalise(line: &[u8], now_ms: i64) -> Result<String, String> {
 }
 
 /// Keep the valid samples of `parsed` (normalised), rejecting the others one by one.
-pub fn check(parsed: Parsed, now_ms: i64) -> Parsed {
+pub fn check(parsed: Parsed, now_ms: i64, series: &TenantSeries) -> Parsed {
     let mut out = Parsed {
         records: Vec::with_capacity(parsed.records.len()),
         rejected: parsed.rejected,
@@ -139,7 +150,7 @@ pub fn check(parsed: Parsed, now_ms: i64) -> Parsed {
     };
     let lines = weir_core::batch::ndjson_lines(&parsed.records);
     for (line, n) in lines.zip(parsed.line_numbers) {
-        match normalise(line, now_ms) {
+        match normalise(line, now_ms, series) {
             Ok(s) => {
                 out.records.extend_from_slice(s.as_bytes());
                 out.records.push(b'\n');
@@ -169,7 +180,8 @@ mod tests {
 not json
 "#;
         let parsed = crate::ingest::parse_body(body, 1 << 20);
-        let p = check(parsed, 42);
+        let series = crate::series::SeriesLimits::new(&weir_core::metrics::Registry::default());
+        let p = check(parsed, 42, &series.tenant("t", &Default::default()));
         let lines: Vec<&str> = std::str::from_utf8(&p.records).unwrap().lines().collect();
         assert_eq!(
             lines,

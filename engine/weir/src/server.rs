@@ -28,6 +28,8 @@ const ENTRY_RECORDS: usize = 4096;
 const ENTRY_BYTES: usize = 4 << 20;
 
 pub struct AppState {
+    /// Cardinality control of metric series (see [`crate::series`]).
+    pub series: crate::series::SeriesLimits,
     pub config: Arc<Config>,
     pub log: Arc<dyn Log>,
     pub store: Arc<HotStore>,
@@ -306,7 +308,8 @@ async fn ingest_inner(
     let mut parsed = parse_body(&decoded, state.config.ingest.max_record_bytes);
     drop(decoded);
     if what == Payload::Metrics {
-        parsed = crate::samples::check(parsed, ts);
+        let policy = state.config.series_policy(&tenant);
+        parsed = crate::samples::check(parsed, ts, &state.series.tenant(&tenant, &policy));
     }
     state
         .m
