@@ -62,6 +62,7 @@ fn event(rng: &mut Rng, i: u64, ts: i64, service: &str) -> Value {
         "level": if i.is_multiple_of(10) { "error" } else { "info" },
         "latency_ms": rng.latency(),
         "user": format!("u{}", rng.next() % 50),
+        "message": format!("failure {}", i % 7 % (1 + i % 3)),
         "path": if i.is_multiple_of(4) { "/hot".to_owned() } else { format!("/p{}", i % 11) },
     })
 }
@@ -317,7 +318,7 @@ name = "by_service"
 window = "1s"
 lateness = "500ms"
 group_by = ["service"]
-functions = ["count", "sum(latency_ms)", "p99(latency_ms) as p99", "distinct(user) as users", "topk(3, path) as paths"]
+functions = ["count", "sum(latency_ms)", "p99(latency_ms) as p99", "distinct(user) as users", "topk(3, path) as paths", "wasm(builtin:top-errors) as top_errors"]
 anomaly = { on = "count", history = 5 }
 [[tenants.acme.streams.app.aggregations]]
 name = "hopping"
@@ -576,5 +577,77 @@ async fn a_cardinality_explosion_is_held_to_the_limits() {
         USERS - 1000 + 1,
     )
     .await;
+    s.stop();
+}
+
+const CUSTOM_CONFIG: &str = r#"
+[aggregation]
+checkpoint_interval_ms = 50
+[tenants.acme]
+tokens = ["acme-token"]
+[[tenants.acme.streams.app.aggregations]]
+name = "errors"
+window = "1m"
+functions = ["count", "wasm(builtin:top-errors) as top"]
+"#;
+
+/// A custom Wasm aggregator (`builtin:top-errors`, the exact top error messages): its
+/// accumulators are built on four partitions and merged into one row, and an open
+/// window's accumulators survive a restart inside the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasm_aggregator_merges_partitions_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut exact: BTreeMap<String, u64> = BTreeMap::new();
+    let mut send = Vec::new();
+    for i in 0..2000u64 {
+        let level = if i % 3 == 0 { "error" } else { "info" };
+        let msg = format!("m{}", (i * i) % 13);
+        if level == "error" {
+            *exact.entry(msg.clone()).or_default() += 1;
+        }
+        send.push(json!({"ts": T0 + i as i64 * 10, "level": level, "message": msg}));
+    }
+    let s = Server::start(dir.path(), CUSTOM_CONFIG);
+    for (n, chunk) in send[..1000].chunks(100).enumerate() {
+        post(&s, &format!("k{}", n % 4), chunk).await;
+    }
+    // Let a checkpoint take the open window, then restart.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    s.stop();
+    let s = Server::start(dir.path(), CUSTOM_CONFIG);
+    for (n, chunk) in send[1000..].chunks(100).enumerate() {
+        post(&s, &format!("k{}", n % 4), chunk).await;
+    }
+    close_all(&s).await;
+    s.wait_count(
+        "acme-token",
+        "SELECT CAST(COALESCE(sum(count), 0) AS BIGINT) FROM aggregates",
+        2000,
+    )
+    .await;
+    let (_, v) = s
+        .query("acme-token", "SELECT results, partitions FROM aggregates")
+        .await;
+    let row = &v["rows"][0];
+    assert_eq!(row[1], json!(4), "shares of four partitions merged: {v}");
+    let results: Value = serde_json::from_str(row[0].as_str().unwrap()).unwrap();
+    let mut top: Vec<(&String, &u64)> = exact.iter().collect();
+    top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let top: Vec<Value> = top
+        .iter()
+        .take(5)
+        .map(|(m, c)| json!({"message": m, "count": c}))
+        .collect();
+    assert_eq!(
+        results["top"],
+        json!({"errors": exact.values().sum::<u64>(), "top": top}),
+        "{results}"
+    );
+    s.stop();
+    let s = Server::start(dir.path(), CUSTOM_CONFIG);
+    let (_, again) = s
+        .query("acme-token", "SELECT results, partitions FROM aggregates")
+        .await;
+    assert_eq!(again, v, "rows are read back without calling the plugin");
     s.stop();
 }

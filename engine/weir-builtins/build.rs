@@ -13,6 +13,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("pii-redact", "pii_redact"),
     ("logfmt", "logfmt"),
     ("schema-migrate", "schema_migrate"),
+    ("top-errors", "top_errors"),
 ];
 const FIXTURES: &[(&str, &str)] = &[
     ("weir-fixture-hostile", "weir_fixture_hostile"),

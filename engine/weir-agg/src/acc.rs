@@ -321,6 +321,84 @@ fn number(v: &Value) -> Option<f64> {
     .filter(|x| x.is_finite())
 }
 
+/// A custom (Wasm) function's accumulator, as its plugin wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomState {
+    pub format: u32,
+    pub data: Vec<u8>,
+}
+
+/// Calls into the plugins of custom (`wasm(NAME)`) functions. Errors are the plugin's
+/// message (a refusal, trap or timeout).
+pub trait CustomFns {
+    fn empty(&mut self, tenant: &str, plugin: &str) -> Result<CustomState, String>;
+    fn update(
+        &mut self,
+        tenant: &str,
+        plugin: &str,
+        acc: CustomState,
+        batch: &[u8],
+    ) -> Result<CustomState, String>;
+    fn merge(
+        &mut self,
+        tenant: &str,
+        plugin: &str,
+        a: CustomState,
+        b: CustomState,
+    ) -> Result<CustomState, String>;
+    fn snapshot(
+        &mut self,
+        tenant: &str,
+        plugin: &str,
+        acc: CustomState,
+    ) -> Result<CustomState, String>;
+    fn finish(&mut self, tenant: &str, plugin: &str, acc: &CustomState) -> Result<Value, String>;
+}
+
+/// For aggregations without custom functions: every call fails.
+pub struct NoCustom;
+
+impl CustomFns for NoCustom {
+    fn empty(&mut self, _: &str, p: &str) -> Result<CustomState, String> {
+        Err(format!("no plugin host for wasm({p})"))
+    }
+    fn update(
+        &mut self,
+        _: &str,
+        p: &str,
+        _: CustomState,
+        _: &[u8],
+    ) -> Result<CustomState, String> {
+        Err(format!("no plugin host for wasm({p})"))
+    }
+    fn merge(
+        &mut self,
+        _: &str,
+        p: &str,
+        _: CustomState,
+        _: CustomState,
+    ) -> Result<CustomState, String> {
+        Err(format!("no plugin host for wasm({p})"))
+    }
+    fn snapshot(&mut self, _: &str, p: &str, _: CustomState) -> Result<CustomState, String> {
+        Err(format!("no plugin host for wasm({p})"))
+    }
+    fn finish(&mut self, _: &str, p: &str, _: &CustomState) -> Result<Value, String> {
+        Err(format!("no plugin host for wasm({p})"))
+    }
+}
+
+/// One custom function's share of a window and group.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CustomAcc {
+    pub state: Option<CustomState>,
+    /// Records waiting for the next `update` call (one call per log entry).
+    pub pending: Vec<u8>,
+    pub pending_records: u64,
+    /// Records the plugin failed on (not in its state; reported with the result).
+    pub failed: u64,
+}
+
 /// The accumulator of one window and group.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Acc {
@@ -329,6 +407,7 @@ pub struct Acc {
     /// Events that arrived after the window closed (not in any other number).
     pub late: u64,
     pub fields: Vec<FieldAcc>,
+    pub custom: Vec<CustomAcc>,
 }
 
 impl Acc {
@@ -337,6 +416,7 @@ impl Acc {
             count: 0,
             late: 0,
             fields: def.fields.iter().map(|(_, n)| FieldAcc::new(n)).collect(),
+            custom: def.plugins.iter().map(|_| CustomAcc::default()).collect(),
         }
     }
 
@@ -348,16 +428,62 @@ impl Acc {
         }
     }
 
-    pub fn update(&mut self, def: &Definition, record: &Value) {
+    /// Count a record; `line` is its JSON text (for custom functions, which get it in
+    /// the next [`Acc::flush`]).
+    pub fn update(&mut self, def: &Definition, record: &Value, line: &[u8]) {
         self.count += 1;
         for ((path, _), f) in def.fields.iter().zip(&mut self.fields) {
             if let Some(v) = path.get(record) {
                 f.update(v);
             }
         }
+        for c in &mut self.custom {
+            c.pending.extend_from_slice(line);
+            c.pending.push(b'\n');
+            c.pending_records += 1;
+        }
     }
 
-    pub fn merge(&mut self, o: &Acc) {
+    /// Give custom functions the records waiting for them (one call per function).
+    /// A failed call leaves the state as it was and counts the records as failed.
+    pub fn flush(&mut self, tenant: &str, def: &Definition, fns: &mut dyn CustomFns) {
+        for (c, plugin) in self.custom.iter_mut().zip(&def.plugins) {
+            if c.pending.is_empty() {
+                continue;
+            }
+            let batch = std::mem::take(&mut c.pending);
+            let n = std::mem::take(&mut c.pending_records);
+            let acc = match c.state.take() {
+                Some(s) => Ok(s),
+                None => fns.empty(tenant, plugin),
+            };
+            let before = acc.clone().ok();
+            match acc.and_then(|a| fns.update(tenant, plugin, a, &batch)) {
+                Ok(s) => c.state = Some(s),
+                Err(e) => {
+                    tracing::warn!(tenant, plugin = %plugin, error = %e, "custom aggregation call failed");
+                    c.state = before;
+                    c.failed += n;
+                }
+            }
+        }
+    }
+
+    /// Let custom functions compact their states before the accumulator is written.
+    pub fn snapshot(&mut self, tenant: &str, def: &Definition, fns: &mut dyn CustomFns) {
+        for (c, plugin) in self.custom.iter_mut().zip(&def.plugins) {
+            if let Some(s) = c.state.take() {
+                c.state = Some(match fns.snapshot(tenant, plugin, s.clone()) {
+                    Ok(t) => t,
+                    Err(_) => s,
+                });
+            }
+        }
+    }
+
+    /// Add `o` (the same window and group) into this accumulator. Custom states are
+    /// merged by their plugin (`fns`); when that fails, `o`'s records count as failed.
+    pub fn merge(&mut self, o: &Acc, tenant: &str, def: &Definition, fns: &mut dyn CustomFns) {
         self.count += o.count;
         self.late += o.late;
         if self.fields.is_empty() {
@@ -367,6 +493,25 @@ impl Acc {
                 a.merge(b);
             }
         }
+        if self.custom.is_empty() {
+            self.custom = o.custom.clone();
+            return;
+        }
+        for ((a, b), plugin) in self.custom.iter_mut().zip(&o.custom).zip(&def.plugins) {
+            a.failed += b.failed;
+            a.state = match (a.state.take(), b.state.clone()) {
+                (x, None) => x,
+                (None, y) => y,
+                (Some(x), Some(y)) => match fns.merge(tenant, plugin, x.clone(), y) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        tracing::warn!(tenant, plugin = %plugin, error = %e, "custom aggregation call failed");
+                        a.failed += o.count;
+                        Some(x)
+                    }
+                },
+            };
+        }
     }
 
     pub fn encode_into(&self, w: &mut Writer) {
@@ -375,6 +520,19 @@ impl Acc {
         w.u32(self.fields.len() as u32);
         for f in &self.fields {
             f.encode(w);
+        }
+        w.u32(self.custom.len() as u32);
+        for c in &self.custom {
+            debug_assert!(c.pending.is_empty(), "flush before encoding");
+            match &c.state {
+                None => w.u8(0),
+                Some(s) => {
+                    w.u8(1);
+                    w.u32(s.format);
+                    w.bytes(&s.data);
+                }
+            }
+            w.u64(c.failed);
         }
     }
 
@@ -391,10 +549,28 @@ impl Acc {
         for _ in 0..n {
             fields.push(FieldAcc::decode(r)?);
         }
+        let n = r.len(9)?;
+        let mut custom = Vec::with_capacity(n);
+        for _ in 0..n {
+            let state = match r.u8()? {
+                0 => None,
+                1 => Some(CustomState {
+                    format: r.u32()?,
+                    data: r.bytes()?.to_vec(),
+                }),
+                _ => return Err(DecodeError("bad custom state tag")),
+            };
+            custom.push(CustomAcc {
+                state,
+                failed: r.u64()?,
+                ..CustomAcc::default()
+            });
+        }
         Ok(Acc {
             count,
             late,
             fields,
+            custom,
         })
     }
 
@@ -408,7 +584,14 @@ impl Acc {
     }
 
     /// The results of `def`'s functions, by alias (null where a field had no values).
-    pub fn results(&self, def: &Definition) -> Map<String, Value> {
+    /// Custom functions' results come from their plugin's `finish`; records a plugin
+    /// failed on are reported as `ALIAS.failed`, a failed `finish` as `{"error": ...}`.
+    pub fn results(
+        &self,
+        tenant: &str,
+        def: &Definition,
+        fns: &mut dyn CustomFns,
+    ) -> Map<String, Value> {
         let secs = def.windows.size_ms as f64 / 1000.0;
         let mut out = Map::new();
         for f in &def.functions {
@@ -445,6 +628,18 @@ impl Acc {
                         })
                         .unwrap_or_default(),
                 ),
+                FnKind::Wasm(i) => {
+                    let c = self.custom.get(i);
+                    if let Some(n) = c.map(|c| c.failed).filter(|n| *n > 0) {
+                        out.insert(format!("{}.failed", f.alias), json!(n));
+                    }
+                    match c.and_then(|c| c.state.as_ref()) {
+                        None => Value::Null,
+                        Some(s) => fns
+                            .finish(tenant, &def.plugins[i], s)
+                            .unwrap_or_else(|e| json!({ "error": e })),
+                    }
+                }
             };
             out.insert(f.alias.clone(), v);
         }
@@ -490,10 +685,10 @@ mod tests {
         ]);
         let mut a = Acc::new(&d);
         for (x, u, path) in [(1, "a", "/"), (2, "b", "/x"), (3, "a", "/"), (4, "c", "/y")] {
-            a.update(&d, &json!({"x": x, "u": u, "path": path}));
+            a.update(&d, &json!({"x": x, "u": u, "path": path}), b"");
         }
-        a.update(&d, &json!({"x": "5", "u": 7, "path": "/"}));
-        let r = a.results(&d);
+        a.update(&d, &json!({"x": "5", "u": 7, "path": "/"}), b"");
+        let r = a.results("t", &d, &mut NoCustom);
         assert_eq!(r["count"], json!(5));
         assert_eq!(r["rate"], json!(0.5));
         assert_eq!(r["sum(x)"], json!(15.0));
@@ -517,14 +712,17 @@ mod tests {
         let (mut whole, mut a, mut b) = (Acc::new(&d), Acc::new(&d), Acc::new(&d));
         for i in 0..5000u64 {
             let r = json!({"x": (i % 97) as f64, "u": format!("user{}", i % 700)});
-            whole.update(&d, &r);
-            if i % 3 == 0 { &mut a } else { &mut b }.update(&d, &r);
+            whole.update(&d, &r, b"");
+            if i % 3 == 0 { &mut a } else { &mut b }.update(&d, &r, b"");
         }
         let enc = a.encode();
         let mut merged = Acc::decode(&enc).unwrap();
         assert_eq!(merged, a);
-        merged.merge(&b);
-        let (rw, rm) = (whole.results(&d), merged.results(&d));
+        merged.merge(&b, "t", &d, &mut NoCustom);
+        let (rw, rm) = (
+            whole.results("t", &d, &mut NoCustom),
+            merged.results("t", &d, &mut NoCustom),
+        );
         assert_eq!(rw["count"], rm["count"]);
         assert_eq!(rw["sum(x)"], rm["sum(x)"]);
         assert_eq!(rw["p99(x)"], rm["p99(x)"]);
@@ -535,10 +733,10 @@ mod tests {
             assert!(Acc::decode(&enc[..n]).is_err(), "{n}");
         }
         let mut late = Acc::late(3);
-        late.merge(&Acc::late(2));
+        late.merge(&Acc::late(2), "t", &d, &mut NoCustom);
         assert_eq!(late.late, 5);
         let mut with = a.clone();
-        with.merge(&late);
+        with.merge(&late, "t", &d, &mut NoCustom);
         assert_eq!((with.count, with.late), (a.count, 5));
     }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::acc::Acc;
+use crate::acc::{Acc, CustomFns};
 use crate::codec::{Reader, Writer};
 use crate::spec::{Definition, OVERFLOW_GROUP};
 use crate::{DecodeError, Watermark};
@@ -74,11 +74,18 @@ impl AggState {
         }
     }
 
-    fn update(&mut self, ts: i64, record: &Value, out: &mut Vec<Partial>) {
+    fn update(
+        &mut self,
+        ts: i64,
+        record: &Value,
+        line: &[u8],
+        fns: &mut dyn CustomFns,
+        out: &mut Vec<Partial>,
+    ) {
         let size = self.def.windows.size_ms as i64;
         // Event time is the stream's: records the filter drops still advance it.
         if self.def.matches(record) {
-            self.add(ts, record, size);
+            self.add(ts, record, line, size);
         }
         self.watermark.observe(ts);
         while let Some((&start, _)) = self.open.first_key_value() {
@@ -86,11 +93,23 @@ impl AggState {
                 break;
             }
             let groups = self.open.pop_first().expect("non-empty").1;
-            self.emit(start, groups, out);
+            self.emit(start, groups, fns, out);
         }
     }
 
-    fn add(&mut self, ts: i64, record: &Value, size: i64) {
+    /// Give custom functions the records of this entry (no-op without any).
+    fn flush(&mut self, fns: &mut dyn CustomFns) {
+        if self.def.plugins.is_empty() {
+            return;
+        }
+        for groups in self.open.values_mut() {
+            for acc in groups.values_mut() {
+                acc.flush(&self.tenant, &self.def, fns);
+            }
+        }
+    }
+
+    fn add(&mut self, ts: i64, record: &Value, line: &[u8], size: i64) {
         self.counters.events += 1;
         let group = self.def.group_of(record);
         for start in self.def.windows.starts(ts) {
@@ -115,14 +134,24 @@ impl AggState {
                         .or_insert_with(|| Acc::new(&self.def))
                 }
             };
-            acc.update(&self.def, record);
+            acc.update(&self.def, record, line);
         }
     }
 
-    fn emit(&self, start: i64, groups: HashMap<String, Acc>, out: &mut Vec<Partial>) {
+    fn emit(
+        &self,
+        start: i64,
+        groups: HashMap<String, Acc>,
+        fns: &mut dyn CustomFns,
+        out: &mut Vec<Partial>,
+    ) {
         let mut groups: Vec<_> = groups.into_iter().collect();
         groups.sort_by(|a, b| a.0.cmp(&b.0));
-        for (group, acc) in groups {
+        for (group, mut acc) in groups {
+            if !self.def.plugins.is_empty() {
+                acc.flush(&self.tenant, &self.def, fns);
+                acc.snapshot(&self.tenant, &self.def, fns);
+            }
             out.push(Partial {
                 tenant: self.tenant.clone(),
                 stream: self.stream.clone(),
@@ -150,9 +179,9 @@ impl AggState {
     }
 
     /// Emit every open window as it is (the definition was changed or removed).
-    fn flush(mut self, out: &mut Vec<Partial>) {
+    fn flush_all(mut self, fns: &mut dyn CustomFns, out: &mut Vec<Partial>) {
         for (start, groups) in std::mem::take(&mut self.open) {
-            self.emit(start, groups, out);
+            self.emit(start, groups, fns, out);
         }
         self.take_late(out);
     }
@@ -174,7 +203,12 @@ impl Aggregator {
 
     /// Set `tenant`'s aggregations (by stream). An aggregation whose definition is gone
     /// or changed emits its open windows as they are; a new or changed one starts empty.
-    pub fn set_definitions(&mut self, tenant: &str, defs: &[(String, Arc<Definition>)]) {
+    pub fn set_definitions(
+        &mut self,
+        tenant: &str,
+        defs: &[(String, Arc<Definition>)],
+        fns: &mut dyn CustomFns,
+    ) {
         let mut keep = Vec::with_capacity(self.states.len());
         for s in std::mem::take(&mut self.states) {
             let still = s.tenant != tenant
@@ -185,7 +219,7 @@ impl Aggregator {
                 keep.push(s);
             } else {
                 self.changed = true;
-                s.flush(&mut self.pending);
+                s.flush_all(fns, &mut self.pending);
             }
         }
         for (stream, def) in defs {
@@ -220,6 +254,7 @@ impl Aggregator {
         stream: &str,
         times: &[i64],
         lines: impl Iterator<Item = &'a [u8]>,
+        fns: &mut dyn CustomFns,
     ) {
         let idx: Vec<usize> = (0..self.states.len())
             .filter(|&i| self.states[i].tenant == tenant && self.states[i].stream == stream)
@@ -234,11 +269,14 @@ impl Aggregator {
             };
             for &i in &idx {
                 let before = self.pending.len();
-                self.states[i].update(*ts, &record, &mut self.pending);
+                self.states[i].update(*ts, &record, line, fns, &mut self.pending);
                 if self.pending.len() > before && self.states[i].def.config.critical {
                     self.critical_pending = true;
                 }
             }
+        }
+        for &i in &idx {
+            self.states[i].flush(fns);
         }
     }
 
@@ -369,6 +407,7 @@ impl Aggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::acc::NoCustom;
     use serde_json::json;
     use weir_core::aggregation::AggregationConfig;
 
@@ -397,7 +436,7 @@ mod tests {
     fn feed(a: &mut Aggregator, events: &[(i64, Value)]) {
         let times: Vec<i64> = events.iter().map(|e| e.0).collect();
         let l = lines(&events.iter().map(|e| e.1.clone()).collect::<Vec<_>>());
-        a.feed("t", "s", &times, l.iter().map(Vec::as_slice));
+        a.feed("t", "s", &times, l.iter().map(Vec::as_slice), &mut NoCustom);
     }
 
     /// What a store holds after applying partials in order (replace or add).
@@ -406,7 +445,7 @@ mod tests {
         for p in p {
             let k = (p.window_start, p.group.clone());
             match (p.additive, m.get_mut(&k)) {
-                (true, Some(a)) => a.merge(&p.acc),
+                (true, Some(a)) => a.merge(&p.acc, "t", &p.def, &mut NoCustom),
                 _ => {
                     m.insert(k, p.acc.clone());
                 }
@@ -433,7 +472,11 @@ mod tests {
     #[test]
     fn windows_close_on_the_watermark_and_late_events_are_counted() {
         let mut a = Aggregator::new();
-        a.set_definitions("t", &[("s".into(), def("10s", None, "5s", 100))]);
+        a.set_definitions(
+            "t",
+            &[("s".into(), def("10s", None, "5s", 100))],
+            &mut NoCustom,
+        );
         let e = |ts: i64, svc: &str| (ts, json!({"svc": svc, "v": 1}));
         feed(
             &mut a,
@@ -471,6 +514,7 @@ mod tests {
                 ("s".into(), def("1s", None, "0s", 100)),
                 ("s".into(), def("1m", Some("20s"), "0s", 100)),
             ],
+            &mut NoCustom,
         );
         let mut ev = Vec::new();
         for i in 0..130 {
@@ -503,7 +547,11 @@ mod tests {
     #[test]
     fn a_group_explosion_is_held_to_max_groups() {
         let mut a = Aggregator::new();
-        a.set_definitions("t", &[("s".into(), def("1m", None, "0s", 50))]);
+        a.set_definitions(
+            "t",
+            &[("s".into(), def("1m", None, "0s", 50))],
+            &mut NoCustom,
+        );
         let ev: Vec<_> = (0..10_000)
             .map(|i| (1_000, json!({"svc": format!("u{i}"), "v": 1})))
             .collect();
@@ -569,8 +617,8 @@ mod tests {
         let mut out = Vec::new();
         for u in 0..1_000_000u32 {
             let r = json!({ "user": u });
-            g.update(1_000, &r, &mut out);
-            t.update(1_000, &r, &mut out);
+            g.update(1_000, &r, b"", &mut NoCustom, &mut out);
+            t.update(1_000, &r, b"", &mut NoCustom, &mut out);
         }
         assert_eq!(g.open[&0].len(), 1001);
         assert_eq!(g.counters.overflow, 999_000);
@@ -578,7 +626,8 @@ mod tests {
         a.states = vec![g, t];
         let state = a.encode();
         assert!(state.len() < 200_000, "{} bytes of state", state.len());
-        let users = a.states[1].open[&0]["{}"].results(&a.states[1].def)["users"]
+        let users = a.states[1].open[&0]["{}"].results("t", &a.states[1].def, &mut NoCustom)
+            ["users"]
             .as_u64()
             .unwrap();
         let err = (users as f64 - 1e6).abs() / 1e6;
@@ -602,7 +651,7 @@ mod tests {
             ));
         }
         let mut straight = Aggregator::new();
-        straight.set_definitions("t", &defs);
+        straight.set_definitions("t", &defs, &mut NoCustom);
         feed(&mut straight, &ev);
         let want = stored(&straight.take_pending());
         assert!(
@@ -611,14 +660,14 @@ mod tests {
         );
         for cut in [1usize, 700, 1500, 2999] {
             let mut first = Aggregator::new();
-            first.set_definitions("t", &defs);
+            first.set_definitions("t", &defs, &mut NoCustom);
             feed(&mut first, &ev[..cut]);
             let mut got = first.take_pending();
             let bytes = first.encode();
             let mut second =
                 Aggregator::decode(&bytes, |fp| (fp == d.fingerprint).then(|| d.clone())).unwrap();
             assert_eq!(second.encode(), bytes);
-            second.set_definitions("t", &defs);
+            second.set_definitions("t", &defs, &mut NoCustom);
             feed(&mut second, &ev[cut..]);
             got.extend(second.take_pending());
             assert_eq!(stored(&got), want, "cut at {cut}");
@@ -629,16 +678,24 @@ mod tests {
     #[test]
     fn a_changed_definition_emits_its_open_windows() {
         let mut a = Aggregator::new();
-        a.set_definitions("t", &[("s".into(), def("1m", None, "0s", 100))]);
+        a.set_definitions(
+            "t",
+            &[("s".into(), def("1m", None, "0s", 100))],
+            &mut NoCustom,
+        );
         feed(&mut a, &[(1_000, json!({"svc":"a"}))]);
-        a.set_definitions("t", &[("s".into(), def("2m", None, "0s", 100))]);
+        a.set_definitions(
+            "t",
+            &[("s".into(), def("2m", None, "0s", 100))],
+            &mut NoCustom,
+        );
         let p = a.take_pending();
         assert_eq!(
             summary(&p),
             vec![("w1m".into(), 0, r#"{"svc":"a"}"#.into(), 1, 0, false)]
         );
         assert!(a.wants("t", "s"));
-        a.set_definitions("t", &[]);
+        a.set_definitions("t", &[], &mut NoCustom);
         assert!(!a.wants("t", "s"));
     }
 }

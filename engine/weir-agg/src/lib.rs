@@ -31,7 +31,7 @@ pub mod hll;
 pub mod spec;
 pub mod window;
 
-pub use acc::Acc;
+pub use acc::{Acc, CustomFns, CustomState, NoCustom};
 pub use aggregator::{Aggregator, Counters, Partial};
 pub use ddsketch::DDSketch;
 pub use hll::HyperLogLog;

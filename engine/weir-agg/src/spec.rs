@@ -69,6 +69,8 @@ pub enum FnKind {
     Quantile(f64),
     Distinct,
     TopK(usize),
+    /// A custom function: index into [`Definition::plugins`].
+    Wasm(usize),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -110,6 +112,8 @@ pub struct Definition {
     pub functions: Vec<Function>,
     pub max_groups: usize,
     pub anomaly: Option<AnomalySpec>,
+    /// Plugins of the custom (`wasm(NAME)`) functions, in order.
+    pub plugins: Vec<String>,
 }
 
 impl Definition {
@@ -154,11 +158,14 @@ impl Definition {
         }
         let mut fields: Vec<(Path, FieldNeeds)> = Vec::new();
         let mut functions = Vec::new();
+        let mut plugins = Vec::new();
         for text in &config.functions {
-            let f = parse_function(text, &mut fields).map_err(|why| SpecError::Function {
-                name: name.clone(),
-                text: text.clone(),
-                why,
+            let f = parse_function(text, &mut fields, &mut plugins).map_err(|why| {
+                SpecError::Function {
+                    name: name.clone(),
+                    text: text.clone(),
+                    why,
+                }
             })?;
             if functions.iter().any(|g: &Function| g.alias == f.alias) {
                 return Err(other(format!("two functions named {:?}", f.alias)));
@@ -206,6 +213,7 @@ impl Definition {
             functions,
             max_groups,
             anomaly,
+            plugins,
         })
     }
 
@@ -237,7 +245,11 @@ impl Definition {
     }
 }
 
-fn parse_function(text: &str, fields: &mut Vec<(Path, FieldNeeds)>) -> Result<Function, String> {
+fn parse_function(
+    text: &str,
+    fields: &mut Vec<(Path, FieldNeeds)>,
+    plugins: &mut Vec<String>,
+) -> Result<Function, String> {
     let (body, alias) = match text.rsplit_once(" as ") {
         Some((b, a)) => (b.trim(), a.trim().to_owned()),
         None => (text.trim(), text.trim().to_owned()),
@@ -272,7 +284,7 @@ fn parse_function(text: &str, fields: &mut Vec<(Path, FieldNeeds)>) -> Result<Fu
     let one = |args: &[String]| -> Result<String, String> {
         match args {
             [a] => Ok(a.clone()),
-            _ => Err(format!("{fname} takes one field")),
+            _ => Err(format!("{fname} takes one argument")),
         }
     };
     let stats = |n: &mut FieldNeeds| n.stats = true;
@@ -330,9 +342,18 @@ fn parse_function(text: &str, fields: &mut Vec<(Path, FieldNeeds)>) -> Result<Fu
                 field(f, &|n: &mut FieldNeeds| n.topk = n.topk.max(10 * k))?,
             )
         }
+        "wasm" => {
+            let p = one(&args)?;
+            let ok = p.strip_prefix("builtin:").unwrap_or(&p);
+            if !weir_core::names::is_valid_name(ok) {
+                return Err("wasm takes a plugin name (NAME or builtin:NAME)".into());
+            }
+            plugins.push(p);
+            (FnKind::Wasm(plugins.len() - 1), None)
+        }
         _ => {
             return Err(
-                "unknown function (count, rate, sum, min, max, avg, p50, p90, p95, p99, p999, quantile, distinct, topk)"
+                "unknown function (count, rate, sum, min, max, avg, p50, p90, p95, p99, p999, quantile, distinct, topk, wasm)"
                     .into(),
             )
         }
@@ -385,7 +406,8 @@ mod tests {
         for (fns, want) in [
             (vec!["median(x)"], "unknown function"),
             (vec!["sum(x"], "closing parenthesis"),
-            (vec!["sum(a, b)"], "one field"),
+            (vec!["sum(a, b)"], "one argument"),
+            (vec!["wasm(a/b)"], "plugin name"),
             (vec!["quantile(2, x)"], "0..=1"),
             (vec!["topk(0, x)"], "1..=1000"),
             (vec!["count", "count"], "two functions"),

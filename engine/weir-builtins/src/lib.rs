@@ -8,7 +8,7 @@
 include!(concat!(env!("OUT_DIR"), "/builtins.rs"));
 
 /// Names of the first-party plugins, as in `builtin:NAME`.
-pub const NAMES: &[&str] = &["pii-redact", "logfmt", "schema-migrate"];
+pub const NAMES: &[&str] = &["pii-redact", "logfmt", "schema-migrate", "top-errors"];
 
 /// The component bytes of a first-party plugin.
 pub fn get(name: &str) -> Option<&'static [u8]> {

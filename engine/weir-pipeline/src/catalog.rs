@@ -304,6 +304,50 @@ impl Catalog {
         Ok(())
     }
 
+    /// A fresh instance of the custom aggregation plugin `spec` of `tenant`
+    /// (`builtin:NAME` or the tenant's uploaded `NAME`, active version).
+    pub fn aggregator_instance(
+        &self,
+        tenant: &str,
+        spec: &str,
+    ) -> Result<PluginInstance, PipelineError> {
+        let compiled = if spec.starts_with("builtin:") {
+            self.resolve(spec)?
+        } else if spec.contains(':') {
+            return Err(PipelineError::BadSpec(spec.to_owned()));
+        } else {
+            self.resolve_uploaded(tenant, spec)?.0
+        };
+        if !compiled.is_aggregator() {
+            return Err(PipelineError::Aggregation(format!(
+                "wasm({spec}): the plugin implements {}, not weir:plugin/aggregator",
+                compiled.world()
+            )));
+        }
+        let limits = Limits::from_config(&self.config.plugin_limits(tenant));
+        compiled
+            .instantiate(tenant, "{}", &limits)
+            .map_err(|source| PipelineError::Host {
+                spec: spec.to_owned(),
+                source,
+            })
+    }
+
+    /// Check that every `wasm(NAME)` of `aggs` names an aggregator plugin of `tenant`.
+    pub fn check_aggregator_plugins(
+        &self,
+        tenant: &str,
+        aggs: &[AggregationConfig],
+    ) -> Result<(), PipelineError> {
+        for a in aggs {
+            let def = Definition::new(a).map_err(|e| PipelineError::Aggregation(e.to_string()))?;
+            for p in &def.plugins {
+                self.aggregator_instance(tenant, p)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Every stream of `tenant` with a pipeline (config file or admin API), in order.
     pub fn streams(&self, tenant: &str) -> Vec<String> {
         let mut names: std::collections::BTreeSet<String> = self
@@ -466,12 +510,25 @@ impl Catalog {
                     source: Box::new(e),
                 })?;
             for (name, s) in &t.streams {
-                Self::check_aggregations(name, &s.plugins, &s.aggregations).map_err(|e| {
-                    PipelineError::Tenant {
+                Self::check_aggregations(name, &s.plugins, &s.aggregations)
+                    .and_then(|()| {
+                        // Uploaded plugins are checked when a pipeline names them.
+                        let builtin: Vec<AggregationConfig> = s
+                            .aggregations
+                            .iter()
+                            .filter(|a| {
+                                !a.functions.iter().any(|f| {
+                                    f.starts_with("wasm(") && !f.starts_with("wasm(builtin:")
+                                })
+                            })
+                            .cloned()
+                            .collect();
+                        self.check_aggregator_plugins(tenant, &builtin)
+                    })
+                    .map_err(|e| PipelineError::Tenant {
                         tenant: tenant.clone(),
                         source: Box::new(e),
-                    }
-                })?;
+                    })?;
                 for r in &s.plugins {
                     if r.plugin.contains(':') {
                         self.stage(tenant, r)?;
@@ -535,6 +592,12 @@ impl Catalog {
             let (c, v) = self.resolve_uploaded(tenant, &r.plugin)?;
             (c, Some(v))
         };
+        if compiled.is_aggregator() {
+            return Err(PipelineError::Aggregation(format!(
+                "plugin {:?} is an aggregator: name it in an aggregation as wasm({}), not as a pipeline stage",
+                r.plugin, r.plugin
+            )));
+        }
         let config = r
             .config
             .as_ref()

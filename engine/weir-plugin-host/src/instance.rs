@@ -6,6 +6,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::aggregator_bindings::{Aggregator, State as AggWit};
 use crate::bindings::weir::plugin::host::{self, Level};
 use crate::bindings::weir::plugin::types::PluginError;
 use crate::bindings::Transform;
@@ -20,6 +21,8 @@ pub(crate) enum Live {
     Stateful(StatefulTransform),
     /// A migration and the versions it reads and writes.
     Migration(Migration, u32, u32),
+    /// A custom aggregation function and the accumulator format it writes.
+    Aggregator(Aggregator, u32),
 }
 
 /// Per-store host state: the empty WASI context, the memory limiter and log tags.
@@ -219,12 +222,14 @@ impl PluginInstance {
             Pre::Plain(p) => Live::Plain(p.instantiate(&mut store).map_err(inst)?),
             Pre::Stateful(p) => Live::Stateful(p.instantiate(&mut store).map_err(inst)?),
             Pre::Migration(p) => Live::Migration(p.instantiate(&mut store).map_err(inst)?, 0, 0),
+            Pre::Aggregator(p) => Live::Aggregator(p.instantiate(&mut store).map_err(inst)?, 0),
         };
         store.set_epoch_deadline(self.limits.deadline_ticks());
         let init = match &live {
             Live::Plain(b) => b.call_init(&mut store, &self.config),
             Live::Stateful(b) => b.call_init(&mut store, &self.config),
             Live::Migration(b, ..) => b.call_init(&mut store, &self.config),
+            Live::Aggregator(b, _) => b.call_init(&mut store, &self.config),
         };
         match init {
             Ok(Ok(())) => {}
@@ -246,6 +251,12 @@ impl PluginInstance {
                     )));
                 }
                 Live::Migration(b, step.reads, step.writes)
+            }
+            Live::Aggregator(b, _) => {
+                let empty = b
+                    .call_empty(&mut store)
+                    .map_err(|e| HostError::Init(format!("empty trapped: {e:#}")))?;
+                Live::Aggregator(b, empty.format)
             }
             other => other,
         };
@@ -301,6 +312,9 @@ impl PluginInstance {
                 let (reads, writes) = (*reads, *writes);
                 migrate(input, reads, writes, |run| b.call_migrate(&mut *store, run))
             }
+            Live::Aggregator(..) => Ok(Err(PluginError::Failed(
+                "an aggregator has no process: use it as wasm(NAME) in an aggregation".into(),
+            ))),
         };
         let stateful = matches!(live, Live::Stateful(_));
         match res {
@@ -331,19 +345,123 @@ impl PluginInstance {
             Err(e) => {
                 let hit = store.data().limiter.hit;
                 self.live = None;
-                if hit || e.downcast_ref::<MemoryLimitHit>().is_some() {
-                    return Err(CallError::MemoryLimit(self.limits.memory_bytes));
-                }
-                if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
-                    return Err(CallError::Timeout(self.limits.deadline));
-                }
-                if started.elapsed() >= self.limits.deadline && e.to_string().contains("interrupt")
-                {
-                    return Err(CallError::Timeout(self.limits.deadline));
-                }
-                Err(CallError::Trap(format!("{e:#}")))
+                Err(self.classify(e, hit, started))
             }
         }
+    }
+
+    /// What a trap means: memory limit, deadline, or another trap.
+    fn classify(&self, e: wasmtime::Error, memory_hit: bool, started: Instant) -> CallError {
+        if memory_hit || e.downcast_ref::<MemoryLimitHit>().is_some() {
+            return CallError::MemoryLimit(self.limits.memory_bytes);
+        }
+        if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
+            return CallError::Timeout(self.limits.deadline);
+        }
+        if started.elapsed() >= self.limits.deadline && e.to_string().contains("interrupt") {
+            return CallError::Timeout(self.limits.deadline);
+        }
+        CallError::Trap(format!("{e:#}"))
+    }
+
+    /// One call of an aggregator plugin under the sandbox's deadline and memory cap; a
+    /// trap drops the instance (it holds no accumulator, so nothing is lost).
+    fn agg_call<R>(
+        &mut self,
+        f: impl FnOnce(&Aggregator, &mut Store<State>, u32) -> wasmtime::Result<Result<R, PluginError>>,
+    ) -> Result<R, CallError> {
+        if self.live.is_none() {
+            self.live = Some(
+                self.start()
+                    .map_err(|e| CallError::Restart(e.to_string()))?,
+            );
+        }
+        let (store, live) = self.live.as_mut().expect("just started");
+        let Live::Aggregator(b, format) = live else {
+            return Err(CallError::Rejected("not an aggregator plugin".into()));
+        };
+        store.set_epoch_deadline(self.limits.deadline_ticks());
+        store.data_mut().limiter.hit = false;
+        let started = Instant::now();
+        match f(b, store, *format) {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(PluginError::Failed(m) | PluginError::InvalidConfig(m))) => {
+                Err(CallError::Rejected(m))
+            }
+            Err(e) => {
+                let hit = store.data().limiter.hit;
+                self.live = None;
+                Err(self.classify(e, hit, started))
+            }
+        }
+    }
+
+    /// A new, empty accumulator.
+    pub fn agg_empty(&mut self) -> Result<PluginState, CallError> {
+        self.agg_call(|b, s, _| b.call_empty(s).map(|w| Ok(from_wit(w))))
+    }
+
+    /// `acc` in this version's format: unchanged when it already is, else through the
+    /// plugin's `restore` (an older version's accumulator after a swap or a restart).
+    fn current(&mut self, acc: PluginState) -> Result<PluginState, CallError> {
+        let format = match &self.live {
+            Some((_, Live::Aggregator(_, f))) => *f,
+            _ => {
+                self.agg_call(|_, _, _| Ok(Ok(())))?;
+                match &self.live {
+                    Some((_, Live::Aggregator(_, f))) => *f,
+                    _ => return Err(CallError::Rejected("not an aggregator plugin".into())),
+                }
+            }
+        };
+        if acc.format == format {
+            return Ok(acc);
+        }
+        self.agg_call(|b, s, _| b.call_restore(s, &to_wit(&acc)).map(|r| r.map(from_wit)))
+    }
+
+    /// Fold a batch of records into `acc`.
+    pub fn agg_update(&mut self, acc: PluginState, batch: &[u8]) -> Result<PluginState, CallError> {
+        let acc = self.current(acc)?;
+        self.agg_call(|b, s, _| {
+            b.call_update(s, &to_wit(&acc), batch)
+                .map(|r| r.map(from_wit))
+        })
+    }
+
+    /// Combine two accumulators.
+    pub fn agg_merge(&mut self, a: PluginState, b: PluginState) -> Result<PluginState, CallError> {
+        let (a, b) = (self.current(a)?, self.current(b)?);
+        self.agg_call(|p, s, _| {
+            p.call_merge(s, &to_wit(&a), &to_wit(&b))
+                .map(|r| r.map(from_wit))
+        })
+    }
+
+    /// Compact an accumulator before it is written.
+    pub fn agg_snapshot(&mut self, acc: PluginState) -> Result<PluginState, CallError> {
+        let acc = self.current(acc)?;
+        self.agg_call(|b, s, _| b.call_snapshot(s, &to_wit(&acc)).map(|r| r.map(from_wit)))
+    }
+
+    /// The window's result (JSON text).
+    pub fn agg_finish(&mut self, acc: PluginState) -> Result<String, CallError> {
+        let acc = self.current(acc)?;
+        self.agg_call(|b, s, _| b.call_finish(s, &to_wit(&acc)))
+    }
+}
+
+fn to_wit(s: &PluginState) -> AggWit {
+    AggWit {
+        format: s.format,
+        data: s.data.clone(),
+    }
+}
+
+fn from_wit(w: AggWit) -> PluginState {
+    PluginState {
+        format: w.format,
+        data: w.data,
     }
 }
 

@@ -52,6 +52,18 @@ pub mod migration_bindings {
     });
 }
 
+/// `bindgen!` output for `weir:plugin/aggregator@0.1.0`.
+pub mod aggregator_bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "weir:plugin/aggregator@0.1.0",
+        with: {
+            "weir:plugin/host": crate::bindings::weir::plugin::host,
+            "weir:plugin/types": crate::bindings::weir::plugin::types,
+        },
+    });
+}
+
 mod instance;
 pub mod migration;
 mod wasi;
@@ -68,6 +80,9 @@ pub use weir_core::config::WasiGrants;
 
 pub use instance::{PluginInstance, State};
 
+/// An aggregator plugin's accumulator (`state` of the `aggregator` world).
+pub type AggState = PluginState;
+
 /// The version of the `weir:plugin` WIT package this host implements.
 pub const SUPPORTED_VERSION: &str = "0.1.0";
 
@@ -75,6 +90,7 @@ pub const SUPPORTED_VERSION: &str = "0.1.0";
 pub const TRANSFORM_WORLD: &str = "weir:plugin/transform@0.1.0";
 pub const STATEFUL_TRANSFORM_WORLD: &str = "weir:plugin/stateful-transform@0.1.0";
 pub const MIGRATION_WORLD: &str = "weir:plugin/migration@0.1.0";
+pub const AGGREGATOR_WORLD: &str = "weir:plugin/aggregator@0.1.0";
 
 /// A stateful plugin's state as its `snapshot` gave it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +111,7 @@ pub enum HostError {
     CoreModule,
     #[error("component does not compile: {0}")]
     Compile(String),
-    #[error("component does not match a weir:plugin@0.1.0 world (transform, stateful-transform or migration): {0}")]
+    #[error("component does not match a weir:plugin@0.1.0 world (transform, stateful-transform, migration or aggregator): {0}")]
     WrongWorld(String),
     #[error(
         "component targets weir:plugin@{0}; this host supports weir:plugin@{SUPPORTED_VERSION}"
@@ -298,6 +314,8 @@ impl PluginHost {
             Pre::Stateful(p)
         } else if let Ok(p) = migration_bindings::MigrationPre::new(pre.clone()) {
             Pre::Migration(p)
+        } else if let Ok(p) = aggregator_bindings::AggregatorPre::new(pre.clone()) {
+            Pre::Aggregator(p)
         } else {
             Pre::Plain(
                 bindings::TransformPre::new(pre)
@@ -335,6 +353,7 @@ pub(crate) enum Pre {
     Plain(bindings::TransformPre<State>),
     Stateful(stateful_bindings::StatefulTransformPre<State>),
     Migration(migration_bindings::MigrationPre<State>),
+    Aggregator(aggregator_bindings::AggregatorPre<State>),
 }
 
 impl Pre {
@@ -343,6 +362,7 @@ impl Pre {
             Pre::Plain(p) => p.engine(),
             Pre::Stateful(p) => p.engine(),
             Pre::Migration(p) => p.engine(),
+            Pre::Aggregator(p) => p.engine(),
         }
     }
 }
@@ -362,11 +382,18 @@ impl CompiledPlugin {
             Pre::Plain(_) => TRANSFORM_WORLD,
             Pre::Stateful(_) => STATEFUL_TRANSFORM_WORLD,
             Pre::Migration(_) => MIGRATION_WORLD,
+            Pre::Aggregator(_) => AGGREGATOR_WORLD,
         }
     }
 
     pub fn is_stateful(&self) -> bool {
         matches!(self.pre, Pre::Stateful(_))
+    }
+
+    /// Whether the component is a custom aggregation function (used as `wasm(NAME)` in
+    /// aggregations, never as a pipeline stage).
+    pub fn is_aggregator(&self) -> bool {
+        matches!(self.pre, Pre::Aggregator(_))
     }
 
     pub fn name(&self) -> &str {

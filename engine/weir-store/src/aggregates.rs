@@ -7,7 +7,10 @@
 //! - `agg_partials`: `(tenant, aggregation, definition, window_start, group, partition)`
 //!   → `[stream][accumulator]`: one partition's share of one row;
 //! - `agg_definitions`: definition fingerprint → its declaration (JSON), so rows and
-//!   states of a definition that has since changed can still be read.
+//!   states of a definition that has since changed can still be read;
+//! - `agg_rows`: `(tenant, aggregation, definition, group, window_start)` → the row
+//!   (JSON): the merge of that key's partials, written in the same transaction as them,
+//!   so startup reads rows without calling any custom (Wasm) function again.
 //!
 //! [`HotStore::checkpoint_aggregation`] writes a partition's state, its offset and the
 //! partials it emitted since the last checkpoint in one transaction. A row of the table
@@ -29,7 +32,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use weir_agg::codec::{Reader, Writer};
-use weir_agg::{Acc, Definition, Partial};
+use weir_agg::{Acc, CustomFns, Definition, Partial};
 use weir_core::aggregation::AggregationConfig;
 
 use crate::hot::{storage_err, HotStore, StoreError};
@@ -39,19 +42,24 @@ type PartialKey<'a> = (&'a str, &'a str, &'a str, i64, &'a str, u32);
 pub(crate) const PARTIALS: TableDefinition<PartialKey, &[u8]> =
     TableDefinition::new("agg_partials");
 pub(crate) const DEFINITIONS: TableDefinition<&str, &str> = TableDefinition::new("agg_definitions");
+type RowKeyRef<'a> = (&'a str, &'a str, &'a str, &'a str, i64);
+pub(crate) const ROWS: TableDefinition<RowKeyRef, &str> = TableDefinition::new("agg_rows");
 
 /// (tenant, aggregation, definition, group, window_start): windows of one series in order.
 type RowKey = (String, String, String, String, i64);
 
 /// One row of the `aggregates` table.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AggRow {
     pub stream: String,
     pub window_end: i64,
     pub count: u64,
     pub late: u64,
-    pub results: serde_json::Map<String, serde_json::Value>,
+    /// The functions' results by alias, as JSON text. Kept as text: a float read back
+    /// from JSON may differ in its last bit, and a row must read the same after a restart.
+    pub results: String,
     pub partitions: u32,
+    #[serde(skip)]
     pub anomaly: Option<String>,
 }
 
@@ -129,7 +137,11 @@ impl AggMem {
             key.3.clone(),
             i64::MAX,
         );
-        let value = |r: &AggRow| r.results.get(&spec.on).and_then(serde_json::Value::as_f64);
+        let value = |r: &AggRow| {
+            serde_json::from_str::<serde_json::Value>(&r.results)
+                .ok()
+                .and_then(|v| v.get(&spec.on).and_then(serde_json::Value::as_f64))
+        };
         let points: Vec<(i64, Option<f64>)> = self
             .rows
             .range(lo..=hi)
@@ -201,6 +213,7 @@ impl HotStore {
         state: &[u8],
         partials: &[Partial],
         defs: &[Arc<Definition>],
+        fns: &mut dyn CustomFns,
     ) -> Result<(), StoreError> {
         let mut touched: BTreeMap<RowKey, ()> = BTreeMap::new();
         let mut merged: Vec<(RowKey, AggRow)> = Vec::new();
@@ -242,7 +255,7 @@ impl HotStore {
                 if p.additive {
                     if let Some(old) = pt.get(key).map_err(storage_err)? {
                         let (_, mut stored) = decode_partial(old.value())?;
-                        stored.merge(&acc);
+                        stored.merge(&acc, &p.tenant, &p.def, fns);
                         acc = stored;
                     }
                 }
@@ -282,10 +295,15 @@ impl HotStore {
                     key.3.as_str(),
                     u32::MAX,
                 );
-                merged.push((
-                    key.clone(),
-                    row_of(&def, key.4, pt.range(lo..=hi).map_err(storage_err)?)?,
-                ));
+                let range = pt.range(lo..=hi).map_err(storage_err)?;
+                let row = row_of(&key.0, &def, key.4, range, fns)?;
+                merged.push((key.clone(), row));
+            }
+            let mut rt = w.open_table(ROWS).map_err(storage_err)?;
+            for (k, row) in &merged {
+                let json = serde_json::to_string(row).map_err(storage_err)?;
+                let rk = (k.0.as_str(), k.1.as_str(), k.2.as_str(), k.3.as_str(), k.4);
+                rt.insert(rk, json.as_str()).map_err(storage_err)?;
             }
             let mut ck = w.open_table(CHECKPOINTS).map_err(storage_err)?;
             let mut v = Vec::with_capacity(8 + state.len());
@@ -329,22 +347,15 @@ impl HotStore {
             def.fingerprint = k.value().to_owned();
             mem.defs.insert(k.value().to_owned(), Arc::new(def));
         }
-        let pt = r.open_table(PARTIALS).map_err(storage_err)?;
-        let mut groups: BTreeMap<RowKey, Vec<Vec<u8>>> = BTreeMap::new();
-        for row in pt.iter().map_err(storage_err)? {
+        let rt = r.open_table(ROWS).map_err(storage_err)?;
+        for row in rt.iter().map_err(storage_err)? {
             let (k, v) = row.map_err(storage_err)?;
-            let (t, a, f, s, g, _p) = k.value();
-            groups
-                .entry((t.to_owned(), a.to_owned(), f.to_owned(), g.to_owned(), s))
-                .or_default()
-                .push(v.value().to_vec());
-        }
-        for (key, parts) in groups {
-            let def = mem
-                .definition(&key.2)
-                .ok_or_else(|| corrupt(format!("rows of unknown definition {}", key.2)))?;
-            let row = merge_rows(&def, key.4, parts.iter().map(|v| v.as_slice()))?;
-            mem.rows.insert(key, row);
+            let (t, a, f, g, st) = k.value();
+            let row: AggRow = serde_json::from_str(v.value()).map_err(corrupt)?;
+            mem.rows.insert(
+                (t.to_owned(), a.to_owned(), f.to_owned(), g.to_owned(), st),
+                row,
+            );
         }
         let series: Vec<RowKey> = {
             let mut seen = std::collections::BTreeSet::new();
@@ -411,7 +422,7 @@ impl HotStore {
             Arc::new(UInt64Array::from_iter_values(
                 rows.iter().map(|(_, r)| r.late),
             )),
-            s(&|_, r| serde_json::Value::Object(r.results.clone()).to_string()),
+            s(&|_, r| r.results.clone()),
             Arc::new(BooleanArray::from_iter(
                 rows.iter().map(|(_, r)| Some(r.anomaly.is_some())),
             )),
@@ -458,31 +469,22 @@ impl HotStore {
     }
 }
 
-fn row_of<'a>(
+/// A row: the merge, in partition order, of the partials in `range`.
+fn row_of(
+    tenant: &str,
     def: &Definition,
     start: i64,
-    range: redb::Range<'a, PartialKey<'static>, &'static [u8]>,
-) -> Result<AggRow, StoreError> {
-    let mut parts = Vec::new();
-    for row in range {
-        let (_, v) = row.map_err(storage_err)?;
-        parts.push(v.value().to_vec());
-    }
-    merge_rows(def, start, parts.iter().map(|v| v.as_slice()))
-}
-
-fn merge_rows<'a>(
-    def: &Definition,
-    start: i64,
-    parts: impl Iterator<Item = &'a [u8]>,
+    range: redb::Range<'_, PartialKey<'static>, &'static [u8]>,
+    fns: &mut dyn CustomFns,
 ) -> Result<AggRow, StoreError> {
     let mut acc = Acc::default();
     let mut stream = String::new();
     let mut n = 0;
-    for p in parts {
-        let (s, a) = decode_partial(p)?;
+    for row in range {
+        let (_, v) = row.map_err(storage_err)?;
+        let (s, a) = decode_partial(v.value())?;
         stream = s;
-        acc.merge(&a);
+        acc.merge(&a, tenant, def, fns);
         n += 1;
     }
     Ok(AggRow {
@@ -490,7 +492,7 @@ fn merge_rows<'a>(
         window_end: start + def.windows.size_ms as i64,
         count: acc.count,
         late: acc.late,
-        results: acc.results(def),
+        results: serde_json::Value::Object(acc.results(tenant, def, fns)).to_string(),
         partitions: n,
         anomaly: None,
     })

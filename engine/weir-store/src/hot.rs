@@ -218,6 +218,7 @@ impl HotStore {
                 .map_err(storage_err)?;
             w.open_table(crate::aggregates::DEFINITIONS)
                 .map_err(storage_err)?;
+            w.open_table(crate::aggregates::ROWS).map_err(storage_err)?;
             let segs = w.open_table(SEGMENTS).map_err(storage_err)?;
             for row in segs.iter().map_err(storage_err)? {
                 let (k, v) = row.map_err(storage_err)?;

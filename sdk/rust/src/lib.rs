@@ -28,6 +28,8 @@
 //!   restarts and traps ([`export_stateful_transform!`]).
 //! - [`Migration`]: a [`Transform`] that moves records from one schema version to the
 //!   next ([`export_migration!`]).
+//! - [`Aggregator`]: a custom aggregation function over host-held accumulators
+//!   ([`export_aggregator!`]).
 //! - [`Record`]: a JSON object with dotted-path helpers (`get_str("http.user.email")`).
 //! - [`log`]: write to the plugin's log through the host.
 
@@ -68,6 +70,22 @@ pub mod migration_bindings {
         default_bindings_module: "weir_plugin_sdk::migration_bindings",
         pub_export_macro: true,
         export_macro_name: "__export_migration_world",
+        with: {
+            "weir:plugin/host@0.1.0": crate::bindings::weir::plugin::host,
+            "weir:plugin/types@0.1.0": crate::bindings::weir::plugin::types,
+        },
+    });
+}
+
+/// wit-bindgen output for `weir:plugin/aggregator@0.1.0`.
+#[doc(hidden)]
+pub mod aggregator_bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "weir:plugin/aggregator@0.1.0",
+        default_bindings_module: "weir_plugin_sdk::aggregator_bindings",
+        pub_export_macro: true,
+        export_macro_name: "__export_aggregator_world",
         with: {
             "weir:plugin/host@0.1.0": crate::bindings::weir::plugin::host,
             "weir:plugin/types@0.1.0": crate::bindings::weir::plugin::types,
@@ -163,6 +181,34 @@ pub trait Stateful: Transform {
 pub trait Migration: Transform {
     /// `(reads, writes)`.
     fn step(&self) -> (u32, u32);
+}
+
+/// A custom aggregation function (`wasm(NAME)` in an aggregation's `functions`). The
+/// host holds the accumulators ([`State`]) — one per window and group — and checkpoints
+/// them; the plugin only transforms them, deterministically ([`export_aggregator!`]).
+pub trait Aggregator: Sized + 'static {
+    /// Build from the configuration (`{}` when none is given).
+    fn new(config: &serde_json::Value) -> Result<Self, Error>;
+    /// A new, empty accumulator in this version's format.
+    fn empty(&self) -> State;
+    /// Fold the records of `batch` (NDJSON; see [`lines`]) into `acc`.
+    fn update(&self, acc: State, batch: &[u8]) -> Result<State, Error>;
+    /// Combine two accumulators of the same window and group.
+    fn merge(&self, a: State, b: State) -> Result<State, Error>;
+    /// The window's result, as JSON.
+    fn finish(&self, acc: State) -> Result<serde_json::Value, Error>;
+    /// Compact an accumulator before it is written (default: unchanged).
+    fn snapshot(&self, acc: State) -> Result<State, Error> {
+        Ok(acc)
+    }
+    /// Read an accumulator of another format (default: refuse it).
+    fn restore(&self, acc: State) -> Result<State, Error> {
+        Err(Error::config(format!(
+            "cannot read accumulator format {} (this version writes {})",
+            acc.format,
+            self.empty().format
+        )))
+    }
 }
 
 /// The lines of an NDJSON batch (without their `\n`; empty lines included, so the
@@ -282,6 +328,30 @@ pub mod __private {
         })
     }
 
+    pub fn agg_init<T: Aggregator>(config: &str) -> Result<(), PluginError> {
+        let value: serde_json::Value = if config.trim().is_empty() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            serde_json::from_str(config)
+                .map_err(|e| PluginError::InvalidConfig(format!("config is not JSON: {e}")))?
+        };
+        let t = T::new(&value)?;
+        INSTANCE.with(|i| *i.borrow_mut() = Some(Box::new(t)));
+        Ok(())
+    }
+
+    /// Run `f` on the aggregator made by `agg_init`.
+    pub fn agg<T: Aggregator, R>(f: impl FnOnce(&T) -> Result<R, Error>) -> Result<R, PluginError> {
+        INSTANCE.with(|i| {
+            let slot = i.borrow();
+            let t = slot
+                .as_ref()
+                .and_then(|b| b.downcast_ref::<T>())
+                .ok_or_else(|| PluginError::Failed("called before init".into()))?;
+            f(t).map_err(Into::into)
+        })
+    }
+
     pub fn snapshot<T: Stateful>() -> State {
         with::<T, _>(|t| t.snapshot()).unwrap_or(State {
             format: 0,
@@ -382,6 +452,62 @@ macro_rules! export_migration {
                 }
             }
             $crate::migration_bindings::__export_migration_world!(__WeirExport);
+        };
+    };
+}
+
+/// Export an [`Aggregator`] as the plugin's `weir:plugin/aggregator` world.
+#[macro_export]
+macro_rules! export_aggregator {
+    ($t:ty) => {
+        const _: () = {
+            use $crate::aggregator_bindings::State as __WitState;
+            use $crate::bindings::weir::plugin::types::PluginError as __PluginError;
+            type __R<T> = ::std::result::Result<T, __PluginError>;
+            fn __in(s: __WitState) -> $crate::State {
+                $crate::State {
+                    format: s.format,
+                    data: s.data,
+                }
+            }
+            fn __out(s: $crate::State) -> __WitState {
+                __WitState {
+                    format: s.format,
+                    data: s.data,
+                }
+            }
+            struct __WeirExport;
+            impl $crate::aggregator_bindings::Guest for __WeirExport {
+                fn init(config: ::std::string::String) -> __R<()> {
+                    $crate::__private::agg_init::<$t>(&config)
+                }
+                fn empty() -> __WitState {
+                    __out(
+                        $crate::__private::agg::<$t, _>(|a| Ok(a.empty())).unwrap_or(
+                            $crate::State {
+                                format: 0,
+                                data: ::std::vec::Vec::new(),
+                            },
+                        ),
+                    )
+                }
+                fn update(acc: __WitState, batch: ::std::vec::Vec<u8>) -> __R<__WitState> {
+                    $crate::__private::agg::<$t, _>(|a| a.update(__in(acc), &batch)).map(__out)
+                }
+                fn merge(a: __WitState, b: __WitState) -> __R<__WitState> {
+                    $crate::__private::agg::<$t, _>(|x| x.merge(__in(a), __in(b))).map(__out)
+                }
+                fn snapshot(acc: __WitState) -> __R<__WitState> {
+                    $crate::__private::agg::<$t, _>(|a| a.snapshot(__in(acc))).map(__out)
+                }
+                fn restore(acc: __WitState) -> __R<__WitState> {
+                    $crate::__private::agg::<$t, _>(|a| a.restore(__in(acc))).map(__out)
+                }
+                fn finish(acc: __WitState) -> __R<::std::string::String> {
+                    $crate::__private::agg::<$t, _>(|a| a.finish(__in(acc)).map(|v| v.to_string()))
+                }
+            }
+            $crate::aggregator_bindings::__export_aggregator_world!(__WeirExport);
         };
     };
 }

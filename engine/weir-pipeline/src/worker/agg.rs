@@ -18,6 +18,7 @@ use weir_agg::{Aggregator, Partial};
 use weir_core::batch::ndjson_lines;
 use weir_store::{HotStore, Segment};
 
+use super::custom::WasmFns;
 use super::WorkerMetrics;
 use crate::catalog::Catalog;
 
@@ -37,6 +38,8 @@ pub(super) struct AggDriver {
     checkpointed: u64,
     /// Partials taken from the aggregator whose checkpoint has not succeeded yet.
     unwritten: Vec<Partial>,
+    /// Custom (Wasm) aggregation functions.
+    fns: WasmFns,
 }
 
 impl AggDriver {
@@ -52,6 +55,7 @@ impl AggDriver {
         let mut d = AggDriver {
             partition,
             agg: Aggregator::new(),
+            fns: WasmFns::new(catalog.clone()),
             catalog,
             store,
             metrics,
@@ -125,7 +129,7 @@ impl AggDriver {
         }
         self.generations.insert(tenant.to_owned(), g);
         let defs = self.catalog.definitions(tenant);
-        self.agg.set_definitions(tenant, &defs);
+        self.agg.set_definitions(tenant, &defs, &mut self.fns);
     }
 
     /// Feed the segments just committed (those `kept`) and note the new position.
@@ -139,6 +143,7 @@ impl AggDriver {
                     &b.stream,
                     s.event_times(),
                     ndjson_lines(&b.records),
+                    &mut self.fns,
                 );
             }
         }
@@ -178,6 +183,7 @@ impl AggDriver {
             &state,
             &self.unwritten,
             &defs,
+            &mut self.fns,
         ) {
             Ok(()) => {
                 let p = self.partition.to_string();

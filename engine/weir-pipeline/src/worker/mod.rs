@@ -3,6 +3,7 @@
 
 mod agg;
 mod chain;
+mod custom;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
