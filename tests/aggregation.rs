@@ -651,3 +651,158 @@ async fn a_wasm_aggregator_merges_partitions_and_survives_restart() {
     assert_eq!(again, v, "rows are read back without calling the plugin");
     s.stop();
 }
+
+const ADMIN_CONFIG: &str = r#"
+[aggregation]
+checkpoint_interval_ms = 50
+[admin]
+token = "admin-secret"
+[tenants.acme]
+tokens = ["acme-token"]
+"#;
+
+/// Aggregations set through the admin API's pipeline document take effect live; a
+/// changed definition emits the old one's open windows and starts new rows under its
+/// own fingerprint; bad declarations are refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregations_change_live_through_the_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), ADMIN_CONFIG);
+    let put = |body: Value| {
+        let s = &s;
+        async move {
+            support::admin_call(
+                s,
+                "PUT",
+                "/admin/v1/tenants/acme/pipelines/app",
+                "admin-secret",
+                body.to_string().into_bytes(),
+            )
+            .await
+        }
+    };
+    for (bad, why) in [
+        (
+            json!({"aggregations": [{"name": "a", "window": "1w", "functions": ["count"]}]}),
+            "1w",
+        ),
+        (
+            json!({"aggregations": [{"name": "a", "window": "1m", "functions": ["median(x)"]}]}),
+            "unknown function",
+        ),
+        (
+            json!({"aggregations": [{"name": "a", "window": "1m", "functions": ["wasm(builtin:logfmt)"]}]}),
+            "not weir:plugin/aggregator",
+        ),
+        (
+            json!({"aggregations": [{"name": "a", "window": "1m", "functions": ["wasm(nope)"]}]}),
+            "nope",
+        ),
+        (
+            json!({"plugins": [{"plugin": "builtin:top-errors"}]}),
+            "aggregator",
+        ),
+    ] {
+        let (st, v) = put(bad).await;
+        assert_eq!(st, 400, "{v}");
+        assert!(v.to_string().contains(why), "{why}: {v}");
+    }
+    let (st, v) = support::admin_call(
+        &s,
+        "PUT",
+        "/admin/v1/tenants/acme/pipelines/_metrics",
+        "admin-secret",
+        json!({"plugins": [{"plugin": "builtin:logfmt"}]})
+            .to_string()
+            .into_bytes(),
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+
+    let v1 = json!({"aggregations": [{"name": "per_level", "window": "10s", "group_by": ["level"], "functions": ["count"]}]});
+    let (st, v) = put(v1).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["aggregations"][0]["name"], "per_level");
+    let ev = |ts: i64, level: &str| json!({"ts": T0 + ts, "level": level});
+    post(
+        &s,
+        "k",
+        &[
+            ev(1_000, "info"),
+            ev(2_000, "error"),
+            ev(3_000, "info"),
+            ev(12_000, "info"),
+        ],
+    )
+    .await;
+    s.wait_count("acme-token", "SELECT count(*) FROM aggregates", 2)
+        .await;
+    // Change the window live: the open [10 s, 20 s) window of the old definition is
+    // emitted as it is, and the new one aggregates what comes next.
+    let v2 = json!({"aggregations": [{"name": "per_level", "window": "20s", "group_by": ["level"], "functions": ["count"]}]});
+    assert_eq!(put(v2).await.0, 200);
+    post(
+        &s,
+        "k",
+        &[ev(21_000, "info"), ev(25_000, "info"), ev(45_000, "info")],
+    )
+    .await;
+    s.wait_count("acme-token", "SELECT count(*) FROM aggregates", 4)
+        .await;
+    let (_, v) = s
+        .query(
+            "acme-token",
+            "SELECT definition, window_start, window_end, group_key, count FROM aggregates \
+             ORDER BY window_start, definition",
+        )
+        .await;
+    let rows = v["rows"].as_array().unwrap();
+    let defs: std::collections::BTreeSet<&str> =
+        rows.iter().map(|r| r[0].as_str().unwrap()).collect();
+    assert_eq!(defs.len(), 2, "{v}");
+    let summary: Vec<(String, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                format!(
+                    "{}..{} {}",
+                    r[1].as_str().unwrap(),
+                    r[2].as_str().unwrap(),
+                    r[3].as_str().unwrap()
+                ),
+                r[4].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (
+                format!("{}..{} {{\"level\":\"error\"}}", iso(T0), iso(T0 + 10_000)),
+                1
+            ),
+            (
+                format!("{}..{} {{\"level\":\"info\"}}", iso(T0), iso(T0 + 10_000)),
+                2
+            ),
+            (
+                format!(
+                    "{}..{} {{\"level\":\"info\"}}",
+                    iso(T0 + 10_000),
+                    iso(T0 + 20_000)
+                ),
+                1
+            ),
+            (
+                format!(
+                    "{}..{} {{\"level\":\"info\"}}",
+                    iso(T0 + 20_000),
+                    iso(T0 + 40_000)
+                ),
+                2
+            ),
+        ],
+        "{v}"
+    );
+    s.stop();
+}
