@@ -806,3 +806,81 @@ async fn aggregations_change_live_through_the_admin_api() {
     );
     s.stop();
 }
+
+/// An uploaded custom aggregator is swapped to a new version while a window is open:
+/// the window's accumulators carry over (the new version's instance continues from the
+/// host-held states), so its result counts every event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploaded_aggregator_swaps_versions_mid_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), ADMIN_CONFIG);
+    let wasm = weir_builtins::get("top-errors").unwrap().to_vec();
+    let call = |method: &'static str, path: &'static str, body: Vec<u8>| {
+        let s = &s;
+        async move { support::admin_call(s, method, path, "admin-secret", body).await }
+    };
+    let (st, v) = call("PUT", "/admin/v1/tenants/acme/plugins/toperr", wasm.clone()).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["world"], "weir:plugin/aggregator@0.1.0");
+    let doc = json!({"aggregations": [{"name": "e", "window": "1m", "functions": ["count", "wasm(toperr) as top"]}]});
+    let (st, v) = call(
+        "PUT",
+        "/admin/v1/tenants/acme/pipelines/app",
+        doc.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let ev =
+        |i: i64| json!({"ts": T0 + i * 100, "level": "error", "message": format!("m{}", i % 3)});
+    for k in 0..4 {
+        post(
+            &s,
+            &format!("k{k}"),
+            &(0..50).map(|i| ev(k * 50 + i)).collect::<Vec<_>>(),
+        )
+        .await;
+    }
+    let (st, v) = call("PUT", "/admin/v1/tenants/acme/plugins/toperr", wasm).await;
+    assert_eq!((st, v["version"].as_u64()), (200, Some(2)), "{v}");
+    let (st, v) = call(
+        "POST",
+        "/admin/v1/tenants/acme/plugins/toperr/activate",
+        br#"{"version":2}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    for k in 0..4 {
+        post(
+            &s,
+            &format!("k{k}"),
+            &(200..250).map(|i| ev(k * 50 + i)).collect::<Vec<_>>(),
+        )
+        .await;
+    }
+    close_all(&s).await;
+    s.wait_count(
+        "acme-token",
+        "SELECT CAST(COALESCE(sum(count), 0) AS BIGINT) FROM aggregates",
+        400,
+    )
+    .await;
+    let (_, v) = s
+        .query("acme-token", "SELECT results FROM aggregates")
+        .await;
+    let r: Value = serde_json::from_str(v["rows"][0][0].as_str().unwrap()).unwrap();
+    // 400 events, messages m0, m1, m2 in turn over i = 0..200 and 200..400.
+    assert_eq!(r["top"]["errors"], json!(400), "{r}");
+    let counts: u64 = r["top"]["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counts, 400, "{r}");
+    assert_eq!(
+        r["top"]["top"][0],
+        json!({"message": "m0", "count": 134}),
+        "{r}"
+    );
+    s.stop();
+}

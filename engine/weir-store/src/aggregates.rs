@@ -497,3 +497,149 @@ fn row_of(
         anomaly: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_agg::NoCustom;
+
+    fn def() -> Arc<Definition> {
+        Arc::new(
+            Definition::new(&AggregationConfig {
+                name: "a".into(),
+                window: "10s".into(),
+                hop: None,
+                lateness: None,
+                group_by: vec![],
+                filter: Default::default(),
+                functions: vec!["count".into(), "sum(x)".into()],
+                critical: false,
+                max_groups: None,
+                anomaly: None,
+            })
+            .unwrap(),
+        )
+    }
+
+    fn partial(d: &Arc<Definition>, xs: &[f64], late: u64, additive: bool) -> Partial {
+        let mut acc = if additive {
+            Acc::late(late)
+        } else {
+            Acc::new(d)
+        };
+        for x in xs {
+            acc.update(d, &serde_json::json!({ "x": x }), b"");
+        }
+        Partial {
+            tenant: "t".into(),
+            stream: "s".into(),
+            def: d.clone(),
+            window_start: 0,
+            group: "{}".into(),
+            acc,
+            additive,
+        }
+    }
+
+    fn row(store: &HotStore) -> (u64, u64, u32, String) {
+        let mem = store.aggs.read();
+        let (_, r) = mem.rows.iter().next().expect("a row");
+        (r.count, r.late, r.partitions, r.results.clone())
+    }
+
+    #[test]
+    fn rows_merge_partitions_replays_replace_and_late_counts_add() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let d = def();
+        {
+            let s = HotStore::open(&path, usize::MAX).unwrap();
+            let defs = [d.clone()];
+            s.checkpoint_aggregation(
+                0,
+                5,
+                b"s0",
+                &[partial(&d, &[1.0, 2.0], 0, false)],
+                &defs,
+                &mut NoCustom,
+            )
+            .unwrap();
+            s.checkpoint_aggregation(
+                1,
+                3,
+                b"s1",
+                &[partial(&d, &[4.0], 0, false)],
+                &defs,
+                &mut NoCustom,
+            )
+            .unwrap();
+            // A replay of partition 0's window writes the same partial: nothing doubles.
+            s.checkpoint_aggregation(
+                0,
+                5,
+                b"s0",
+                &[partial(&d, &[1.0, 2.0], 0, false)],
+                &defs,
+                &mut NoCustom,
+            )
+            .unwrap();
+            s.checkpoint_aggregation(
+                1,
+                4,
+                b"s1",
+                &[partial(&d, &[], 2, true)],
+                &defs,
+                &mut NoCustom,
+            )
+            .unwrap();
+            assert_eq!(row(&s), (3, 2, 2, r#"{"count":3,"sum(x)":7.0}"#.into()));
+            assert_eq!(
+                s.aggregation_checkpoint(1).unwrap(),
+                Some((4, b"s1".to_vec()))
+            );
+        }
+        let s = HotStore::open(&path, usize::MAX).unwrap();
+        assert_eq!(row(&s), (3, 2, 2, r#"{"count":3,"sum(x)":7.0}"#.into()));
+        assert_eq!(
+            s.aggregation_definition(&d.fingerprint)
+                .unwrap()
+                .fingerprint,
+            d.fingerprint
+        );
+        let batch = s.aggregates_batch("t");
+        assert_eq!(batch.num_rows(), 1);
+        assert_eq!(s.aggregates_batch("other").num_rows(), 0);
+    }
+
+    #[test]
+    fn eviction_keeps_segments_an_aggregator_still_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = HotStore::open(&dir.path().join("store.redb"), 1).unwrap();
+        s.checkpoint_aggregation(0, 0, b"", &[], &[], &mut NoCustom)
+            .unwrap();
+        let seg = |offset: u64| {
+            crate::Segment::new(
+                0,
+                offset,
+                weir_core::Batch {
+                    tenant: "t".into(),
+                    stream: "s".into(),
+                    ingest_ts_ms: 1,
+                    count: 1,
+                    records: b"{\"m\":1}\n".to_vec(),
+                    replay_of: None,
+                },
+            )
+            .unwrap()
+        };
+        // A 1-byte bound evicts every segment from memory at once...
+        s.commit(0, 1, &[seg(0)], &[], &[]).unwrap();
+        s.commit(0, 2, &[seg(1)], &[], &[]).unwrap();
+        // ...but the aggregator, checkpointed at 0, can still re-read both.
+        assert_eq!(s.segments_since(0, 0).unwrap().len(), 2);
+        // Its next checkpoint releases them.
+        s.checkpoint_aggregation(0, 2, b"", &[], &[], &mut NoCustom)
+            .unwrap();
+        assert_eq!(s.segments_since(0, 0).unwrap().len(), 0);
+    }
+}
