@@ -884,3 +884,49 @@ async fn an_uploaded_aggregator_swaps_versions_mid_window() {
     );
     s.stop();
 }
+
+/// A spike in a window series is flagged, with the reason; the windows before it are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anomaly_detection_flags_a_spike_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = r#"
+[aggregation]
+checkpoint_interval_ms = 50
+[tenants.acme]
+tokens = ["acme-token"]
+[[tenants.acme.streams.app.aggregations]]
+name = "requests"
+window = "1s"
+functions = ["count"]
+anomaly = { on = "count", threshold = 3.5, history = 8 }
+"#;
+    let s = Server::start(dir.path(), config);
+    let mut events = Vec::new();
+    for w in 0..12i64 {
+        // 20 per second (19 to 21), then 200 in window 10.
+        let n = if w == 10 { 200 } else { 19 + w % 3 };
+        for i in 0..n {
+            events.push(json!({"ts": T0 + w * 1000 + i, "path": "/"}));
+        }
+    }
+    events.push(json!({"ts": T0 + 60_000, "path": "/"}));
+    post(&s, "k", &events).await;
+    s.wait_count("acme-token", "SELECT count(*) FROM aggregates", 12)
+        .await;
+    let (_, v) = s
+        .query(
+            "acme-token",
+            "SELECT window_start, count, anomaly_reason FROM aggregates WHERE anomaly ORDER BY window_start",
+        )
+        .await;
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "only the spike: {v}");
+    assert_eq!(rows[0][0], json!(iso(T0 + 10_000)));
+    assert_eq!(rows[0][1], json!(200));
+    let why = rows[0][2].as_str().unwrap();
+    assert!(
+        why.starts_with("count: 200 is") && why.contains("above the median 20"),
+        "{why}"
+    );
+    s.stop();
+}
