@@ -14,22 +14,19 @@ use weir_core::aggregation::AggregationConfig;
 fn bench(c: &mut Criterion) {
     let def = Arc::new(
         Definition::new(&AggregationConfig {
-            name: "latency".into(),
-            window: "1m".into(),
-            hop: None,
             lateness: Some("2h".into()),
             group_by: vec!["host".into(), "http.path".into()],
-            filter: Default::default(),
-            functions: vec![
-                "count".into(),
-                "p50(http.duration_ms) as p50".into(),
-                "p99(http.duration_ms) as p99".into(),
-                "distinct(user.id) as users".into(),
-                "topk(3, level) as levels".into(),
-            ],
-            critical: false,
-            max_groups: None,
-            anomaly: None,
+            ..AggregationConfig::new(
+                "latency",
+                "1m",
+                &[
+                    "count",
+                    "p50(http.duration_ms) as p50",
+                    "p99(http.duration_ms) as p99",
+                    "distinct(user.id) as users",
+                    "topk(3, level) as levels",
+                ],
+            )
         })
         .unwrap(),
     );

@@ -653,19 +653,7 @@ mod tests {
     use weir_core::aggregation::AggregationConfig;
 
     fn def(functions: &[&str]) -> Definition {
-        Definition::new(&AggregationConfig {
-            name: "t".into(),
-            window: "10s".into(),
-            hop: None,
-            lateness: None,
-            group_by: vec![],
-            filter: Default::default(),
-            functions: functions.iter().map(|s| s.to_string()).collect(),
-            critical: false,
-            max_groups: None,
-            anomaly: None,
-        })
-        .unwrap()
+        Definition::new(&AggregationConfig::new("t", "10s", functions)).unwrap()
     }
 
     #[test]

@@ -414,16 +414,11 @@ mod tests {
     fn def(window: &str, hop: Option<&str>, lateness: &str, max_groups: u64) -> Arc<Definition> {
         Arc::new(
             Definition::new(&AggregationConfig {
-                name: format!("w{window}"),
-                window: window.into(),
                 hop: hop.map(Into::into),
                 lateness: Some(lateness.into()),
                 group_by: vec!["svc".into()],
-                filter: Default::default(),
-                functions: vec!["count".into(), "sum(v)".into()],
-                critical: false,
                 max_groups: Some(max_groups),
-                anomaly: None,
+                ..AggregationConfig::new(&format!("w{window}"), window, &["count", "sum(v)"])
             })
             .unwrap(),
         )
@@ -582,16 +577,9 @@ mod tests {
     fn a_million_distinct_users_stay_within_bounds() {
         let grouped = Arc::new(
             Definition::new(&AggregationConfig {
-                name: "per_user".into(),
-                window: "1h".into(),
-                hop: None,
-                lateness: None,
                 group_by: vec!["user".into()],
-                filter: Default::default(),
-                functions: vec!["count".into()],
-                critical: false,
                 max_groups: Some(1000),
-                anomaly: None,
+                ..AggregationConfig::new("per_user", "1h", &["count"])
             })
             .unwrap(),
         );

@@ -367,16 +367,8 @@ mod tests {
 
     pub(crate) fn config(functions: &[&str]) -> AggregationConfig {
         AggregationConfig {
-            name: "a".into(),
-            window: "1m".into(),
-            hop: None,
-            lateness: None,
             group_by: vec!["service".into()],
-            filter: Default::default(),
-            functions: functions.iter().map(|s| s.to_string()).collect(),
-            critical: false,
-            max_groups: None,
-            anomaly: None,
+            ..AggregationConfig::new("a", "1m", functions)
         }
     }
 

@@ -44,6 +44,25 @@ pub struct AggregationConfig {
     pub anomaly: Option<AnomalyConfig>,
 }
 
+impl AggregationConfig {
+    /// A tumbling-window aggregation with no grouping, filter or options; set the other
+    /// fields with struct update syntax.
+    pub fn new(name: &str, window: &str, functions: &[&str]) -> AggregationConfig {
+        AggregationConfig {
+            name: name.to_owned(),
+            window: window.to_owned(),
+            hop: None,
+            lateness: None,
+            group_by: Vec::new(),
+            filter: BTreeMap::new(),
+            functions: functions.iter().map(|f| (*f).to_owned()).collect(),
+            critical: false,
+            max_groups: None,
+            anomaly: None,
+        }
+    }
+}
+
 /// Anomaly detection over the window series of one group: a robust z-score of a result
 /// against the previous windows.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -14,20 +14,13 @@ use weir_store::HotStore;
 fn aggregator(groups: usize) -> (Aggregator, Arc<Definition>) {
     let def = Arc::new(
         Definition::new(&AggregationConfig {
-            name: "bench".into(),
-            window: "1h".into(),
-            hop: None,
-            lateness: None,
             group_by: vec!["g".into()],
-            filter: Default::default(),
-            functions: vec![
-                "count".into(),
-                "p99(ms) as p99".into(),
-                "distinct(user) as users".into(),
-            ],
-            critical: false,
             max_groups: Some(1_000_000),
-            anomaly: None,
+            ..AggregationConfig::new(
+                "bench",
+                "1h",
+                &["count", "p99(ms) as p99", "distinct(user) as users"],
+            )
         })
         .unwrap(),
     );

@@ -505,19 +505,7 @@ mod tests {
 
     fn def() -> Arc<Definition> {
         Arc::new(
-            Definition::new(&AggregationConfig {
-                name: "a".into(),
-                window: "10s".into(),
-                hop: None,
-                lateness: None,
-                group_by: vec![],
-                filter: Default::default(),
-                functions: vec!["count".into(), "sum(x)".into()],
-                critical: false,
-                max_groups: None,
-                anomaly: None,
-            })
-            .unwrap(),
+            Definition::new(&AggregationConfig::new("a", "10s", &["count", "sum(x)"])).unwrap(),
         )
     }
 
