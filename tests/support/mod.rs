@@ -20,6 +20,11 @@ pub struct Server {
 impl Server {
     /// Start `weir serve` with `config` (TOML) on `dir` and wait until it listens.
     pub fn start(dir: &Path, config: &str) -> Server {
+        Server::start_with_env(dir, config, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables (fault injection).
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Server {
         let cfg = dir.join("weir.toml");
         std::fs::write(&cfg, config).unwrap();
         let stderr = std::fs::OpenOptions::new()
@@ -33,6 +38,7 @@ impl Server {
             .arg("--data-dir")
             .arg(dir.join("data"))
             .args(["--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()

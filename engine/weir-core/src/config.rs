@@ -49,6 +49,20 @@ pub struct Config {
     pub hot: HotConfig,
     #[serde(default)]
     pub aggregation: AggregationSettings,
+    #[serde(default)]
+    pub cold: ColdConfig,
+}
+
+/// The cold tier (Parquet files; see `weir_store::cold`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColdConfig {
+    /// Hot segments older than this many seconds are flushed to Parquet (0: never, the
+    /// default for now; the hot tier's memory bound then stays its retention).
+    #[serde(default)]
+    pub flush_after_secs: u64,
+    /// Directory of the cold files (default: `DATA_DIR/cold`).
+    pub dir: Option<PathBuf>,
 }
 
 /// How aggregation state is checkpointed.

@@ -156,7 +156,7 @@ pub struct ReplayOutcome {
 }
 
 /// The tables of the hot store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
     Logs,
     Metrics,
@@ -165,34 +165,61 @@ pub enum Table {
 /// A segment's rows in memory: partition, offset, rows.
 type HeldRows = (u32, u64, RecordBatch);
 
-struct Held {
-    tenant: String,
-    table: Table,
-    partition: u32,
-    offset: u64,
+pub(crate) struct Held {
+    pub(crate) tenant: String,
+    pub(crate) table: Table,
+    pub(crate) partition: u32,
+    pub(crate) offset: u64,
     rows: usize,
     bytes: usize,
+    /// When it was committed (or loaded at startup): the cold tier flushes by age.
+    pub(crate) at: std::time::Instant,
 }
 
 #[derive(Default)]
-struct Mem {
+pub(crate) struct Mem {
     /// Per tenant, its batches in commit order.
-    tenants: HashMap<(String, Table), Vec<HeldRows>>,
+    pub(crate) tenants: HashMap<(String, Table), Vec<HeldRows>>,
     /// Every segment held, oldest first (for eviction).
-    order: VecDeque<Held>,
+    pub(crate) order: VecDeque<Held>,
     bytes: usize,
+    /// Per tenant and table, its cold files (under the same lock as the hot rows, so a
+    /// query sees a flushed segment in exactly one tier).
+    pub(crate) cold: HashMap<(String, Table), Vec<crate::cold::ColdFile>>,
+}
+
+impl Mem {
+    /// Drop segments from memory (they went to the cold tier).
+    pub(crate) fn remove_segments(&mut self, tenant: &str, table: Table, segs: &[(u32, u64)]) {
+        let gone: std::collections::HashSet<(u32, u64)> = segs.iter().copied().collect();
+        if let Some(list) = self.tenants.get_mut(&(tenant.to_owned(), table)) {
+            list.retain(|(p, o, _)| !gone.contains(&(*p, *o)));
+        }
+        let mut freed = 0;
+        self.order.retain(|h| {
+            let drop =
+                h.tenant == tenant && h.table == table && gone.contains(&(h.partition, h.offset));
+            if drop {
+                freed += h.bytes;
+            }
+            !drop
+        });
+        self.bytes -= freed;
+    }
 }
 
 /// The hot store. Shared by all workers and queries.
 pub struct HotStore {
     pub(crate) db: Database,
+    /// The cold tier, when configured (see [`crate::cold`]).
+    pub(crate) cold: Option<crate::cold::Cold>,
     pub(crate) aggs: RwLock<crate::aggregates::AggMem>,
     /// Per partition, the offset its aggregator has checkpointed (segments from there on
     /// stay in redb even when evicted from memory).
     pub(crate) agg_positions: Mutex<HashMap<u32, u64>>,
     /// Segments evicted from memory that an aggregator checkpoint still needs.
     pub(crate) deferred: Mutex<Vec<(u32, u64)>>,
-    mem: RwLock<Mem>,
+    pub(crate) mem: RwLock<Mem>,
     positions: Mutex<HashMap<u32, u64>>,
     max_bytes: usize,
     evicted_rows: AtomicU64,
@@ -237,6 +264,7 @@ impl HotStore {
         w.commit().map_err(storage_err)?;
         let store = HotStore {
             db,
+            cold: None,
             aggs: RwLock::default(),
             agg_positions: Mutex::default(),
             deferred: Mutex::default(),
@@ -507,6 +535,7 @@ fn insert_mem(mem: &mut Mem, seg: &Segment) {
         offset,
         rows: rows.num_rows(),
         bytes,
+        at: std::time::Instant::now(),
     });
     mem.tenants
         .entry((batch.tenant.clone(), seg.table))

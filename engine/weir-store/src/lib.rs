@@ -3,6 +3,8 @@
 //! Layout:
 //! - [`aggregates`]: the `aggregates` table — aggregator checkpoints, per-partition
 //!   partial results merged into rows, anomaly verdicts.
+//! - [`cold`]: the cold tier — hot segments flushed to Parquet on an object store, a
+//!   manifest in redb, one consistent view of both tiers for queries.
 //! - [`hot`]: [`HotStore`], processed rows as Arrow record batches in memory, persisted
 //!   in redb together with each partition's consumer position (so a restart neither
 //!   loses nor duplicates rows), with a memory bound; and the dead-letter table.
@@ -16,6 +18,7 @@
 //! URL tables are refused, so no statement can name or reach other rows.
 
 pub mod aggregates;
+pub mod cold;
 pub mod hot;
 pub mod metric_rows;
 pub mod query;
@@ -23,6 +26,7 @@ pub mod rows;
 pub mod state;
 
 pub use aggregates::{aggregates_schema, AggRow};
+pub use cold::{ColdFile, FlushStats};
 pub use hot::{DeadLetter, HotStore, ReplayOutcome, Segment, StoreError, Table};
 pub use query::{QueryError, QueryResult};
 pub use rows::InvalidLine;

@@ -1,7 +1,8 @@
 //! SQL over one tenant's tables with DataFusion.
 //!
 //! Each query gets a fresh `SessionContext` holding only the asking tenant's tables:
-//! - `logs`: the hot rows (see [`crate::rows`] for the columns);
+//! - `logs`: the hot rows (see [`crate::rows`] for the columns) and the cold tier's
+//!   Parquet files (see [`crate::cold`]), as one table;
 //! - `metrics`: metric samples (see [`crate::metric_rows`]);
 //! - `aggregates`: windowed aggregation results (see [`crate::aggregates`]);
 //! - `dead_letters`: batches a plugin failed on (`tenant, stream, partition, offset,
@@ -20,6 +21,10 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::json::writer::{JsonArray, WriterBuilder};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::datasource::MemTable;
 use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -107,19 +112,40 @@ impl HotStore {
         datafusion_functions_json::register_all(&mut ctx)
             .map_err(|e| QueryError::Execution(e.to_string()))?;
 
-        // Split the tenant's batches in two partitions so both cores scan.
+        // Hot rows (split in two partitions so both cores scan) and cold Parquet files,
+        // taken under one lock: a flushed segment is in exactly one of them.
         for (name, table, schema) in [
             ("logs", Table::Logs, logs_schema()),
             ("metrics", Table::Metrics, metrics_schema()),
         ] {
+            let (hot, cold) = self.tiers(tenant, table);
             let mut parts = vec![Vec::new(), Vec::new()];
-            for (i, b) in self.table_batches(tenant, table).into_iter().enumerate() {
+            for (i, b) in hot.into_iter().enumerate() {
                 parts[i % 2].push(b);
             }
-            let mem = MemTable::try_new(schema, parts)
-                .map_err(|e| QueryError::Execution(e.to_string()))?;
-            ctx.register_table(name, Arc::new(mem))
-                .map_err(|e| QueryError::Execution(e.to_string()))?;
+            let exec = |e: datafusion::error::DataFusionError| QueryError::Execution(e.to_string());
+            let mem = MemTable::try_new(schema.clone(), parts).map_err(exec)?;
+            if cold.is_empty() {
+                ctx.register_table(name, Arc::new(mem)).map_err(exec)?;
+                continue;
+            }
+            let urls = cold
+                .iter()
+                .map(|p| ListingTableUrl::parse(p.to_string_lossy()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(exec)?;
+            let opts = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                .with_file_extension(".parquet");
+            let cfg = ListingTableConfig::new_with_multi_paths(urls)
+                .with_listing_options(opts)
+                .with_schema(schema);
+            let listing = ListingTable::try_new(cfg).map_err(exec)?;
+            let both = ctx
+                .read_table(Arc::new(mem))
+                .map_err(exec)?
+                .union(ctx.read_table(Arc::new(listing)).map_err(exec)?)
+                .map_err(exec)?;
+            ctx.register_table(name, both.into_view()).map_err(exec)?;
         }
         let aggs = MemTable::try_new(
             crate::aggregates::aggregates_schema(),

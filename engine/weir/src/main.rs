@@ -148,13 +148,27 @@ async fn serve(args: ServeArgs) -> Result<()> {
         )
         .context("open the log")?,
     );
-    let store = Arc::new(
-        HotStore::open(
-            &config.data_dir.join("store.redb"),
-            (config.hot.max_mb as usize) << 20,
-        )
-        .context("open the hot store")?,
-    );
+    let mut hot = HotStore::open(
+        &config.data_dir.join("store.redb"),
+        (config.hot.max_mb as usize) << 20,
+    )
+    .context("open the hot store")?;
+    if config.cold.flush_after_secs > 0 {
+        let dir = config
+            .cold
+            .dir
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("cold"));
+        hot = hot.with_cold(&dir).context("open the cold tier")?;
+    }
+    let store = Arc::new(hot);
+    if config.cold.flush_after_secs > 0 {
+        spawn_flusher(
+            store.clone(),
+            std::time::Duration::from_secs(config.cold.flush_after_secs),
+            &metrics_registry,
+        );
+    }
     let registry = Arc::new(
         PluginRegistry::open(&config.data_dir.join("plugins.redb"))
             .context("open the plugin registry")?,
@@ -277,4 +291,42 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
         }
         tracing::info!("shutdown signal received: finishing in-flight requests");
     })
+}
+
+/// Flush hot segments older than `age` to the cold tier, every second.
+fn spawn_flusher(store: Arc<HotStore>, age: std::time::Duration, r: &Registry) {
+    let files = r.counter(
+        "weir_cold_files_total",
+        "Parquet files written by cold-tier flushes.",
+    );
+    let rows = r.counter(
+        "weir_cold_rows_total",
+        "Rows moved from the hot to the cold tier.",
+    );
+    let bytes = r.counter(
+        "weir_cold_bytes_total",
+        "Bytes of Parquet written to the cold tier.",
+    );
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            match store.flush_cold(age).await {
+                Ok(s) if s.files > 0 => {
+                    files.with(&[]).add(s.files as u64);
+                    rows.with(&[]).add(s.rows);
+                    bytes.with(&[]).add(s.bytes);
+                    tracing::info!(
+                        files = s.files,
+                        rows = s.rows,
+                        bytes = s.bytes,
+                        "flushed to the cold tier"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "cold flush failed; rows stay hot and are retried")
+                }
+            }
+        }
+    });
 }

@@ -1,0 +1,350 @@
+//! The cold tier: hot segments flushed to Parquet files on an object store (a local
+//! directory by default), with a manifest in redb.
+//!
+//! Layout: `ROOT/tenant=T/table=logs|metrics/date=YYYY-MM-DD/MINTS-PARTITION-OFFSET.parquet`
+//! (zstd, dictionary encoding, page statistics, row groups of 64k rows, rows sorted by
+//! stream (logs) or series (metrics) and then time, so that similar lines sit together).
+//! Plain Parquet: DuckDB and pyarrow read the files without Weir.
+//!
+//! redb table `cold_files`: file path → JSON [`ColdFile`] (tenant, table, time range,
+//! rows, and the `(partition, offset)` of every segment it holds).
+//!
+//! A flush is atomic: (1) the file is written in full (object-store `put`); (2) one redb
+//! transaction adds its manifest entry and deletes its segments from `segments`; (3) in
+//! memory, under the one lock queries read, the hot rows go and the file comes. A crash
+//! before (2) leaves a file no manifest names — deleted at the next start — and the
+//! rows still hot; after (2) the rows are cold. No moment shows them twice or not at all.
+//! Segments an aggregator has not checkpointed past stay hot (it may re-read them).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::compute::{concat_batches, lexsort_to_indices, take, SortColumn};
+use datafusion::arrow::datatypes::TimestampMillisecondType;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+use object_store::local::LocalFileSystem;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::hot::{storage_err, HotStore, StoreError, Table};
+
+pub(crate) const COLD_FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("cold_files");
+
+/// Hot segments chosen for one file: (partition, offset, rows), per tenant and table.
+type Chosen = std::collections::BTreeMap<(String, Table), Vec<(u32, u64, RecordBatch)>>;
+
+/// Rows per Parquet row group.
+const ROW_GROUP: usize = 64 * 1024;
+
+/// One Parquet file of the cold tier, as the manifest records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColdFile {
+    /// Path below the cold root.
+    pub path: String,
+    pub tenant: String,
+    pub table: String,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    pub rows: u64,
+    pub bytes: u64,
+    /// The hot segments it replaced.
+    pub segments: Vec<(u32, u64)>,
+}
+
+/// Where cold files live.
+pub(crate) struct Cold {
+    pub(crate) root: PathBuf,
+    store: Arc<dyn ObjectStore>,
+}
+
+/// What one flush did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FlushStats {
+    pub files: usize,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+pub(crate) fn table_name(t: Table) -> &'static str {
+    match t {
+        Table::Logs => "logs",
+        Table::Metrics => "metrics",
+    }
+}
+
+/// Sort rows so that similar lines sit together: by stream (logs) or series
+/// (metrics), then time.
+fn sorted(batch: &RecordBatch, table: Table) -> Result<RecordBatch, StoreError> {
+    let key = match table {
+        Table::Logs => "stream",
+        Table::Metrics => "series",
+    };
+    let cols = [key, "ts"]
+        .iter()
+        .map(|c| SortColumn {
+            values: batch.column_by_name(c).expect("column exists").clone(),
+            options: None,
+        })
+        .collect::<Vec<_>>();
+    let idx = lexsort_to_indices(&cols, None).map_err(storage_err)?;
+    let columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .map(|c| take(c.as_ref(), &idx, None))
+        .collect::<Result<_, _>>()
+        .map_err(storage_err)?;
+    RecordBatch::try_new(batch.schema(), columns).map_err(storage_err)
+}
+
+/// Encode rows as one Parquet file.
+pub(crate) fn parquet_bytes(batch: &RecordBatch) -> Result<Vec<u8>, StoreError> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid level"),
+        ))
+        .set_dictionary_enabled(true)
+        .set_max_row_group_row_count(Some(ROW_GROUP))
+        .build();
+    let mut out = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut out, batch.schema(), Some(props)).map_err(storage_err)?;
+    w.write(batch).map_err(storage_err)?;
+    w.close().map_err(storage_err)?;
+    Ok(out)
+}
+
+fn date_of(ms: i64) -> String {
+    // Days since the epoch to a civil date (Howard Hinnant's algorithm).
+    let z = ms.div_euclid(86_400_000) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+impl Cold {
+    pub(crate) fn open(root: &Path) -> Result<Cold, StoreError> {
+        std::fs::create_dir_all(root).map_err(storage_err)?;
+        let store = LocalFileSystem::new_with_prefix(root).map_err(storage_err)?;
+        Ok(Cold {
+            root: root.to_owned(),
+            store: Arc::new(store),
+        })
+    }
+}
+
+impl HotStore {
+    /// Keep a cold tier under `root`: read its manifest, and delete files no manifest
+    /// entry names (left by a flush that crashed before its commit).
+    pub fn with_cold(mut self, root: &Path) -> Result<HotStore, StoreError> {
+        let cold = Cold::open(root)?;
+        let mut files = Vec::new();
+        {
+            let w = self.db.begin_write().map_err(storage_err)?;
+            w.open_table(COLD_FILES).map_err(storage_err)?;
+            w.commit().map_err(storage_err)?;
+            let r = self.db.begin_read().map_err(storage_err)?;
+            let t = r.open_table(COLD_FILES).map_err(storage_err)?;
+            for row in t.iter().map_err(storage_err)? {
+                let (_, v) = row.map_err(storage_err)?;
+                let f: ColdFile = serde_json::from_slice(v.value()).map_err(storage_err)?;
+                files.push(f);
+            }
+        }
+        let known: std::collections::HashSet<PathBuf> =
+            files.iter().map(|f| root.join(&f.path)).collect();
+        for entry in walk(root) {
+            if entry.extension().is_some_and(|e| e == "parquet") && !known.contains(&entry) {
+                tracing::warn!(file = %entry.display(), "removing a cold file no manifest names (a flush crashed before its commit)");
+                let _ = std::fs::remove_file(&entry);
+            }
+        }
+        {
+            let mut mem = self.mem.write();
+            for f in files {
+                mem.cold
+                    .entry((f.tenant.clone(), table_of(&f.table)))
+                    .or_default()
+                    .push(f);
+            }
+        }
+        self.cold = Some(cold);
+        Ok(self)
+    }
+
+    /// The cold files of `tenant`'s `table` and its hot batches, as one consistent view
+    /// (never a row in both).
+    pub fn tiers(&self, tenant: &str, table: Table) -> (Vec<RecordBatch>, Vec<PathBuf>) {
+        let mem = self.mem.read();
+        let key = (tenant.to_owned(), table);
+        let hot = mem
+            .tenants
+            .get(&key)
+            .map(|v| v.iter().map(|(_, _, b)| b.clone()).collect())
+            .unwrap_or_default();
+        let cold = match &self.cold {
+            Some(c) => mem
+                .cold
+                .get(&key)
+                .map(|v| v.iter().map(|f| c.root.join(&f.path)).collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        (hot, cold)
+    }
+
+    /// Every cold file of `tenant`.
+    pub fn cold_files(&self, tenant: &str) -> Vec<ColdFile> {
+        let mem = self.mem.read();
+        mem.cold
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .flat_map(|(_, v)| v.iter().cloned())
+            .collect()
+    }
+
+    /// Flush hot segments committed more than `older_than` ago to Parquet, one file per
+    /// tenant and table. `fault` stops after writing the files and before the commit
+    /// (for crash tests).
+    pub async fn flush_cold(&self, older_than: Duration) -> Result<FlushStats, StoreError> {
+        let Some(cold) = &self.cold else {
+            return Ok(FlushStats::default());
+        };
+        let now = Instant::now();
+        // Choose: old enough, and behind every aggregator checkpoint.
+        let chosen: Chosen = {
+            let mem = self.mem.read();
+            let agg = self.agg_positions.lock();
+            let mut by = Chosen::new();
+            for h in mem.order.iter() {
+                if now.duration_since(h.at) < older_than {
+                    break;
+                }
+                if agg.get(&h.partition).is_some_and(|a| h.offset >= *a) {
+                    continue;
+                }
+                let key = (h.tenant.clone(), h.table);
+                if let Some(b) = mem.tenants.get(&key).and_then(|v| {
+                    v.iter()
+                        .find(|(p, o, _)| *p == h.partition && *o == h.offset)
+                        .map(|(_, _, b)| b.clone())
+                }) {
+                    by.entry(key).or_default().push((h.partition, h.offset, b));
+                }
+            }
+            by
+        };
+        let mut stats = FlushStats::default();
+        for ((tenant, table), segs) in chosen {
+            let batches: Vec<RecordBatch> = segs.iter().map(|(_, _, b)| b.clone()).collect();
+            let all = concat_batches(&batches[0].schema(), &batches).map_err(storage_err)?;
+            let all = sorted(&all, table)?;
+            let ts = all
+                .column_by_name("ts")
+                .expect("ts column")
+                .as_primitive::<TimestampMillisecondType>();
+            let (min_ts, max_ts) = (
+                ts.values().iter().copied().min().unwrap_or(0),
+                ts.values().iter().copied().max().unwrap_or(0),
+            );
+            let bytes = parquet_bytes(&all)?;
+            let (p0, o0) = (segs[0].0, segs[0].1);
+            let path = format!(
+                "tenant={tenant}/table={}/date={}/{min_ts}-{p0}-{o0}.parquet",
+                table_name(table),
+                date_of(min_ts)
+            );
+            let file = ColdFile {
+                path: path.clone(),
+                tenant: tenant.clone(),
+                table: table_name(table).to_owned(),
+                min_ts,
+                max_ts,
+                rows: all.num_rows() as u64,
+                bytes: bytes.len() as u64,
+                segments: segs.iter().map(|(p, o, _)| (*p, *o)).collect(),
+            };
+            cold.store
+                .put(
+                    &object_store::path::Path::from(path.as_str()),
+                    PutPayload::from(bytes),
+                )
+                .await
+                .map_err(storage_err)?;
+            if std::env::var_os("WEIR_FAULT_COLD_AFTER_PUT").is_some() {
+                tracing::error!("fault injection: stopping between the cold file and its commit");
+                std::process::abort();
+            }
+            let w = self.db.begin_write().map_err(storage_err)?;
+            {
+                let mut m = w.open_table(COLD_FILES).map_err(storage_err)?;
+                let json = serde_json::to_vec(&file).map_err(storage_err)?;
+                m.insert(path.as_str(), json.as_slice())
+                    .map_err(storage_err)?;
+                let mut s = w.open_table(crate::hot::SEGMENTS).map_err(storage_err)?;
+                for (p, o) in &file.segments {
+                    s.remove((*p, *o)).map_err(storage_err)?;
+                }
+            }
+            w.commit().map_err(storage_err)?;
+            {
+                let mut mem = self.mem.write();
+                mem.remove_segments(&tenant, table, &file.segments);
+                mem.cold
+                    .entry((tenant.clone(), table))
+                    .or_default()
+                    .push(file.clone());
+            }
+            stats.files += 1;
+            stats.rows += file.rows;
+            stats.bytes += file.bytes;
+        }
+        Ok(stats)
+    }
+}
+
+fn table_of(name: &str) -> Table {
+    if name == "metrics" {
+        Table::Metrics
+    } else {
+        Table::Logs
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates() {
+        assert_eq!(super::date_of(0), "1970-01-01");
+        assert_eq!(super::date_of(1_894_694_400_000), "2030-01-15");
+        assert_eq!(super::date_of(951_782_400_000), "2000-02-29");
+    }
+}
