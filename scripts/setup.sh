@@ -11,6 +11,8 @@ TOOLS="${WEIR_TOOLS:-/var/tmp/weir-tools}"
 WIT_BINDGEN=0.46.0       # same as the wit-bindgen crate of sdk/rust
 WASM_TOOLS=1.263.0
 COMPONENTIZE_PY=0.25.1
+PYARROW=22.0.0
+DUCKDB=1.4.2
 ZIGLANG=0.17.1
 COMPONENTIZE_JS=0.23.0
 
@@ -38,10 +40,14 @@ if [ ! -x "$TOOLS/venv/bin/python3" ]; then
     python3 -m venv "$TOOLS/venv"
   fi
 fi
-if ! "$TOOLS/venv/bin/pip" freeze 2>/dev/null | grep -qx "componentize-py==$COMPONENTIZE_PY" ||
-   ! "$TOOLS/venv/bin/pip" freeze 2>/dev/null | grep -qx "ziglang==$ZIGLANG"; then
-  "$TOOLS/venv/bin/pip" install --quiet "componentize-py==$COMPONENTIZE_PY" "ziglang==$ZIGLANG"
-fi
+# Python: componentize-py and zig for plugins; pyarrow and duckdb, the independent
+# readers the cold-tier tests check Weir's Parquet files with.
+frozen=$("$TOOLS/venv/bin/pip" freeze 2>/dev/null || true)
+for pin in "componentize-py==$COMPONENTIZE_PY" "ziglang==$ZIGLANG" "pyarrow==$PYARROW" "duckdb==$DUCKDB"; do
+  if ! grep -qx "$pin" <<<"$frozen"; then
+    "$TOOLS/venv/bin/pip" install --quiet "$pin"
+  fi
+done
 
 if ! grep -qs "\"version\": \"$COMPONENTIZE_JS\"" \
     "$TOOLS/node/node_modules/@bytecodealliance/componentize-js/package.json"; then
