@@ -136,6 +136,27 @@ async fn rows_move_to_parquet_and_one_query_sees_both_tiers() {
         assert_eq!(&bytes[..4], b"PAR1");
         assert_eq!(&bytes[bytes.len() - 4..], b"PAR1");
     }
+    // Open format: pyarrow and DuckDB (installed by scripts/setup.sh) read the files
+    // without Weir and find every row.
+    let logs_dir = dir.path().join("data/cold/tenant=acme/table=logs");
+    let tools = std::env::var("WEIR_TOOLS").unwrap_or_else(|_| "/var/tmp/weir-tools".into());
+    let script = "import sys, glob, pyarrow.parquet as pq, duckdb\n\
+        files = glob.glob(sys.argv[1] + '/**/*.parquet', recursive=True)\n\
+        print(sum(pq.read_table(f).num_rows for f in files))\n\
+        q = \"SELECT count(*) FILTER (WHERE level = 'error') FROM read_parquet('\" + sys.argv[1] + \"/**/*.parquet')\"\n\
+        print(duckdb.sql(q).fetchone()[0])\n";
+    let out = std::process::Command::new(format!("{tools}/venv/bin/python"))
+        .arg("-c")
+        .arg(script)
+        .arg(&logs_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5000\n1250");
     s.stop();
     let s = Server::start(dir.path(), CONFIG);
     assert_eq!(
