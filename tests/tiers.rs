@@ -218,3 +218,47 @@ async fn a_crash_during_a_flush_loses_and_doubles_nothing() {
     );
     s.stop();
 }
+
+/// A time-range query reads only the cold files whose time range it needs: EXPLAIN
+/// ANALYZE shows the other file pruned by its Parquet statistics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_range_queries_prune_cold_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), CONFIG);
+    const DAY: i64 = 86_400_000;
+    for (day, n) in [(0, 1000), (3, 700)] {
+        let body: String = (0..n)
+            .map(|i| format!("{}\n", json!({"ts": T0 + day * DAY + i, "level": "info"})))
+            .collect();
+        let (st, _) = s.ingest("acme-token", "app", body).await;
+        assert_eq!(st, 200);
+        // One flush per day: each file holds one time range.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while parquet_files(&dir.path().join("data/cold")).len() < (day as usize / 3) + 1 {
+            assert!(Instant::now() < deadline, "not flushed:\n{}", s.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let since = T0 + 2 * DAY;
+    assert_eq!(
+        s.count(
+            "acme-token",
+            &format!("SELECT count(*) FROM logs WHERE ts >= to_timestamp_millis({since})")
+        )
+        .await,
+        700
+    );
+    let (st, v) = s
+        .query(
+            "acme-token",
+            &format!("EXPLAIN ANALYZE SELECT count(*) FROM logs WHERE ts >= to_timestamp_millis({since})"),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let plan = v["rows"].to_string();
+    assert!(
+        plan.contains("files_ranges_pruned_statistics=2 total → 1 matched"),
+        "{plan}"
+    );
+    s.stop();
+}
