@@ -171,7 +171,7 @@ pub(crate) struct Held {
     pub(crate) partition: u32,
     pub(crate) offset: u64,
     rows: usize,
-    bytes: usize,
+    pub(crate) bytes: usize,
     /// When it was committed (or loaded at startup): the cold tier flushes by age.
     pub(crate) at: std::time::Instant,
 }
@@ -182,7 +182,7 @@ pub(crate) struct Mem {
     pub(crate) tenants: HashMap<(String, Table), Vec<HeldRows>>,
     /// Every segment held, oldest first (for eviction).
     pub(crate) order: VecDeque<Held>,
-    bytes: usize,
+    pub(crate) bytes: usize,
     /// Per tenant and table, its cold files (under the same lock as the hot rows, so a
     /// query sees a flushed segment in exactly one tier).
     pub(crate) cold: HashMap<(String, Table), Vec<crate::cold::ColdFile>>,
@@ -221,7 +221,7 @@ pub struct HotStore {
     pub(crate) deferred: Mutex<Vec<(u32, u64)>>,
     pub(crate) mem: RwLock<Mem>,
     positions: Mutex<HashMap<u32, u64>>,
-    max_bytes: usize,
+    pub(crate) max_bytes: usize,
     evicted_rows: AtomicU64,
 }
 
@@ -396,6 +396,11 @@ impl HotStore {
     }
 
     fn evict_over_bound(&self) -> Result<(), StoreError> {
+        if self.cold.is_some() {
+            // With a cold tier, rows over the bound are flushed (oldest first) by the
+            // next flush instead of deleted.
+            return Ok(());
+        }
         let mut doomed = Vec::new();
         {
             let mut mem = self.mem.write();
