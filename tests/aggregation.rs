@@ -177,14 +177,8 @@ async fn windows_over_logs_and_metrics_match_exact_values() {
         "{{\"name\":\"cpu\",\"value\":0,\"ts\":{},\"labels\":{{\"host\":\"h0\"}}}}\n",
         T0 + 100_000
     ));
-    let r = reqwest::Client::new()
-        .post(format!("{}/api/v1/metrics", s.base))
-        .bearer_auth("acme-token")
-        .body(samples)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    let (st, v) = s.ingest_metrics("acme-token", samples).await;
+    assert_eq!(st, 200, "{v}");
 
     // Expected rows, computed from what was sent.
     let mut want: BTreeMap<(String, String, String), Vec<&Value>> = BTreeMap::new();
@@ -563,14 +557,8 @@ async fn a_cardinality_explosion_is_held_to_the_limits() {
     s.stop();
     // The series budget survives a restart: a new user still goes to the overflow series.
     let s = Server::start(dir.path(), CARDINALITY_CONFIG);
-    let r = client
-        .post(format!("{}/api/v1/metrics", s.base))
-        .bearer_auth("acme-token")
-        .body("{\"name\":\"logins\",\"value\":1,\"labels\":{\"user_id\":\"new\"}}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    let body = "{\"name\":\"logins\",\"value\":1,\"labels\":{\"user_id\":\"new\"}}";
+    assert_eq!(s.ingest_metrics("acme-token", body).await.0, 200);
     s.wait_count(
         "acme-token",
         "SELECT count(*) FROM metrics WHERE json_get_str(labels, '_overflow') = 'true'",

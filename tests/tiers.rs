@@ -74,14 +74,8 @@ async fn rows_move_to_parquet_and_one_query_sees_both_tiers() {
             )
         })
         .collect();
-    let r = reqwest::Client::new()
-        .post(format!("{}/api/v1/metrics", s.base))
-        .bearer_auth("acme-token")
-        .body(samples)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    let (st, v) = s.ingest_metrics("acme-token", samples).await;
+    assert_eq!(st, 200, "{v}");
     s.wait_count("acme-token", "SELECT count(*) FROM logs", 5000)
         .await;
     // While rows move to the cold tier, every query sees each row exactly once.

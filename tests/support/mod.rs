@@ -138,6 +138,23 @@ impl Server {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// `POST /api/v1/metrics`: status and answer.
+    pub async fn ingest_metrics(
+        &self,
+        token: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/v1/metrics", self.base))
+            .bearer_auth(token)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn query(&self, token: &str, sql: &str) -> (u16, Value) {
         let r = reqwest::Client::new()
             .post(format!("{}/api/v1/query", self.base))
