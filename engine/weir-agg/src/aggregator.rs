@@ -36,12 +36,6 @@ pub struct Partial {
     pub additive: bool,
 }
 
-impl Partial {
-    pub fn window_end(&self) -> i64 {
-        self.window_start + self.def.windows.size_ms as i64
-    }
-}
-
 /// Counters since the last [`Aggregator::take_counters`], per tenant and aggregation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {

@@ -333,15 +333,21 @@ impl Catalog {
             })
     }
 
-    /// Check that every `wasm(NAME)` of `aggs` names an aggregator plugin of `tenant`.
+    /// Check that every `wasm(NAME)` of `aggs` names an aggregator plugin of `tenant`
+    /// (`builtin_only`: only the `builtin:` ones, as at startup, before any upload).
     pub fn check_aggregator_plugins(
         &self,
         tenant: &str,
         aggs: &[AggregationConfig],
+        builtin_only: bool,
     ) -> Result<(), PipelineError> {
         for a in aggs {
             let def = Definition::new(a).map_err(|e| PipelineError::Aggregation(e.to_string()))?;
-            for p in &def.plugins {
+            for p in def
+                .plugins
+                .iter()
+                .filter(|p| !builtin_only || p.starts_with("builtin:"))
+            {
                 self.aggregator_instance(tenant, p)?;
             }
         }
@@ -511,20 +517,8 @@ impl Catalog {
                 })?;
             for (name, s) in &t.streams {
                 Self::check_aggregations(name, &s.plugins, &s.aggregations)
-                    .and_then(|()| {
-                        // Uploaded plugins are checked when a pipeline names them.
-                        let builtin: Vec<AggregationConfig> = s
-                            .aggregations
-                            .iter()
-                            .filter(|a| {
-                                !a.functions.iter().any(|f| {
-                                    f.starts_with("wasm(") && !f.starts_with("wasm(builtin:")
-                                })
-                            })
-                            .cloned()
-                            .collect();
-                        self.check_aggregator_plugins(tenant, &builtin)
-                    })
+                    // Uploaded plugins are checked when a pipeline names them.
+                    .and_then(|()| self.check_aggregator_plugins(tenant, &s.aggregations, true))
                     .map_err(|e| PipelineError::Tenant {
                         tenant: tenant.clone(),
                         source: Box::new(e),

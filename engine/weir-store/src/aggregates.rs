@@ -215,7 +215,13 @@ impl HotStore {
         defs: &[Arc<Definition>],
         fns: &mut dyn CustomFns,
     ) -> Result<(), StoreError> {
-        let mut touched: BTreeMap<RowKey, ()> = BTreeMap::new();
+        // Each touched row, with the definition that reads it.
+        let mut touched: BTreeMap<RowKey, Arc<Definition>> = BTreeMap::new();
+        // The definitions in use, once each (partials repeat theirs).
+        let mut used: BTreeMap<&str, &Arc<Definition>> = BTreeMap::new();
+        for d in defs.iter().chain(partials.iter().map(|p| &p.def)) {
+            used.entry(d.fingerprint.as_str()).or_insert(d);
+        }
         let mut merged: Vec<(RowKey, AggRow)> = Vec::new();
         let released: Vec<(u32, u64)> = {
             let d = self.deferred.lock();
@@ -228,7 +234,7 @@ impl HotStore {
         {
             let mut dt = w.open_table(DEFINITIONS).map_err(storage_err)?;
             let known = self.aggs.read();
-            for d in defs.iter().chain(partials.iter().map(|p| &p.def)) {
+            for d in used.values() {
                 if !known.defs.contains_key(&d.fingerprint)
                     && dt
                         .get(d.fingerprint.as_str())
@@ -269,16 +275,11 @@ impl HotStore {
                         p.group.clone(),
                         p.window_start,
                     ),
-                    (),
+                    p.def.clone(),
                 );
             }
             // Each touched row is the merge of its partials, in partition order.
-            for (key, ()) in &touched {
-                let def = partials
-                    .iter()
-                    .find(|p| p.def.fingerprint == key.2)
-                    .map(|p| p.def.clone())
-                    .expect("a touched row has a partial");
+            for (key, def) in &touched {
                 let lo = (
                     key.0.as_str(),
                     key.1.as_str(),
@@ -296,7 +297,7 @@ impl HotStore {
                     u32::MAX,
                 );
                 let range = pt.range(lo..=hi).map_err(storage_err)?;
-                let row = row_of(&key.0, &def, key.4, range, fns)?;
+                let row = row_of(&key.0, def, key.4, range, fns)?;
                 merged.push((key.clone(), row));
             }
             let mut rt = w.open_table(ROWS).map_err(storage_err)?;
@@ -321,10 +322,10 @@ impl HotStore {
             .lock()
             .retain(|(p, o)| !(*p == partition && *o < offset));
         let mut mem = self.aggs.write();
-        for d in defs.iter().chain(partials.iter().map(|p| &p.def)) {
+        for d in used.values() {
             mem.defs
                 .entry(d.fingerprint.clone())
-                .or_insert_with(|| d.clone());
+                .or_insert_with(|| Arc::clone(d));
         }
         for (key, row) in merged {
             mem.rows.insert(key.clone(), row);

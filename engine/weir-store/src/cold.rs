@@ -202,16 +202,6 @@ impl HotStore {
         (hot, cold)
     }
 
-    /// Every cold file of `tenant`.
-    pub fn cold_files(&self, tenant: &str) -> Vec<ColdFile> {
-        let mem = self.mem.read();
-        mem.cold
-            .iter()
-            .filter(|((t, _), _)| t == tenant)
-            .flat_map(|(_, v)| v.iter().cloned())
-            .collect()
-    }
-
     /// Flush hot segments committed more than `older_than` ago — and, while the hot tier
     /// is over its memory bound, the oldest ones whatever their age — to Parquet, one file
     /// per tenant and table. With `WEIR_FAULT_COLD_AFTER_PUT` set, the process aborts

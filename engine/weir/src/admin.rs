@@ -366,7 +366,7 @@ async fn set_pipeline(
         if let Err(e) =
             weir_pipeline::Catalog::check_aggregations(&s, &doc.plugins, &doc.aggregations)
                 .and_then(|()| catalog.check_pipeline(&t, &s, &doc.plugins))
-                .and_then(|()| catalog.check_aggregator_plugins(&t, &doc.aggregations))
+                .and_then(|()| catalog.check_aggregator_plugins(&t, &doc.aggregations, false))
         {
             return Err(Box::new(err(StatusCode::BAD_REQUEST, e.to_string())));
         }
