@@ -111,6 +111,14 @@ async fn rows_move_to_parquet_and_one_query_sees_both_tiers() {
         s.count("acme-token", "SELECT CAST(sum(value) AS BIGINT) FROM metrics WHERE json_get_str(labels, 'host') = 'h1'").await,
         (0..100).filter(|i| i % 2 == 1).sum::<i64>()
     );
+    // Frequent fields are columns of their own, in both tiers, and `record` still
+    // holds every field.
+    for sql in [
+        "SELECT count(*) FROM logs WHERE service = 'svc1'",
+        "SELECT count(*) FROM logs WHERE json_get_str(record, 'service') = 'svc1'",
+    ] {
+        assert_eq!(s.count("acme-token", sql).await, 1667, "{sql}");
+    }
     assert_eq!(
         s.count("globex-token", "SELECT count(*) FROM logs").await,
         0
@@ -137,8 +145,8 @@ async fn rows_move_to_parquet_and_one_query_sees_both_tiers() {
     let script = "import sys, glob, pyarrow.parquet as pq, duckdb\n\
         files = glob.glob(sys.argv[1] + '/**/*.parquet', recursive=True)\n\
         print(sum(pq.read_table(f).num_rows for f in files))\n\
-        q = \"SELECT count(*) FILTER (WHERE level = 'error') FROM read_parquet('\" + sys.argv[1] + \"/**/*.parquet')\"\n\
-        print(duckdb.sql(q).fetchone()[0])\n";
+        q = \"SELECT count(*) FILTER (WHERE level = 'error'), count(*) FILTER (WHERE service = 'svc1') FROM read_parquet('\" + sys.argv[1] + \"/**/*.parquet', union_by_name = true)\"\n\
+        print(*duckdb.sql(q).fetchone())\n";
     let out = std::process::Command::new(format!("{tools}/venv/bin/python"))
         .arg("-c")
         .arg(script)
@@ -150,7 +158,10 @@ async fn rows_move_to_parquet_and_one_query_sees_both_tiers() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5000\n1250");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "5000\n1250 1667"
+    );
     s.stop();
     let s = Server::start(dir.path(), CONFIG);
     assert_eq!(

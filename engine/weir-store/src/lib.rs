@@ -20,9 +20,11 @@
 pub mod aggregates;
 pub mod cold;
 pub mod hot;
+mod logs_view;
 pub mod metric_rows;
 pub mod query;
 pub mod rows;
+pub mod shred;
 pub mod state;
 
 pub use aggregates::{aggregates_schema, AggRow};

@@ -34,6 +34,7 @@ use thiserror::Error;
 
 use crate::hot::Table;
 use crate::hot::{DeadLetter, HotStore};
+use crate::logs_view;
 use crate::metric_rows::metrics_schema;
 use crate::rows::logs_schema;
 
@@ -125,26 +126,57 @@ impl HotStore {
             }
             let exec = |e: datafusion::error::DataFusionError| QueryError::Execution(e.to_string());
             let mem = MemTable::try_new(schema.clone(), parts).map_err(exec)?;
+            let hot = ctx.read_table(Arc::new(mem)).map_err(exec)?;
+            // Field columns of the tenant's shredded `logs` files (kinds merged).
+            let columns =
+                crate::shred::merge_columns(cold.iter().filter_map(|(_, f)| f.columns.as_deref()));
+            let hot = match table {
+                Table::Logs => logs_view::hot_view(hot, &columns).map_err(exec)?,
+                Table::Metrics => hot,
+            };
             if cold.is_empty() {
-                ctx.register_table(name, Arc::new(mem)).map_err(exec)?;
+                ctx.register_table(name, hot.into_view()).map_err(exec)?;
                 continue;
             }
-            let urls = cold
-                .iter()
-                .map(|p| ListingTableUrl::parse(p.to_string_lossy()))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(exec)?;
+            let url = |p: &std::path::Path| ListingTableUrl::parse(p.to_string_lossy());
             let opts = ListingOptions::new(Arc::new(ParquetFormat::default()))
                 .with_file_extension(".parquet");
-            let cfg = ListingTableConfig::new_with_multi_paths(urls)
-                .with_listing_options(opts)
-                .with_schema(schema);
-            let listing = ListingTable::try_new(cfg).map_err(exec)?;
-            let both = ctx
-                .read_table(Arc::new(mem))
-                .map_err(exec)?
-                .union(ctx.read_table(Arc::new(listing)).map_err(exec)?)
-                .map_err(exec)?;
+            // `logs`: one scan per read group (one unless a field changed kind).
+            let groups = match table {
+                Table::Logs => {
+                    let files: Vec<_> = cold.iter().map(|(_, f)| f.columns.as_deref()).collect();
+                    logs_view::read_groups(&files, &columns)
+                }
+                Table::Metrics => vec![(Vec::new(), (0..cold.len()).collect())],
+            };
+            let mut scans = Vec::new();
+            for (file_columns, idx) in groups {
+                let urls = idx
+                    .iter()
+                    .map(|&i| url(&cold[i].0))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(exec)?;
+                let legacy = idx.iter().any(|&i| cold[i].1.columns.is_none());
+                let read_schema = match table {
+                    Table::Logs => logs_view::cold_read_schema(&file_columns, legacy),
+                    Table::Metrics => schema.clone(),
+                };
+                let cfg = ListingTableConfig::new_with_multi_paths(urls)
+                    .with_listing_options(opts.clone())
+                    .with_schema(read_schema);
+                let listing = ListingTable::try_new(cfg).map_err(exec)?;
+                let scan = ctx.read_table(Arc::new(listing)).map_err(exec)?;
+                scans.push(match table {
+                    Table::Logs => {
+                        logs_view::cold_view(scan, &file_columns, &columns, legacy).map_err(exec)?
+                    }
+                    Table::Metrics => scan,
+                });
+            }
+            let mut both = hot;
+            for scan in scans {
+                both = both.union(scan).map_err(exec)?;
+            }
             ctx.register_table(name, both.into_view()).map_err(exec)?;
         }
         let aggs = MemTable::try_new(

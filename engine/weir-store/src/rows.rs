@@ -41,6 +41,7 @@ pub fn logs_schema() -> SchemaRef {
             Field::new("offset", DataType::UInt64, false),
             Field::new("seq", DataType::UInt32, false),
             Field::new("schema", DataType::UInt32, false),
+            Field::new("trace_id", DataType::Utf8, true),
         ]))
     })
     .clone()
@@ -57,15 +58,35 @@ struct Known<'a> {
     #[serde(default, borrow)]
     time: Option<TimeValue<'a>>,
     #[serde(default, borrow)]
-    level: Option<Cow<'a, str>>,
+    level: Option<Text<'a>>,
     #[serde(default, borrow)]
-    severity: Option<Cow<'a, str>>,
+    severity: Option<Text<'a>>,
     #[serde(default, borrow)]
-    message: Option<Cow<'a, str>>,
+    message: Option<Text<'a>>,
     #[serde(default, borrow)]
-    msg: Option<Cow<'a, str>>,
+    msg: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    trace_id: Option<Text<'a>>,
     #[serde(default, rename = "_schema")]
     schema: Option<SchemaValue>,
+}
+
+/// A well-known text field: a string, or anything else (then the column is null; the
+/// line is still a valid record).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Text<'a> {
+    #[serde(borrow)]
+    Str(Cow<'a, str>),
+    #[allow(dead_code)]
+    Other(serde::de::IgnoredAny),
+}
+
+fn text<'b>(t: &'b Option<Text<'_>>) -> Option<&'b str> {
+    match t {
+        Some(Text::Str(s)) => Some(s),
+        _ => None,
+    }
 }
 
 #[derive(Deserialize)]
@@ -129,6 +150,7 @@ pub fn segment_rows(
     let mut offs = UInt64Builder::with_capacity(n);
     let mut seq = UInt32Builder::with_capacity(n);
     let mut schema = UInt32Builder::with_capacity(n);
+    let mut trace_id = StringBuilder::with_capacity(n, 0);
     for (i, line) in ndjson_lines(ndjson).enumerate() {
         let invalid = |reason: String| InvalidLine {
             line: i + 1,
@@ -151,13 +173,14 @@ pub fn segment_rows(
         level.append_option(
             known
                 .as_ref()
-                .and_then(|k| k.level.as_deref().or(k.severity.as_deref())),
+                .and_then(|k| text(&k.level).or(text(&k.severity))),
         );
         message.append_option(
             known
                 .as_ref()
-                .and_then(|k| k.message.as_deref().or(k.msg.as_deref())),
+                .and_then(|k| text(&k.message).or(text(&k.msg))),
         );
+        trace_id.append_option(known.as_ref().and_then(|k| text(&k.trace_id)));
         record.append_value(record_text);
         part.append_value(partition);
         offs.append_value(offset);
@@ -177,6 +200,7 @@ pub fn segment_rows(
         Arc::new(offs.finish()),
         Arc::new(seq.finish()),
         Arc::new(schema.finish()),
+        Arc::new(trace_id.finish()),
     ];
     Ok(RecordBatch::try_new(logs_schema(), cols).expect("columns match the logs schema"))
 }
