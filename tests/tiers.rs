@@ -267,3 +267,194 @@ async fn time_range_queries_prune_cold_files() {
     );
     s.stop();
 }
+
+/// A counter of the server's `/metrics` (0 when not there yet).
+async fn counter(s: &Server, name: &str) -> u64 {
+    s.metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+const COMPACTING: &str = r#"
+[cold]
+flush_after_secs = 1
+janitor_secs = 1
+compact_min_files = 3
+[tenants.acme]
+tokens = ["acme-token"]
+"#;
+
+/// Ingest `rounds` requests of 500 logs, each flushed to its own file (or until the
+/// server stops: a fault injected in the compaction those files start).
+async fn small_files(s: &Server, rounds: i64) {
+    for r in 0..rounds {
+        send_logs(s, r * 500, 500).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let Some(m) = s.try_metrics().await else {
+                return;
+            };
+            let rows = m
+                .lines()
+                .find_map(|l| l.strip_prefix("weir_cold_rows_total "))
+                .map_or(0, |v| v.trim().parse::<u64>().unwrap());
+            if rows >= (r as u64 + 1) * 500 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not flushed:\n{}", s.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A crash during a compaction — after the merged file is written and before its
+/// commit, or after the commit and before the small files are deleted — loses and
+/// doubles nothing; after the restart the compaction completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_during_a_compaction_loses_and_doubles_nothing() {
+    for fault in [
+        "WEIR_FAULT_COMPACT_AFTER_PUT",
+        "WEIR_FAULT_COMPACT_AFTER_COMMIT",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Server::start_with_env(dir.path(), COMPACTING, &[(fault, "1")]);
+        small_files(&s, 3).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut s = s;
+        while s.child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "{fault} did not fire:\n{}",
+                s.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(s);
+        let s = Server::start(dir.path(), COMPACTING);
+        for sql in [
+            "SELECT count(*) FROM logs",
+            "SELECT count(*) FROM (SELECT DISTINCT \"partition\", \"offset\", seq FROM logs)",
+            "SELECT count(DISTINCT message) FROM logs",
+        ] {
+            assert_eq!(s.count("acme-token", sql).await, 1500, "{fault}: {sql}");
+        }
+        // The compaction runs again and completes: one file, the same rows.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while parquet_files(&dir.path().join("data/cold")).len() > 1 {
+            assert_eq!(
+                s.count("acme-token", "SELECT count(*) FROM logs").await,
+                1500
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{fault}: not compacted:\n{}",
+                s.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Before its commit, the compaction is redone after the restart; after it, the
+        // restart only removes the small files the manifest no longer names.
+        let redone = counter(&s, "weir_cold_compacted_files_total").await;
+        if fault == "WEIR_FAULT_COMPACT_AFTER_PUT" {
+            assert_eq!(redone, 3);
+        } else {
+            assert_eq!(redone, 0);
+        }
+        assert_eq!(
+            s.count("acme-token", "SELECT count(DISTINCT message) FROM logs")
+                .await,
+            1500
+        );
+        s.stop();
+    }
+}
+
+/// Retention set through the admin API at runtime, per stream: rows past it disappear
+/// from queries at once and their files from disk at the janitor's next pass; back to
+/// the config file's (none) with DELETE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_changes_at_runtime_through_the_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("[admin]\ntoken = \"admin-secret\"\n{COMPACTING}")
+        .replace("compact_min_files = 3", "compact_min_files = 100");
+    let s = Server::start(dir.path(), &config);
+    const DAY: i64 = 86_400_000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for (stream, age_days, n) in [("app", 10, 300), ("app", 0, 200), ("audit", 10, 100)] {
+        let body: String = (0..n)
+            .map(|i| format!("{}\n", json!({"ts": now - age_days * DAY + i, "message": format!("{stream}{age_days}-{i}")})))
+            .collect();
+        let (st, v) = s.ingest("acme-token", stream, body).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    s.wait_count("acme-token", "SELECT count(*) FROM logs", 600)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cold_rows(&s).await < 600 {
+        assert!(Instant::now() < deadline, "not flushed:\n{}", s.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let path = "/admin/v1/tenants/acme/retention";
+    let (st, v) = support::admin_call(&s, "GET", path, "admin-secret", vec![]).await;
+    assert_eq!((st, v["source"].as_str()), (200, Some("config")), "{v}");
+    let bad = json!({"cold": "a week"}).to_string().into_bytes();
+    let (st, v) = support::admin_call(&s, "PUT", path, "admin-secret", bad).await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("a week"), "{v}");
+    let files_before = parquet_files(&dir.path().join("data/cold")).len();
+    let doc = json!({"cold": "3d", "streams": {"audit": {"cold": "30d"}}});
+    let (st, v) = support::admin_call(
+        &s,
+        "PUT",
+        path,
+        "admin-secret",
+        doc.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!((st, v["source"].as_str()), (200, Some("admin")), "{v}");
+    // At once for queries: the 10-day-old app rows are past 3 days, audit's 30 days are not.
+    assert_eq!(
+        s.count("acme-token", "SELECT count(*) FROM logs").await,
+        300
+    );
+    assert_eq!(
+        s.count(
+            "acme-token",
+            "SELECT count(*) FROM logs WHERE stream = 'audit'"
+        )
+        .await,
+        100
+    );
+    // For good at the next pass.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counter(&s, "weir_retention_expired_rows_total").await < 300 {
+        assert!(Instant::now() < deadline, "not expired:\n{}", s.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counter(&s, "weir_retention_expired_rows_total").await, 300);
+    assert!(parquet_files(&dir.path().join("data/cold")).len() <= files_before);
+    let (st, _) = support::admin_call(&s, "DELETE", path, "admin-secret", vec![]).await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        s.count("acme-token", "SELECT count(*) FROM logs").await,
+        300,
+        "deleted rows stay deleted"
+    );
+    s.stop();
+    // A config file's retention applies from the start.
+    let config = config.replace(
+        "[tenants.acme]\n",
+        "[tenants.acme.retention]\ncold = \"1d\"\n[tenants.acme]\n",
+    );
+    let s = Server::start(dir.path(), &config);
+    assert_eq!(
+        s.count("acme-token", "SELECT count(*) FROM logs").await,
+        200
+    );
+    s.stop();
+}

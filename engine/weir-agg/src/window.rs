@@ -25,20 +25,7 @@ pub enum WindowError {
 
 /// `"500ms"`, `"10s"`, `"1m"`, `"2h"`, `"1d"` → milliseconds.
 pub fn parse_duration(s: &str) -> Result<u64, WindowError> {
-    let bad = || WindowError::BadDuration(s.to_owned());
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (n, unit) = t.split_at(split);
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    let ms = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(ms).filter(|v| *v > 0).ok_or_else(bad)
+    weir_core::retention::parse_duration_ms(s).ok_or_else(|| WindowError::BadDuration(s.to_owned()))
 }
 
 /// A tumbling (`hop == size`) or hopping window shape.

@@ -53,16 +53,46 @@ pub struct Config {
     pub cold: ColdConfig,
 }
 
-/// The cold tier (Parquet files; see `weir_store::cold`).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The cold tier (Parquet files; see `weir_store::cold`) and the janitor.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ColdConfig {
-    /// Hot segments older than this many seconds are flushed to Parquet (0: never, the
-    /// default for now; the hot tier's memory bound then stays its retention).
+    /// Hot segments older than this many seconds are flushed to Parquet (0: no cold
+    /// tier; the hot tier's memory bound and retention then delete rows). A stream's
+    /// `retention.hot` overrides the age.
     #[serde(default)]
     pub flush_after_secs: u64,
     /// Directory of the cold files (default: `DATA_DIR/cold`).
     pub dir: Option<PathBuf>,
+    /// Seconds between janitor passes (retention, compaction).
+    #[serde(default = "d_janitor")]
+    pub janitor_secs: u64,
+    /// Files smaller than this many MiB are compacted...
+    #[serde(default = "d_small_mb")]
+    pub compact_small_mb: u64,
+    /// ...once a tenant's stream has this many of them for one day.
+    #[serde(default = "d_min_files")]
+    pub compact_min_files: usize,
+}
+fn d_janitor() -> u64 {
+    60
+}
+fn d_small_mb() -> u64 {
+    64
+}
+fn d_min_files() -> usize {
+    8
+}
+impl Default for ColdConfig {
+    fn default() -> Self {
+        ColdConfig {
+            flush_after_secs: 0,
+            dir: None,
+            janitor_secs: d_janitor(),
+            compact_small_mb: d_small_mb(),
+            compact_min_files: d_min_files(),
+        }
+    }
 }
 
 /// How aggregation state is checkpointed.
@@ -158,6 +188,9 @@ pub struct TenantConfig {
     /// Cardinality control of this tenant's metric samples.
     #[serde(default)]
     pub metrics: SeriesPolicy,
+    /// Retention of this tenant's streams (see [`crate::retention`]).
+    #[serde(default)]
+    pub retention: crate::retention::Retention,
 }
 
 /// Cardinality control of a tenant's metrics: label rewriting, then series limits.
@@ -221,6 +254,9 @@ pub struct StreamConfig {
     /// Windowed aggregations over the chain's output.
     #[serde(default)]
     pub aggregations: Vec<AggregationConfig>,
+    /// This stream's retention, over the tenant's.
+    #[serde(default)]
+    pub retention: crate::retention::Retention,
 }
 
 /// One entry of a plugin chain.
@@ -550,7 +586,35 @@ impl Config {
         if self.hot.batch_records == 0 {
             return bad("hot.batch_records must be positive".into());
         }
+        if self.cold.janitor_secs == 0 || self.cold.compact_min_files < 2 {
+            return bad(
+                "cold.janitor_secs must be positive and cold.compact_min_files at least 2".into(),
+            );
+        }
+        for tenant in self.tenants.keys() {
+            if let Err(e) = self.retention_doc(tenant).check() {
+                return bad(format!("tenants.{tenant}.retention: {e}"));
+            }
+        }
         Ok(())
+    }
+
+    /// The retention a tenant's config declares: its own and its streams'.
+    pub fn retention_doc(&self, tenant: &str) -> crate::retention::RetentionDoc {
+        let Some(tc) = self.tenants.get(tenant) else {
+            return Default::default();
+        };
+        crate::retention::RetentionDoc {
+            hot: tc.retention.hot.clone(),
+            hot_mb: tc.retention.hot_mb,
+            cold: tc.retention.cold.clone(),
+            streams: tc
+                .streams
+                .iter()
+                .filter(|(_, sc)| sc.retention != Default::default())
+                .map(|(s, sc)| (s.clone(), sc.retention.clone()))
+                .collect(),
+        }
     }
 
     /// Whether requests need a token: false only when no tenant is configured.

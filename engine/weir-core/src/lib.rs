@@ -8,6 +8,7 @@
 //! - [`partition`]: the stable partitioning hash (FNV-1a, fixed forever).
 //! - [`metrics`]: a small Prometheus text-format registry shared by all layers.
 //! - [`names`]: validation of tenant, stream and plugin names.
+//! - [`retention`]: how long rows stay hot and are kept at all, per tenant and stream.
 //! - [`sample`]: realistic sample logs for benchmarks and profiles.
 
 pub mod aggregation;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod metrics;
 pub mod names;
 pub mod partition;
+pub mod retention;
 pub mod sample;
 
 pub use batch::{Batch, BatchDecodeError};

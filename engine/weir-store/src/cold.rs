@@ -1,7 +1,9 @@
 //! The cold tier: hot segments flushed to Parquet files on an object store (a local
 //! directory by default), with a manifest in redb.
 //!
-//! Layout: `ROOT/tenant=T/table=logs|metrics/date=YYYY-MM-DD/MINTS-PARTITION-OFFSET.parquet`
+//! Layout: `ROOT/tenant=T/table=logs|metrics/STREAM/date=YYYY-MM-DD/MINTS-PARTITION-OFFSET-UNIQUE.parquet`
+//! (`STREAM` is a plain directory, not `stream=S`: hive-style readers would add a
+//! `stream` partition column clashing with the files' own)
 //! (zstd, dictionary encoding, page statistics, row groups of 64k rows, rows sorted by
 //! stream (logs) or series (metrics) and then time, so that similar lines sit together).
 //! Plain Parquet: DuckDB and pyarrow read the files without Weir.
@@ -16,6 +18,7 @@
 //! rows still hot; after (2) the rows are cold. No moment shows them twice or not at all.
 //! Segments an aggregator has not checkpointed past stay hot (it may re-read them).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,13 +34,14 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::hot::{storage_err, HotStore, StoreError, Table};
+use crate::hot::{storage_err, Held, HotStore, StoreError, Table};
 use crate::shred::ShredColumn;
 
 pub(crate) const COLD_FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("cold_files");
 
-/// Hot segments chosen for one file: (partition, offset, rows), per tenant and table.
-type Chosen = std::collections::BTreeMap<(String, Table), Vec<(u32, u64, RecordBatch)>>;
+/// Hot segments chosen for one file: (partition, offset, rows), per tenant, table and
+/// stream.
+type Chosen = std::collections::BTreeMap<(String, Table, String), Vec<(u32, u64, RecordBatch)>>;
 
 /// Rows per Parquet row group.
 const ROW_GROUP: usize = 64 * 1024;
@@ -49,6 +53,10 @@ pub struct ColdFile {
     pub path: String,
     pub tenant: String,
     pub table: String,
+    /// The stream its rows belong to (None: a file of the first layout, which mixed a
+    /// tenant's streams).
+    #[serde(default)]
+    pub stream: Option<String>,
     pub min_ts: i64,
     pub max_ts: i64,
     pub rows: u64,
@@ -61,10 +69,29 @@ pub struct ColdFile {
     pub columns: Option<Vec<ShredColumn>>,
 }
 
-/// Where cold files live.
+/// Where cold files live, and when small ones are compacted.
 pub(crate) struct Cold {
     pub(crate) root: PathBuf,
-    store: Arc<dyn ObjectStore>,
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) options: ColdOptions,
+}
+
+/// Compaction settings of the cold tier.
+#[derive(Debug, Clone, Copy)]
+pub struct ColdOptions {
+    /// Files smaller than this are merged...
+    pub small_bytes: u64,
+    /// ...once at least this many of one tenant, table, stream and day exist.
+    pub compact_min_files: usize,
+}
+
+impl Default for ColdOptions {
+    fn default() -> Self {
+        ColdOptions {
+            small_bytes: 64 << 20,
+            compact_min_files: 8,
+        }
+    }
 }
 
 /// What one flush did.
@@ -146,21 +173,92 @@ fn date_of(ms: i64) -> String {
 }
 
 impl Cold {
-    pub(crate) fn open(root: &Path) -> Result<Cold, StoreError> {
+    pub(crate) fn open(root: &Path, options: ColdOptions) -> Result<Cold, StoreError> {
         std::fs::create_dir_all(root).map_err(storage_err)?;
         let store = LocalFileSystem::new_with_prefix(root).map_err(storage_err)?;
         Ok(Cold {
             root: root.to_owned(),
             store: Arc::new(store),
+            options,
         })
+    }
+
+    /// Write hot-layout `rows` of one tenant, table and stream as a new file (sorted,
+    /// `logs` shredded) and return its manifest entry (not yet committed). The name is
+    /// new, so a crash before the commit never touches an existing file.
+    pub(crate) async fn write_file(
+        &self,
+        tenant: &str,
+        table: Table,
+        stream: &str,
+        rows: &RecordBatch,
+        segments: Vec<(u32, u64)>,
+    ) -> Result<ColdFile, StoreError> {
+        let all = sorted(rows, table)?;
+        let (all, columns) = match table {
+            Table::Logs => {
+                let (b, c) = crate::shred::shred(&all)?;
+                (b, Some(c))
+            }
+            Table::Metrics => (all, None),
+        };
+        let ts = all
+            .column_by_name("ts")
+            .expect("ts column")
+            .as_primitive::<TimestampMillisecondType>();
+        let (min_ts, max_ts) = (
+            ts.values().iter().copied().min().unwrap_or(0),
+            ts.values().iter().copied().max().unwrap_or(0),
+        );
+        let bytes = parquet_bytes(&all)?;
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let unique = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            .wrapping_add(SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let (p0, o0) = segments.first().copied().unwrap_or_default();
+        let path = format!(
+            "tenant={tenant}/table={}/{stream}/date={}/{min_ts}-{p0}-{o0}-{unique:x}.parquet",
+            table_name(table),
+            date_of(min_ts)
+        );
+        let file = ColdFile {
+            path: path.clone(),
+            tenant: tenant.to_owned(),
+            table: table_name(table).to_owned(),
+            stream: Some(stream.to_owned()),
+            min_ts,
+            max_ts,
+            rows: all.num_rows() as u64,
+            bytes: bytes.len() as u64,
+            segments,
+            columns,
+        };
+        self.store
+            .put(
+                &object_store::path::Path::from(path.as_str()),
+                PutPayload::from(bytes),
+            )
+            .await
+            .map_err(storage_err)?;
+        Ok(file)
     }
 }
 
 impl HotStore {
     /// Keep a cold tier under `root`: read its manifest, and delete files no manifest
     /// entry names (left by a flush that crashed before its commit).
-    pub fn with_cold(mut self, root: &Path) -> Result<HotStore, StoreError> {
-        let cold = Cold::open(root)?;
+    pub fn with_cold(self, root: &Path) -> Result<HotStore, StoreError> {
+        self.with_cold_options(root, ColdOptions::default())
+    }
+
+    /// [`HotStore::with_cold`] with compaction settings.
+    pub fn with_cold_options(
+        mut self,
+        root: &Path,
+        options: ColdOptions,
+    ) -> Result<HotStore, StoreError> {
+        let cold = Cold::open(root, options)?;
         let mut files = Vec::new();
         {
             let w = self.db.begin_write().map_err(storage_err)?;
@@ -178,7 +276,7 @@ impl HotStore {
             files.iter().map(|f| root.join(&f.path)).collect();
         for entry in walk(root) {
             if entry.extension().is_some_and(|e| e == "parquet") && !known.contains(&entry) {
-                tracing::warn!(file = %entry.display(), "removing a cold file no manifest names (a flush crashed before its commit)");
+                tracing::warn!(file = %entry.display(), "removing a cold file no manifest names (a flush or compaction stopped before its commit, or after it and before removing the files it replaced)");
                 let _ = std::fs::remove_file(&entry);
             }
         }
@@ -188,7 +286,7 @@ impl HotStore {
                 mem.cold
                     .entry((f.tenant.clone(), table_of(&f.table)))
                     .or_default()
-                    .push(f);
+                    .push(Arc::new(f));
             }
         }
         self.cold = Some(cold);
@@ -201,7 +299,7 @@ impl HotStore {
         &self,
         tenant: &str,
         table: Table,
-    ) -> (Vec<RecordBatch>, Vec<(PathBuf, ColdFile)>) {
+    ) -> (Vec<RecordBatch>, Vec<(PathBuf, Arc<ColdFile>)>) {
         let mem = self.mem.read();
         let key = (tenant.to_owned(), table);
         let hot = mem
@@ -224,86 +322,91 @@ impl HotStore {
         (hot, cold)
     }
 
-    /// Flush hot segments committed more than `older_than` ago — and, while the hot tier
-    /// is over its memory bound, the oldest ones whatever their age — to Parquet, one file
-    /// per tenant and table. With `WEIR_FAULT_COLD_AFTER_PUT` set, the process aborts
-    /// after writing a file and before its commit (crash tests).
+    /// Flush every hot segment committed more than `older_than` ago (and, over the
+    /// memory bound, the oldest ones) to Parquet, one file per tenant, table and stream.
     pub async fn flush_cold(&self, older_than: Duration) -> Result<FlushStats, StoreError> {
-        let Some(cold) = &self.cold else {
-            return Ok(FlushStats::default());
-        };
         let now = Instant::now();
-        // Choose: old enough, and behind every aggregator checkpoint.
+        self.flush_where(|h| now.duration_since(h.at) >= older_than)
+            .await
+    }
+
+    /// Move the hot segments their stream's retention says are due out of the hot tier:
+    /// older than its hot age, over its hot bytes or over the memory bound. With a cold
+    /// tier they are flushed to Parquet; without one, deleted.
+    pub async fn flush_due(&self) -> Result<FlushStats, StoreError> {
+        let now = Instant::now();
+        let ages: HashMap<(String, String), Option<u64>> = {
+            let mem = self.mem.read();
+            mem.order
+                .iter()
+                .map(|h| (h.tenant.clone(), h.stream.clone()))
+                .collect::<std::collections::HashSet<_>>()
+                .into_iter()
+                .map(|(t, s)| {
+                    let e = self.effective_retention(&t, &s);
+                    ((t, s), e.hot_ms)
+                })
+                .collect()
+        };
+        let due = |h: &Held| {
+            ages.get(&(h.tenant.clone(), h.stream.clone()))
+                .copied()
+                .flatten()
+                .is_some_and(|ms| now.duration_since(h.at) >= Duration::from_millis(ms))
+        };
+        self.flush_where(due).await
+    }
+
+    /// Flush (or, without a cold tier, delete) the segments `due` picks, plus those
+    /// over the memory bound or over their stream's hot bytes, oldest first. Segments an
+    /// aggregator has not checkpointed past stay hot (it may re-read them).
+    async fn flush_where(&self, due: impl Fn(&Held) -> bool) -> Result<FlushStats, StoreError> {
+        let picked = self.pick_due(due);
+        let Some(cold) = &self.cold else {
+            let rows: u64 = picked.iter().map(|(_, _, r)| *r as u64).sum();
+            let chosen: std::collections::HashSet<(u32, u64)> =
+                picked.iter().map(|(p, o, _)| (*p, *o)).collect();
+            self.evict(|h| chosen.contains(&(h.partition, h.offset)))?;
+            return Ok(FlushStats {
+                rows,
+                ..FlushStats::default()
+            });
+        };
         let chosen: Chosen = {
             let mem = self.mem.read();
-            let agg = self.agg_positions.lock();
+            let wanted: std::collections::HashSet<(u32, u64)> =
+                picked.iter().map(|(p, o, _)| (*p, *o)).collect();
+            let mut batches: HashMap<(u32, u64), &RecordBatch> = HashMap::new();
+            for list in mem.tenants.values() {
+                for (p, o, b) in list {
+                    if wanted.contains(&(*p, *o)) {
+                        batches.insert((*p, *o), b);
+                    }
+                }
+            }
             let mut by = Chosen::new();
-            // Over the memory bound, the oldest segments go whatever their age.
-            let mut excess = mem.bytes.saturating_sub(self.max_bytes);
-            for h in mem.order.iter() {
-                if now.duration_since(h.at) < older_than && excess == 0 {
-                    break;
-                }
-                excess = excess.saturating_sub(h.bytes);
-                if agg.get(&h.partition).is_some_and(|a| h.offset >= *a) {
-                    continue;
-                }
-                let key = (h.tenant.clone(), h.table);
-                if let Some(b) = mem.tenants.get(&key).and_then(|v| {
-                    v.iter()
-                        .find(|(p, o, _)| *p == h.partition && *o == h.offset)
-                        .map(|(_, _, b)| b.clone())
-                }) {
-                    by.entry(key).or_default().push((h.partition, h.offset, b));
+            for h in &mem.order {
+                if let Some(b) = batches.get(&(h.partition, h.offset)) {
+                    by.entry((h.tenant.clone(), h.table, h.stream.clone()))
+                        .or_default()
+                        .push((h.partition, h.offset, (*b).clone()));
                 }
             }
             by
         };
         let mut stats = FlushStats::default();
-        for ((tenant, table), segs) in chosen {
+        for ((tenant, table, stream), segs) in chosen {
             let batches: Vec<RecordBatch> = segs.iter().map(|(_, _, b)| b.clone()).collect();
             let all = concat_batches(&batches[0].schema(), &batches).map_err(storage_err)?;
-            let all = sorted(&all, table)?;
-            let (all, columns) = match table {
-                Table::Logs => {
-                    let (b, c) = crate::shred::shred(&all)?;
-                    (b, Some(c))
-                }
-                Table::Metrics => (all, None),
-            };
-            let ts = all
-                .column_by_name("ts")
-                .expect("ts column")
-                .as_primitive::<TimestampMillisecondType>();
-            let (min_ts, max_ts) = (
-                ts.values().iter().copied().min().unwrap_or(0),
-                ts.values().iter().copied().max().unwrap_or(0),
-            );
-            let bytes = parquet_bytes(&all)?;
-            let (p0, o0) = (segs[0].0, segs[0].1);
-            let path = format!(
-                "tenant={tenant}/table={}/date={}/{min_ts}-{p0}-{o0}.parquet",
-                table_name(table),
-                date_of(min_ts)
-            );
-            let file = ColdFile {
-                path: path.clone(),
-                tenant: tenant.clone(),
-                table: table_name(table).to_owned(),
-                min_ts,
-                max_ts,
-                rows: all.num_rows() as u64,
-                bytes: bytes.len() as u64,
-                segments: segs.iter().map(|(p, o, _)| (*p, *o)).collect(),
-                columns,
-            };
-            cold.store
-                .put(
-                    &object_store::path::Path::from(path.as_str()),
-                    PutPayload::from(bytes),
+            let file = cold
+                .write_file(
+                    &tenant,
+                    table,
+                    &stream,
+                    &all,
+                    segs.iter().map(|(p, o, _)| (*p, *o)).collect(),
                 )
-                .await
-                .map_err(storage_err)?;
+                .await?;
             if std::env::var_os("WEIR_FAULT_COLD_AFTER_PUT").is_some() {
                 tracing::error!("fault injection: stopping between the cold file and its commit");
                 std::process::abort();
@@ -312,7 +415,7 @@ impl HotStore {
             {
                 let mut m = w.open_table(COLD_FILES).map_err(storage_err)?;
                 let json = serde_json::to_vec(&file).map_err(storage_err)?;
-                m.insert(path.as_str(), json.as_slice())
+                m.insert(file.path.as_str(), json.as_slice())
                     .map_err(storage_err)?;
                 let mut s = w.open_table(crate::hot::SEGMENTS).map_err(storage_err)?;
                 for (p, o) in &file.segments {
@@ -326,13 +429,51 @@ impl HotStore {
                 mem.cold
                     .entry((tenant.clone(), table))
                     .or_default()
-                    .push(file.clone());
+                    .push(Arc::new(file.clone()));
             }
             stats.files += 1;
             stats.rows += file.rows;
             stats.bytes += file.bytes;
         }
         Ok(stats)
+    }
+
+    /// `(partition, offset, rows)` of the held segments to move out, oldest first.
+    fn pick_due(&self, due: impl Fn(&Held) -> bool) -> Vec<(u32, u64, usize)> {
+        let mem = self.mem.read();
+        let agg = self.agg_positions.lock();
+        // Over the memory bound, the oldest segments go whatever their age; over a
+        // stream's hot bytes, that stream's oldest.
+        let mut excess = mem.bytes.saturating_sub(self.max_bytes);
+        let mut per_stream: HashMap<(&str, &str), usize> = HashMap::new();
+        for h in &mem.order {
+            *per_stream.entry((&h.tenant, &h.stream)).or_default() += h.bytes;
+        }
+        let mut stream_excess: HashMap<(&str, &str), usize> = per_stream
+            .into_iter()
+            .filter_map(|((t, s), bytes)| {
+                let limit = self.effective_retention(t, s).hot_bytes?;
+                let over = bytes.saturating_sub(limit as usize);
+                (over > 0).then_some(((t, s), over))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for h in &mem.order {
+            let sx = stream_excess.get_mut(&(h.tenant.as_str(), h.stream.as_str()));
+            let over_stream = sx.as_ref().is_some_and(|x| **x > 0);
+            if !(excess > 0 || over_stream || due(h)) {
+                continue;
+            }
+            excess = excess.saturating_sub(h.bytes);
+            if let Some(x) = sx {
+                *x = x.saturating_sub(h.bytes);
+            }
+            if agg.get(&h.partition).is_some_and(|a| h.offset >= *a) {
+                continue;
+            }
+            out.push((h.partition, h.offset, h.rows));
+        }
+        out
     }
 }
 
@@ -362,7 +503,7 @@ fn table_of(name: &str) -> Table {
     }
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {

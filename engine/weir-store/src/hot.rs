@@ -20,6 +20,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use parking_lot::{Mutex, RwLock};
@@ -167,13 +168,16 @@ type HeldRows = (u32, u64, RecordBatch);
 
 pub(crate) struct Held {
     pub(crate) tenant: String,
+    pub(crate) stream: String,
     pub(crate) table: Table,
     pub(crate) partition: u32,
     pub(crate) offset: u64,
-    rows: usize,
+    pub(crate) rows: usize,
     pub(crate) bytes: usize,
     /// When it was committed (or loaded at startup): the cold tier flushes by age.
     pub(crate) at: std::time::Instant,
+    /// Its latest event time (retention drops it once that is past).
+    pub(crate) max_ts: i64,
 }
 
 #[derive(Default)]
@@ -185,7 +189,7 @@ pub(crate) struct Mem {
     pub(crate) bytes: usize,
     /// Per tenant and table, its cold files (under the same lock as the hot rows, so a
     /// query sees a flushed segment in exactly one tier).
-    pub(crate) cold: HashMap<(String, Table), Vec<crate::cold::ColdFile>>,
+    pub(crate) cold: HashMap<(String, Table), Vec<Arc<crate::cold::ColdFile>>>,
 }
 
 impl Mem {
@@ -222,7 +226,10 @@ pub struct HotStore {
     pub(crate) mem: RwLock<Mem>,
     positions: Mutex<HashMap<u32, u64>>,
     pub(crate) max_bytes: usize,
-    evicted_rows: AtomicU64,
+    pub(crate) evicted_rows: AtomicU64,
+    pub(crate) retention: RwLock<crate::retention::RetentionState>,
+    /// Cold files replaced or expired: deleted once no query holds them.
+    pub(crate) retired: Mutex<Vec<Arc<crate::cold::ColdFile>>>,
 }
 
 impl HotStore {
@@ -272,7 +279,10 @@ impl HotStore {
             positions: Mutex::new(positions),
             max_bytes,
             evicted_rows: AtomicU64::new(0),
+            retention: RwLock::default(),
+            retired: Mutex::default(),
         };
+        store.load_retention()?;
         store.load_aggregates()?;
         store.evict_over_bound()?;
         Ok(store)
@@ -401,13 +411,30 @@ impl HotStore {
             // next flush instead of deleted.
             return Ok(());
         }
+        let mut excess = self.mem.read().bytes.saturating_sub(self.max_bytes);
+        if excess == 0 {
+            return Ok(());
+        }
+        self.evict(|h| {
+            let take = excess > 0;
+            excess = excess.saturating_sub(h.bytes);
+            take
+        })
+    }
+
+    /// Delete the held segments `pick` chooses (oldest first), from memory and redb,
+    /// counting their rows in `evicted_rows` (those an aggregator may still re-read stay
+    /// in redb until its checkpoint passes them).
+    pub(crate) fn evict(&self, mut pick: impl FnMut(&Held) -> bool) -> Result<(), StoreError> {
         let mut doomed = Vec::new();
         {
             let mut mem = self.mem.write();
-            while mem.bytes > self.max_bytes {
-                let Some(h) = mem.order.pop_front() else {
-                    break;
-                };
+            let mut kept = std::collections::VecDeque::with_capacity(mem.order.len());
+            while let Some(h) = mem.order.pop_front() {
+                if !pick(&h) {
+                    kept.push_back(h);
+                    continue;
+                }
                 mem.bytes -= h.bytes;
                 if let Some(list) = mem.tenants.get_mut(&(h.tenant.clone(), h.table)) {
                     if let Some(i) = list
@@ -421,6 +448,7 @@ impl HotStore {
                     .fetch_add(h.rows as u64, Ordering::Relaxed);
                 doomed.push((h.partition, h.offset));
             }
+            mem.order = kept;
         }
         // An aggregator that has not checkpointed past a segment may need to re-read it.
         {
@@ -445,9 +473,9 @@ impl HotStore {
             }
         }
         w.commit().map_err(storage_err)?;
-        tracing::warn!(
+        tracing::info!(
             segments = doomed.len(),
-            "hot store over its memory bound: evicted oldest rows"
+            "hot segments deleted (memory bound or retention)"
         );
         Ok(())
     }
@@ -535,6 +563,8 @@ fn insert_mem(mem: &mut Mem, seg: &Segment) {
     mem.bytes += bytes;
     mem.order.push_back(Held {
         tenant: batch.tenant.clone(),
+        stream: batch.stream.clone(),
+        max_ts: seg.event_times().iter().copied().max().unwrap_or(i64::MIN),
         table: seg.table,
         partition,
         offset,

@@ -8,6 +8,12 @@
 //! - [`hot`]: [`HotStore`], processed rows as Arrow record batches in memory, persisted
 //!   in redb together with each partition's consumer position (so a restart neither
 //!   loses nor duplicates rows), with a memory bound; and the dead-letter table.
+//! - [`janitor`]: retention and compaction passes over both tiers (rewrites swap
+//!   manifest entries in one transaction).
+//! - [`retention`]: the retention in effect per tenant and stream (config, or the admin
+//!   API's replacement kept in redb), and the filter queries apply.
+//! - [`shred`]: the shredded layout of cold `logs` files and how a record is rebuilt.
+//! - `logs_view`: the `logs` table over both tiers (field columns, `record` rebuilt).
 //! - [`rows`]: turning processed NDJSON into Arrow rows of the `logs` table.
 //! - [`metric_rows`]: normalised metric samples into rows of the `metrics` table.
 //! - [`state`]: stateful plugins' state, committed with the position it belongs to.
@@ -20,9 +26,11 @@
 pub mod aggregates;
 pub mod cold;
 pub mod hot;
+pub mod janitor;
 mod logs_view;
 pub mod metric_rows;
 pub mod query;
+pub mod retention;
 pub mod rows;
 pub mod shred;
 pub mod state;

@@ -323,6 +323,7 @@ mod tests {
             path: path.into(),
             tenant: "t".into(),
             table: "logs".into(),
+            stream: None,
             min_ts: 0,
             max_ts: i64::MAX,
             rows: 1,

@@ -99,6 +99,13 @@ fn dead_letters_batch(d: &[DeadLetter]) -> RecordBatch {
     RecordBatch::try_new(dead_letters_schema(), cols).expect("columns match")
 }
 
+/// Wall-clock milliseconds since the epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 impl HotStore {
     /// Run `sql` over `tenant`'s tables only.
     pub async fn query(&self, tenant: &str, sql: &str) -> Result<QueryResult, QueryError> {
@@ -115,11 +122,26 @@ impl HotStore {
 
         // Hot rows (split in two partitions so both cores scan) and cold Parquet files,
         // taken under one lock: a flushed segment is in exactly one of them.
-        for (name, table, schema) in [
-            ("logs", Table::Logs, logs_schema()),
-            ("metrics", Table::Metrics, metrics_schema()),
+        // Rows past their stream's cold retention are hidden at once (the janitor
+        // deletes them later). The cold files stay held until the query ends, so a
+        // compaction cannot delete one under it.
+        let now_ms = now_ms();
+        let mut held = Vec::new();
+        for (name, table, schema, stream) in [
+            ("logs", Table::Logs, logs_schema(), None),
+            (
+                "metrics",
+                Table::Metrics,
+                metrics_schema(),
+                Some(weir_core::names::METRICS_STREAM),
+            ),
         ] {
             let (hot, cold) = self.tiers(tenant, table);
+            let keep = self.retention_filter(tenant, stream, now_ms);
+            let visible = |df: datafusion::dataframe::DataFrame| match &keep {
+                Some(k) => df.filter(k.clone()),
+                None => Ok(df),
+            };
             let mut parts = vec![Vec::new(), Vec::new()];
             for (i, b) in hot.into_iter().enumerate() {
                 parts[i % 2].push(b);
@@ -135,7 +157,8 @@ impl HotStore {
                 Table::Metrics => hot,
             };
             if cold.is_empty() {
-                ctx.register_table(name, hot.into_view()).map_err(exec)?;
+                ctx.register_table(name, visible(hot).map_err(exec)?.into_view())
+                    .map_err(exec)?;
                 continue;
             }
             let url = |p: &std::path::Path| ListingTableUrl::parse(p.to_string_lossy());
@@ -177,7 +200,9 @@ impl HotStore {
             for scan in scans {
                 both = both.union(scan).map_err(exec)?;
             }
-            ctx.register_table(name, both.into_view()).map_err(exec)?;
+            ctx.register_table(name, visible(both).map_err(exec)?.into_view())
+                .map_err(exec)?;
+            held.push(cold);
         }
         let aggs = MemTable::try_new(
             crate::aggregates::aggregates_schema(),
@@ -205,6 +230,7 @@ impl HotStore {
             .collect()
             .await
             .map_err(|e| QueryError::Execution(e.to_string()))?;
+        drop(held);
         Ok(QueryResult { schema, batches })
     }
 }

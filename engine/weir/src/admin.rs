@@ -25,6 +25,12 @@
 //!   lands a replay only while its dead letter exists and removes it in the same commit,
 //!   so a dead letter replayed twice lands once.
 //!
+//! - `PUT /admin/v1/tenants/{tenant}/retention` with `{"hot"?, "hot_mb"?, "cold"?,
+//!   "streams"?: {S: {...}}}` (see `weir_core::retention`): replaces the tenant's
+//!   retention, durably, from the janitor's next pass and every query from now on;
+//!   `GET` shows the one in effect with `"source": "admin" | "config"`; `DELETE` goes
+//!   back to the config file's.
+//!
 //! Tenant data tokens get 403 here, anything else without the admin token 401.
 
 use std::sync::Arc;
@@ -81,6 +87,12 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route(
             "/admin/v1/tenants/{tenant}/pipelines/{stream}",
             get(show_pipeline).put(set_pipeline),
+        )
+        .route(
+            "/admin/v1/tenants/{tenant}/retention",
+            get(show_retention)
+                .put(set_retention)
+                .delete(reset_retention),
         )
         // Every route is a tenant's: the admin token and an existing tenant first.
         .layer(auth)
@@ -404,6 +416,58 @@ async fn list_pipelines(
         .map(|s| pipeline_json(&state, &tenant, s))
         .collect();
     Json(json!({ "pipelines": all })).into_response()
+}
+
+fn retention_json(state: &AdminState, tenant: &str) -> Response {
+    let (doc, source) = state.store.retention(tenant);
+    let source = match source {
+        weir_store::retention::Source::Api => "admin",
+        weir_store::retention::Source::Config => "config",
+    };
+    let mut v = serde_json::to_value(doc).unwrap_or_default();
+    v["source"] = json!(source);
+    Json(v).into_response()
+}
+
+async fn show_retention(
+    State(state): State<Arc<AdminState>>,
+    Path(tenant): Path<String>,
+) -> Response {
+    retention_json(&state, &tenant)
+}
+
+async fn set_retention(
+    State(state): State<Arc<AdminState>>,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Response {
+    let doc: weir_core::retention::RetentionDoc = match serde_json::from_slice(&body) {
+        Ok(d) => d,
+        Err(e) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"hot\"?:\"1h\",\"hot_mb\"?:N,\"cold\"?:\"30d\",\"streams\"?:{{...}}}}: {e}"),
+            )
+        }
+    };
+    if let Err(e) = doc.check() {
+        return err(StatusCode::BAD_REQUEST, e);
+    }
+    if let Err(e) = state.store.set_retention(&tenant, Some(&doc)) {
+        return err(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    }
+    tracing::info!(%tenant, "retention set");
+    retention_json(&state, &tenant)
+}
+
+async fn reset_retention(
+    State(state): State<Arc<AdminState>>,
+    Path(tenant): Path<String>,
+) -> Response {
+    if let Err(e) = state.store.set_retention(&tenant, None) {
+        return err(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    }
+    retention_json(&state, &tenant)
 }
 
 /// Reads a counter family's value for one tenant, plugin and version (0 when unseen).

@@ -159,16 +159,31 @@ async fn serve(args: ServeArgs) -> Result<()> {
             .dir
             .clone()
             .unwrap_or_else(|| config.data_dir.join("cold"));
-        hot = hot.with_cold(&dir).context("open the cold tier")?;
+        let options = weir_store::cold::ColdOptions {
+            small_bytes: config.cold.compact_small_mb << 20,
+            compact_min_files: config.cold.compact_min_files,
+        };
+        hot = hot
+            .with_cold_options(&dir, options)
+            .context("open the cold tier")?;
     }
+    hot.set_retention_config(
+        config
+            .tenant_names()
+            .into_iter()
+            .map(|t| {
+                let doc = config.retention_doc(&t);
+                (t, doc)
+            })
+            .collect(),
+        (config.cold.flush_after_secs > 0).then_some(config.cold.flush_after_secs * 1000),
+    );
     let store = Arc::new(hot);
-    if config.cold.flush_after_secs > 0 {
-        spawn_flusher(
-            store.clone(),
-            std::time::Duration::from_secs(config.cold.flush_after_secs),
-            &metrics_registry,
-        );
-    }
+    spawn_janitor(
+        store.clone(),
+        std::time::Duration::from_secs(config.cold.janitor_secs),
+        &metrics_registry,
+    );
     let registry = Arc::new(
         PluginRegistry::open(&config.data_dir.join("plugins.redb"))
             .context("open the plugin registry")?,
@@ -294,7 +309,9 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 }
 
 /// Flush hot segments older than `age` to the cold tier, every second.
-fn spawn_flusher(store: Arc<HotStore>, age: std::time::Duration, r: &Registry) {
+/// Every second, move due hot rows out (to the cold tier, or deleted without one);
+/// every `every`, a janitor pass (retention, compaction).
+fn spawn_janitor(store: Arc<HotStore>, every: std::time::Duration, r: &Registry) {
     let files = r.counter(
         "weir_cold_files_total",
         "Parquet files written by cold-tier flushes.",
@@ -307,10 +324,23 @@ fn spawn_flusher(store: Arc<HotStore>, age: std::time::Duration, r: &Registry) {
         "weir_cold_bytes_total",
         "Bytes of Parquet written to the cold tier.",
     );
+    let expired = r.counter(
+        "weir_retention_expired_rows_total",
+        "Rows deleted because their stream's retention passed.",
+    );
+    let compacted = r.counter(
+        "weir_cold_compacted_files_total",
+        "Small cold files merged into larger ones.",
+    );
+    let deleted = r.counter(
+        "weir_cold_deleted_files_total",
+        "Cold files deleted from storage (compacted, rewritten or expired).",
+    );
     tokio::spawn(async move {
+        let mut last_pass = std::time::Instant::now();
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            match store.flush_cold(age).await {
+            match store.flush_due().await {
                 Ok(s) if s.files > 0 => {
                     files.with(&[]).add(s.files as u64);
                     rows.with(&[]).add(s.rows);
@@ -326,6 +356,21 @@ fn spawn_flusher(store: Arc<HotStore>, age: std::time::Duration, r: &Registry) {
                 Err(e) => {
                     tracing::error!(error = %e, "cold flush failed; rows stay hot and are retried")
                 }
+            }
+            if last_pass.elapsed() < every {
+                continue;
+            }
+            last_pass = std::time::Instant::now();
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            match store.janitor_pass(now_ms).await {
+                Ok(s) => {
+                    expired.with(&[]).add(s.expired_rows);
+                    compacted.with(&[]).add(s.compacted_files as u64);
+                    deleted.with(&[]).add(s.deleted_files as u64);
+                }
+                Err(e) => tracing::error!(error = %e, "janitor pass failed; retried next pass"),
             }
         }
     });
