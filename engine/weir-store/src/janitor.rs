@@ -43,8 +43,8 @@ pub struct JanitorStats {
 /// Read a cold file's rows back in the hot layout ([`crate::rows::logs_schema`] for
 /// `logs`).
 fn hot_layout(batch: &RecordBatch, file: &ColdFile) -> Result<RecordBatch, StoreError> {
-    if file.table != "logs" {
-        return Ok(batch.clone());
+    if file.table == "metrics" {
+        return hot_metrics(batch);
     }
     let n = batch.num_rows();
     let record: ArrayRef = match (&file.columns, batch.column_by_name("record")) {
@@ -120,6 +120,47 @@ fn hot_layout(batch: &RecordBatch, file: &ColdFile) -> Result<RecordBatch, Store
                 .column_by_name(name)
                 .cloned()
                 .ok_or_else(|| storage_err(format!("{}: no {name} column", file.path))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema, cols).map_err(storage_err)
+}
+
+/// Cold `metrics` rows back in the hot layout: `value` decoded from `value_int`.
+fn hot_metrics(batch: &RecordBatch) -> Result<RecordBatch, StoreError> {
+    use datafusion::arrow::array::Float64Array;
+    use datafusion::arrow::datatypes::{Float64Type, Int64Type};
+    let value = batch
+        .column_by_name("value")
+        .ok_or_else(|| storage_err("metrics file without value"))?
+        .as_primitive::<Float64Type>();
+    let decoded: Float64Array = match (
+        batch.column_by_name("value_int"),
+        batch.column_by_name("value_scale"),
+    ) {
+        (Some(m), Some(k)) => {
+            let (m, k) = (m.as_primitive::<Int64Type>(), k.as_primitive::<UInt8Type>());
+            (0..batch.num_rows())
+                .map(|i| {
+                    Some(if m.is_null(i) {
+                        value.value(i)
+                    } else {
+                        crate::metric_rows::from_decimal(m.value(i), k.value(i))
+                    })
+                })
+                .collect()
+        }
+        _ => value.clone(),
+    };
+    let schema = crate::metric_rows::metrics_schema();
+    let cols = schema
+        .fields()
+        .iter()
+        .map(|f| match f.name().as_str() {
+            "value" => Ok(Arc::new(decoded.clone()) as ArrayRef),
+            name => batch
+                .column_by_name(name)
+                .cloned()
+                .ok_or_else(|| storage_err(format!("metrics file without {name}"))),
         })
         .collect::<Result<Vec<_>, _>>()?;
     RecordBatch::try_new(schema, cols).map_err(storage_err)

@@ -13,7 +13,8 @@
 //! - [`retention`]: the retention in effect per tenant and stream (config, or the admin
 //!   API's replacement kept in redb), and the filter queries apply.
 //! - [`shred`]: the shredded layout of cold `logs` files and how a record is rebuilt.
-//! - `logs_view`: the `logs` table over both tiers (field columns, `record` rebuilt).
+//! - `views`: `logs` and `metrics` over both tiers (field columns, `record` rebuilt,
+//!   metric values decoded).
 //! - [`rows`]: turning processed NDJSON into Arrow rows of the `logs` table.
 //! - [`metric_rows`]: normalised metric samples into rows of the `metrics` table.
 //! - [`state`]: stateful plugins' state, committed with the position it belongs to.
@@ -27,13 +28,13 @@ pub mod aggregates;
 pub mod cold;
 pub mod hot;
 pub mod janitor;
-mod logs_view;
 pub mod metric_rows;
 pub mod query;
 pub mod retention;
 pub mod rows;
 pub mod shred;
 pub mod state;
+mod views;
 
 pub use aggregates::{aggregates_schema, AggRow};
 pub use cold::{ColdFile, FlushStats};

@@ -34,9 +34,9 @@ use thiserror::Error;
 
 use crate::hot::Table;
 use crate::hot::{DeadLetter, HotStore};
-use crate::logs_view;
 use crate::metric_rows::metrics_schema;
 use crate::rows::logs_schema;
+use crate::views;
 
 #[derive(Debug, Error)]
 pub enum QueryError {
@@ -153,7 +153,7 @@ impl HotStore {
             let columns =
                 crate::shred::merge_columns(cold.iter().filter_map(|(_, f)| f.columns.as_deref()));
             let hot = match table {
-                Table::Logs => logs_view::hot_view(hot, &columns).map_err(exec)?,
+                Table::Logs => views::hot_view(hot, &columns).map_err(exec)?,
                 Table::Metrics => hot,
             };
             if cold.is_empty() {
@@ -168,7 +168,7 @@ impl HotStore {
             let groups = match table {
                 Table::Logs => {
                     let files: Vec<_> = cold.iter().map(|(_, f)| f.columns.as_deref()).collect();
-                    logs_view::read_groups(&files, &columns)
+                    views::read_groups(&files, &columns)
                 }
                 Table::Metrics => vec![(Vec::new(), (0..cold.len()).collect())],
             };
@@ -181,8 +181,8 @@ impl HotStore {
                     .map_err(exec)?;
                 let legacy = idx.iter().any(|&i| cold[i].1.columns.is_none());
                 let read_schema = match table {
-                    Table::Logs => logs_view::cold_read_schema(&file_columns, legacy),
-                    Table::Metrics => schema.clone(),
+                    Table::Logs => views::cold_read_schema(&file_columns, legacy),
+                    Table::Metrics => views::cold_metrics_read_schema(),
                 };
                 let cfg = ListingTableConfig::new_with_multi_paths(urls)
                     .with_listing_options(opts.clone())
@@ -191,9 +191,9 @@ impl HotStore {
                 let scan = ctx.read_table(Arc::new(listing)).map_err(exec)?;
                 scans.push(match table {
                     Table::Logs => {
-                        logs_view::cold_view(scan, &file_columns, &columns, legacy).map_err(exec)?
+                        views::cold_view(scan, &file_columns, &columns, legacy).map_err(exec)?
                     }
-                    Table::Metrics => scan,
+                    Table::Metrics => views::cold_metrics_view(scan).map_err(exec)?,
                 });
             }
             let mut both = hot;
