@@ -111,6 +111,20 @@ async fn rows_move_to_parquet_and_one_query_sees_both_tiers() {
         s.count("acme-token", "SELECT CAST(sum(value) AS BIGINT) FROM metrics WHERE json_get_str(labels, 'host') = 'h1'").await,
         (0..100).filter(|i| i % 2 == 1).sum::<i64>()
     );
+    // Rollups written with the flushed samples: the same totals.
+    assert_eq!(
+        s.count(
+            "acme-token",
+            "SELECT CAST(sum(sum) AS BIGINT) FROM metrics_1m WHERE labels = '{\"host\":\"h1\"}'"
+        )
+        .await,
+        (0..100).filter(|i| i % 2 == 1).sum::<i64>()
+    );
+    assert_eq!(
+        s.count("acme-token", "SELECT sum(count) FROM metrics_1h")
+            .await,
+        100
+    );
     // Frequent fields are columns of their own, in both tiers, and `record` still
     // holds every field.
     for sql in [

@@ -73,6 +73,27 @@ pub struct ColdConfig {
     /// ...once a tenant's stream has this many of them for one day.
     #[serde(default = "d_min_files")]
     pub compact_min_files: usize,
+    /// Resolutions of the metric rollups written with the raw samples (tables
+    /// `metrics_1m`, `metrics_1h`, ...): whole seconds, 10 s to 1 day.
+    #[serde(default = "d_rollups")]
+    pub rollups: Vec<String>,
+}
+impl ColdConfig {
+    /// The rollup resolutions in seconds (checked by `Config::validate`).
+    pub fn rollup_secs(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .rollups
+            .iter()
+            .filter_map(|r| crate::retention::parse_duration_ms(r))
+            .map(|ms| (ms / 1000) as u32)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+fn d_rollups() -> Vec<String> {
+    vec!["1m".into(), "1h".into()]
 }
 fn d_janitor() -> u64 {
     60
@@ -91,6 +112,7 @@ impl Default for ColdConfig {
             janitor_secs: d_janitor(),
             compact_small_mb: d_small_mb(),
             compact_min_files: d_min_files(),
+            rollups: d_rollups(),
         }
     }
 }
@@ -586,6 +608,16 @@ impl Config {
         if self.hot.batch_records == 0 {
             return bad("hot.batch_records must be positive".into());
         }
+        for r in &self.cold.rollups {
+            match crate::retention::parse_duration_ms(r) {
+                Some(ms) if ms % 1000 == 0 && (10_000..=86_400_000).contains(&ms) => {}
+                _ => {
+                    return bad(format!(
+                        "cold.rollups: {r:?} must be whole seconds from 10s to 1d"
+                    ))
+                }
+            }
+        }
         if self.cold.janitor_secs == 0 || self.cold.compact_min_files < 2 {
             return bad(
                 "cold.janitor_secs must be positive and cold.compact_min_files at least 2".into(),
@@ -608,6 +640,7 @@ impl Config {
             hot: tc.retention.hot.clone(),
             hot_mb: tc.retention.hot_mb,
             cold: tc.retention.cold.clone(),
+            rollups: tc.retention.rollups.clone(),
             streams: tc
                 .streams
                 .iter()

@@ -8,6 +8,7 @@
 //! hot = "1h"                      # rows stay hot this long, then go cold
 //! hot_mb = 512                    # hot bytes of one stream; over it, oldest rows go first
 //! cold = "30d"                    # cold rows are kept this long, by event time
+//! rollups = "400d"                # metric rollups (`metrics_1m`...) this long
 //! [tenants.acme.streams.audit.retention]
 //! cold = "400d"                   # one stream differs; unset fields are the tenant's
 //! ```
@@ -47,6 +48,9 @@ pub struct Retention {
     /// How long rows are kept at all, by event time (`ts`); unset: forever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cold: Option<String>,
+    /// How long metric rollups are kept, by window start; unset: forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollups: Option<String>,
 }
 
 /// A tenant's retention: its default and per-stream exceptions (the shape of both the
@@ -60,6 +64,8 @@ pub struct RetentionDoc {
     pub hot_mb: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cold: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollups: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub streams: BTreeMap<String, Retention>,
 }
@@ -73,13 +79,20 @@ pub struct Effective {
     pub hot_bytes: Option<u64>,
     /// Rows with an event time older than now minus this are deleted (None: kept).
     pub cold_ms: Option<u64>,
+    /// The same for metric rollups.
+    pub rollups_ms: Option<u64>,
 }
 
 fn check_scope(
     scope: &str,
-    r: (&Option<String>, &Option<u64>, &Option<String>),
+    r: (
+        &Option<String>,
+        &Option<u64>,
+        &Option<String>,
+        &Option<String>,
+    ),
 ) -> Result<(), String> {
-    for (name, v) in [("hot", r.0), ("cold", r.2)] {
+    for (name, v) in [("hot", r.0), ("cold", r.2), ("rollups", r.3)] {
         if let Some(s) = v {
             if parse_duration_ms(s).is_none() {
                 return Err(format!(
@@ -97,12 +110,15 @@ fn check_scope(
 impl RetentionDoc {
     /// Every duration parses and every bound is positive.
     pub fn check(&self) -> Result<(), String> {
-        check_scope("", (&self.hot, &self.hot_mb, &self.cold))?;
+        check_scope("", (&self.hot, &self.hot_mb, &self.cold, &self.rollups))?;
         for (stream, r) in &self.streams {
             if !crate::names::is_valid_name(stream) {
                 return Err(format!("stream name {stream:?} is invalid"));
             }
-            check_scope(&format!("streams.{stream}."), (&r.hot, &r.hot_mb, &r.cold))?;
+            check_scope(
+                &format!("streams.{stream}."),
+                (&r.hot, &r.hot_mb, &r.cold, &r.rollups),
+            )?;
         }
         Ok(())
     }
@@ -123,6 +139,7 @@ impl RetentionDoc {
                 .or(self.hot_mb)
                 .map(|mb| mb.saturating_mul(1 << 20)),
             cold_ms: pick(|r| &r.cold, &self.cold),
+            rollups_ms: pick(|r| &r.rollups, &self.rollups),
         }
     }
 }
@@ -145,7 +162,8 @@ mod tests {
             Effective {
                 hot_ms: Some(3_600_000),
                 hot_bytes: None,
-                cold_ms: Some(30 * d)
+                cold_ms: Some(30 * d),
+                rollups_ms: None,
             }
         );
         assert_eq!(doc.resolve("audit", None).cold_ms, Some(400 * d));

@@ -43,6 +43,9 @@ pub(crate) const COLD_FILES: TableDefinition<&str, &[u8]> = TableDefinition::new
 /// stream.
 type Chosen = std::collections::BTreeMap<(String, Table, String), Vec<(u32, u64, RecordBatch)>>;
 
+/// One table's hot batches and cold files (full path and manifest entry).
+pub type Tiers = (Vec<RecordBatch>, Vec<(PathBuf, Arc<ColdFile>)>);
+
 /// Rows per Parquet row group.
 const ROW_GROUP: usize = 64 * 1024;
 
@@ -77,12 +80,14 @@ pub(crate) struct Cold {
 }
 
 /// Compaction settings of the cold tier.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ColdOptions {
     /// Files smaller than this are merged...
     pub small_bytes: u64,
     /// ...once at least this many of one tenant, table, stream and day exist.
     pub compact_min_files: usize,
+    /// Resolutions (seconds) of the metric rollups written with each metrics flush.
+    pub rollups: Vec<u32>,
 }
 
 impl Default for ColdOptions {
@@ -90,6 +95,7 @@ impl Default for ColdOptions {
         ColdOptions {
             small_bytes: 64 << 20,
             compact_min_files: 8,
+            rollups: vec![60, 3600],
         }
     }
 }
@@ -102,10 +108,24 @@ pub struct FlushStats {
     pub bytes: u64,
 }
 
-pub(crate) fn table_name(t: Table) -> &'static str {
+/// `logs`, `metrics`, `metrics_1m`...: a table's name in SQL, paths and the manifest.
+pub fn table_name(t: Table) -> String {
     match t {
-        Table::Logs => "logs",
-        Table::Metrics => "metrics",
+        Table::Logs => "logs".into(),
+        Table::Metrics => "metrics".into(),
+        Table::Rollup(secs) => format!("metrics_{}", crate::rollups::resolution_name(secs)),
+    }
+}
+
+pub(crate) fn table_of(name: &str) -> Table {
+    match name {
+        "metrics" => Table::Metrics,
+        n => match n.strip_prefix("metrics_") {
+            Some(res) => Table::Rollup(
+                weir_core::retention::parse_duration_ms(res).map_or(0, |ms| (ms / 1000) as u32),
+            ),
+            None => Table::Logs,
+        },
     }
 }
 
@@ -114,7 +134,7 @@ pub(crate) fn table_name(t: Table) -> &'static str {
 fn sorted(batch: &RecordBatch, table: Table) -> Result<RecordBatch, StoreError> {
     let key = match table {
         Table::Logs => "stream",
-        Table::Metrics => "series",
+        Table::Metrics | Table::Rollup(_) => "series",
     };
     let cols = [key, "ts"]
         .iter()
@@ -202,6 +222,7 @@ impl Cold {
                 (b, Some(c))
             }
             Table::Metrics => (crate::metric_rows::cold_metrics(&all), None),
+            Table::Rollup(_) => (all, None),
         };
         let ts = all
             .column_by_name("ts")
@@ -226,7 +247,7 @@ impl Cold {
         let file = ColdFile {
             path: path.clone(),
             tenant: tenant.to_owned(),
-            table: table_name(table).to_owned(),
+            table: table_name(table),
             stream: Some(stream.to_owned()),
             min_ts,
             max_ts,
@@ -294,33 +315,47 @@ impl HotStore {
         Ok(self)
     }
 
+    /// Resolutions (seconds) of the metric rollup tables.
+    pub fn rollup_resolutions(&self) -> Vec<u32> {
+        match &self.cold {
+            Some(c) => c.options.rollups.clone(),
+            None => ColdOptions::default().rollups,
+        }
+    }
+
+    /// [`HotStore::tiers`] of several tables, all under one lock.
+    pub fn snapshot(&self, tenant: &str, tables: &[Table]) -> Vec<Tiers> {
+        let mem = self.mem.read();
+        tables
+            .iter()
+            .map(|t| {
+                let key = (tenant.to_owned(), *t);
+                let hot = mem
+                    .tenants
+                    .get(&key)
+                    .map(|v| v.iter().map(|(_, _, b)| b.clone()).collect())
+                    .unwrap_or_default();
+                let cold = match &self.cold {
+                    Some(c) => mem
+                        .cold
+                        .get(&key)
+                        .map(|v| {
+                            v.iter()
+                                .map(|f| (c.root.join(&f.path), f.clone()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                (hot, cold)
+            })
+            .collect()
+    }
+
     /// The hot batches of `tenant`'s `table` and its cold files (full path and manifest
     /// entry), as one consistent view (never a row in both).
-    pub fn tiers(
-        &self,
-        tenant: &str,
-        table: Table,
-    ) -> (Vec<RecordBatch>, Vec<(PathBuf, Arc<ColdFile>)>) {
-        let mem = self.mem.read();
-        let key = (tenant.to_owned(), table);
-        let hot = mem
-            .tenants
-            .get(&key)
-            .map(|v| v.iter().map(|(_, _, b)| b.clone()).collect())
-            .unwrap_or_default();
-        let cold = match &self.cold {
-            Some(c) => mem
-                .cold
-                .get(&key)
-                .map(|v| {
-                    v.iter()
-                        .map(|f| (c.root.join(&f.path), f.clone()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            None => Vec::new(),
-        };
-        (hot, cold)
+    pub fn tiers(&self, tenant: &str, table: Table) -> Tiers {
+        self.snapshot(tenant, &[table]).remove(0)
     }
 
     /// Flush every hot segment committed more than `older_than` ago (and, over the
@@ -399,15 +434,27 @@ impl HotStore {
         for ((tenant, table, stream), segs) in chosen {
             let batches: Vec<RecordBatch> = segs.iter().map(|(_, _, b)| b.clone()).collect();
             let all = concat_batches(&batches[0].schema(), &batches).map_err(storage_err)?;
+            let segments: Vec<(u32, u64)> = segs.iter().map(|(p, o, _)| (*p, *o)).collect();
             let file = cold
-                .write_file(
-                    &tenant,
-                    table,
-                    &stream,
-                    &all,
-                    segs.iter().map(|(p, o, _)| (*p, *o)).collect(),
-                )
+                .write_file(&tenant, table, &stream, &all, segments.clone())
                 .await?;
+            // Metrics: the rollups of exactly these samples, committed with them.
+            let mut rollups = Vec::new();
+            if table == Table::Metrics {
+                for &secs in &cold.options.rollups {
+                    let rows = crate::rollups::rollup_rows(&all, secs);
+                    rollups.push(
+                        cold.write_file(
+                            &tenant,
+                            Table::Rollup(secs),
+                            &stream,
+                            &rows,
+                            segments.clone(),
+                        )
+                        .await?,
+                    );
+                }
+            }
             if std::env::var_os("WEIR_FAULT_COLD_AFTER_PUT").is_some() {
                 tracing::error!("fault injection: stopping between the cold file and its commit");
                 std::process::abort();
@@ -415,9 +462,11 @@ impl HotStore {
             let w = self.db.begin_write().map_err(storage_err)?;
             {
                 let mut m = w.open_table(COLD_FILES).map_err(storage_err)?;
-                let json = serde_json::to_vec(&file).map_err(storage_err)?;
-                m.insert(file.path.as_str(), json.as_slice())
-                    .map_err(storage_err)?;
+                for f in std::iter::once(&file).chain(&rollups) {
+                    let json = serde_json::to_vec(f).map_err(storage_err)?;
+                    m.insert(f.path.as_str(), json.as_slice())
+                        .map_err(storage_err)?;
+                }
                 let mut s = w.open_table(crate::hot::SEGMENTS).map_err(storage_err)?;
                 for (p, o) in &file.segments {
                     s.remove((*p, *o)).map_err(storage_err)?;
@@ -431,6 +480,12 @@ impl HotStore {
                     .entry((tenant.clone(), table))
                     .or_default()
                     .push(Arc::new(file.clone()));
+                for r in rollups {
+                    mem.cold
+                        .entry((tenant.clone(), table_of(&r.table)))
+                        .or_default()
+                        .push(Arc::new(r));
+                }
             }
             stats.files += 1;
             stats.rows += file.rows;
@@ -493,14 +548,6 @@ impl HotStore {
             }
         }
         w.commit().unwrap();
-    }
-}
-
-fn table_of(name: &str) -> Table {
-    if name == "metrics" {
-        Table::Metrics
-    } else {
-        Table::Logs
     }
 }
 

@@ -161,6 +161,9 @@ pub struct ReplayOutcome {
 pub enum Table {
     Logs,
     Metrics,
+    /// Metric rollups at this many seconds' resolution (cold files only; see
+    /// [`crate::rollups`]).
+    Rollup(u32),
 }
 
 /// A segment's rows in memory: partition, offset, rows.

@@ -46,6 +46,9 @@ fn hot_layout(batch: &RecordBatch, file: &ColdFile) -> Result<RecordBatch, Store
     if file.table == "metrics" {
         return hot_metrics(batch);
     }
+    if file.table != "logs" {
+        return Ok(batch.clone()); // rollups: one layout
+    }
     let n = batch.num_rows();
     let record: ArrayRef = match (&file.columns, batch.column_by_name("record")) {
         (None, Some(r)) => r.clone(),
@@ -180,7 +183,7 @@ impl HotStore {
                 .collect::<std::collections::HashSet<_>>()
                 .into_iter()
                 .filter_map(|(t, s)| {
-                    let c = self.cutoff(&t, Some(&s), now_ms)?;
+                    let c = self.cutoff(&t, Some(&s), false, now_ms)?;
                     Some(((t, s), c))
                 })
                 .collect()
@@ -203,7 +206,8 @@ impl HotStore {
             for files in mem.cold.values() {
                 let mut small: BTreeMap<(Option<&str>, &str), Vec<Arc<ColdFile>>> = BTreeMap::new();
                 for f in files {
-                    let cutoff = self.cutoff(&f.tenant, f.stream.as_deref(), now_ms);
+                    let rollup = matches!(crate::cold::table_of(&f.table), Table::Rollup(_));
+                    let cutoff = self.cutoff(&f.tenant, f.stream.as_deref(), rollup, now_ms);
                     match cutoff {
                         Some(c) if f.max_ts < c => rewrites.push((vec![f.clone()], Some(c))),
                         Some(c)
@@ -221,7 +225,14 @@ impl HotStore {
                 }
                 for (_, group) in small {
                     if group.len() >= cold.options.compact_min_files.max(2) {
-                        let c = self.cutoff(&group[0].tenant, group[0].stream.as_deref(), now_ms);
+                        let rollup =
+                            matches!(crate::cold::table_of(&group[0].table), Table::Rollup(_));
+                        let c = self.cutoff(
+                            &group[0].tenant,
+                            group[0].stream.as_deref(),
+                            rollup,
+                            now_ms,
+                        );
                         rewrites.push((group, c));
                     }
                 }
@@ -260,10 +271,9 @@ impl HotStore {
 
     /// Rows of `tenant`'s `stream` (None: a file of the first layout — the tenant's
     /// own retention) older than this are past retention.
-    fn cutoff(&self, tenant: &str, stream: Option<&str>, now_ms: i64) -> Option<i64> {
-        let ms = self
-            .effective_retention(tenant, stream.unwrap_or(""))
-            .cold_ms?;
+    fn cutoff(&self, tenant: &str, stream: Option<&str>, rollup: bool, now_ms: i64) -> Option<i64> {
+        let e = self.effective_retention(tenant, stream.unwrap_or(""));
+        let ms = if rollup { e.rollups_ms } else { e.cold_ms }?;
         Some(now_ms.saturating_sub(ms as i64))
     }
 
@@ -279,11 +289,7 @@ impl HotStore {
             return Ok((0, false));
         };
         let first = &files[0];
-        let table = if first.table == "metrics" {
-            Table::Metrics
-        } else {
-            Table::Logs
-        };
+        let table = crate::cold::table_of(&first.table);
         let mut batches = Vec::new();
         for f in files {
             let bytes = cold
@@ -445,6 +451,7 @@ mod tests {
                 ColdOptions {
                     small_bytes: 1 << 30,
                     compact_min_files: min_files,
+                    ..ColdOptions::default()
                 },
             )
             .unwrap()

@@ -12,6 +12,8 @@
 //!   manifest entries in one transaction).
 //! - [`retention`]: the retention in effect per tenant and stream (config, or the admin
 //!   API's replacement kept in redb), and the filter queries apply.
+//! - [`rollups`]: metric rollups (count, sum, min, max, sketch per series and window),
+//!   written with each metrics flush; the sketch SQL functions.
 //! - [`shred`]: the shredded layout of cold `logs` files and how a record is rebuilt.
 //! - `views`: `logs` and `metrics` over both tiers (field columns, `record` rebuilt,
 //!   metric values decoded).
@@ -31,6 +33,7 @@ pub mod janitor;
 pub mod metric_rows;
 pub mod query;
 pub mod retention;
+pub mod rollups;
 pub mod rows;
 pub mod shred;
 pub mod state;

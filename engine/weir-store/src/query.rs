@@ -21,6 +21,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::json::writer::{JsonArray, WriterBuilder};
+use datafusion::dataframe::DataFrame;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -120,89 +121,73 @@ impl HotStore {
         datafusion_functions_json::register_all(&mut ctx)
             .map_err(|e| QueryError::Execution(e.to_string()))?;
 
-        // Hot rows (split in two partitions so both cores scan) and cold Parquet files,
-        // taken under one lock: a flushed segment is in exactly one of them.
-        // Rows past their stream's cold retention are hidden at once (the janitor
-        // deletes them later). The cold files stay held until the query ends, so a
-        // compaction cannot delete one under it.
+        // Hot rows and cold Parquet files of every table, taken under one lock: a
+        // flushed segment (and its rollups) is in exactly one tier. Rows past their
+        // stream's retention are hidden at once (the janitor deletes them later). The
+        // cold files stay held until the query ends, so a compaction cannot delete one
+        // under it.
+        let exec = |e: datafusion::error::DataFusionError| QueryError::Execution(e.to_string());
+        let (sketch_aggs, quantile) = crate::rollups::functions();
+        for f in sketch_aggs {
+            ctx.register_udaf(f);
+        }
+        ctx.register_udf(quantile);
         let now_ms = now_ms();
-        let mut held = Vec::new();
-        for (name, table, schema, stream) in [
-            ("logs", Table::Logs, logs_schema(), None),
-            (
-                "metrics",
-                Table::Metrics,
-                metrics_schema(),
-                Some(weir_core::names::METRICS_STREAM),
-            ),
-        ] {
-            let (hot, cold) = self.tiers(tenant, table);
-            let keep = self.retention_filter(tenant, stream, now_ms);
-            let visible = |df: datafusion::dataframe::DataFrame| match &keep {
-                Some(k) => df.filter(k.clone()),
-                None => Ok(df),
+        let resolutions = self.rollup_resolutions();
+        let mut tables = vec![Table::Logs, Table::Metrics];
+        tables.extend(resolutions.iter().map(|r| Table::Rollup(*r)));
+        let snapshot = self.snapshot(tenant, &tables);
+        let metrics_stream = Some(weir_core::names::METRICS_STREAM);
+        let mut hot_metrics = None;
+        for (table, (hot, cold)) in tables.iter().zip(&snapshot) {
+            let table = *table;
+            let (stream, rollup) = match table {
+                Table::Logs => (None, false),
+                Table::Metrics => (metrics_stream, false),
+                Table::Rollup(_) => (metrics_stream, true),
             };
-            let mut parts = vec![Vec::new(), Vec::new()];
-            for (i, b) in hot.into_iter().enumerate() {
-                parts[i % 2].push(b);
-            }
-            let exec = |e: datafusion::error::DataFusionError| QueryError::Execution(e.to_string());
-            let mem = MemTable::try_new(schema.clone(), parts).map_err(exec)?;
-            let hot = ctx.read_table(Arc::new(mem)).map_err(exec)?;
-            // Field columns of the tenant's shredded `logs` files (kinds merged).
-            let columns =
-                crate::shred::merge_columns(cold.iter().filter_map(|(_, f)| f.columns.as_deref()));
-            let hot = match table {
-                Table::Logs => views::hot_view(hot, &columns).map_err(exec)?,
-                Table::Metrics => hot,
-            };
-            if cold.is_empty() {
-                ctx.register_table(name, visible(hot).map_err(exec)?.into_view())
-                    .map_err(exec)?;
-                continue;
-            }
-            let url = |p: &std::path::Path| ListingTableUrl::parse(p.to_string_lossy());
-            let opts = ListingOptions::new(Arc::new(ParquetFormat::default()))
-                .with_file_extension(".parquet");
-            // `logs`: one scan per read group (one unless a field changed kind).
-            let groups = match table {
-                Table::Logs => {
-                    let files: Vec<_> = cold.iter().map(|(_, f)| f.columns.as_deref()).collect();
-                    views::read_groups(&files, &columns)
+            let keep = self.retention_filter(tenant, stream, rollup, now_ms);
+            let view = match table {
+                Table::Rollup(secs) => {
+                    let cold = if cold.is_empty() {
+                        None
+                    } else {
+                        Some(self.cold_scan(&ctx, table, cold, &[])?)
+                    };
+                    let hot = hot_metrics.clone().expect("metrics come before rollups");
+                    crate::rollups::rollup_view(hot, cold, secs).map_err(exec)?
                 }
-                Table::Metrics => vec![(Vec::new(), (0..cold.len()).collect())],
-            };
-            let mut scans = Vec::new();
-            for (file_columns, idx) in groups {
-                let urls = idx
-                    .iter()
-                    .map(|&i| url(&cold[i].0))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(exec)?;
-                let legacy = idx.iter().any(|&i| cold[i].1.columns.is_none());
-                let read_schema = match table {
-                    Table::Logs => views::cold_read_schema(&file_columns, legacy),
-                    Table::Metrics => views::cold_metrics_read_schema(),
-                };
-                let cfg = ListingTableConfig::new_with_multi_paths(urls)
-                    .with_listing_options(opts.clone())
-                    .with_schema(read_schema);
-                let listing = ListingTable::try_new(cfg).map_err(exec)?;
-                let scan = ctx.read_table(Arc::new(listing)).map_err(exec)?;
-                scans.push(match table {
-                    Table::Logs => {
-                        views::cold_view(scan, &file_columns, &columns, legacy).map_err(exec)?
+                _ => {
+                    let schema = match table {
+                        Table::Logs => logs_schema(),
+                        _ => metrics_schema(),
+                    };
+                    let hot = self.hot_scan(&ctx, schema, hot)?;
+                    if table == Table::Metrics {
+                        hot_metrics = Some(hot.clone());
                     }
-                    Table::Metrics => views::cold_metrics_view(scan).map_err(exec)?,
-                });
-            }
-            let mut both = hot;
-            for scan in scans {
-                both = both.union(scan).map_err(exec)?;
-            }
-            ctx.register_table(name, visible(both).map_err(exec)?.into_view())
+                    // Field columns of the tenant's shredded `logs` files (kinds merged).
+                    let columns = crate::shred::merge_columns(
+                        cold.iter().filter_map(|(_, f)| f.columns.as_deref()),
+                    );
+                    let hot = match table {
+                        Table::Logs => views::hot_view(hot, &columns).map_err(exec)?,
+                        _ => hot,
+                    };
+                    if cold.is_empty() {
+                        hot
+                    } else {
+                        hot.union(self.cold_scan(&ctx, table, cold, &columns)?)
+                            .map_err(exec)?
+                    }
+                }
+            };
+            let view = match keep {
+                Some(k) => view.filter(k).map_err(exec)?,
+                None => view,
+            };
+            ctx.register_table(crate::cold::table_name(table), view.into_view())
                 .map_err(exec)?;
-            held.push(cold);
         }
         let aggs = MemTable::try_new(
             crate::aggregates::aggregates_schema(),
@@ -230,8 +215,82 @@ impl HotStore {
             .collect()
             .await
             .map_err(|e| QueryError::Execution(e.to_string()))?;
-        drop(held);
+        drop(snapshot);
         Ok(QueryResult { schema, batches })
+    }
+}
+
+type ColdFiles = [(std::path::PathBuf, Arc<crate::cold::ColdFile>)];
+
+impl HotStore {
+    /// Hot batches as a table scanned by two partitions (both cores).
+    fn hot_scan(
+        &self,
+        ctx: &SessionContext,
+        schema: SchemaRef,
+        hot: &[RecordBatch],
+    ) -> Result<DataFrame, QueryError> {
+        let exec = |e: datafusion::error::DataFusionError| QueryError::Execution(e.to_string());
+        let mut parts = vec![Vec::new(), Vec::new()];
+        for (i, b) in hot.iter().enumerate() {
+            parts[i % 2].push(b.clone());
+        }
+        let mem = MemTable::try_new(schema, parts).map_err(exec)?;
+        ctx.read_table(Arc::new(mem)).map_err(exec)
+    }
+
+    /// Cold files of one table as rows of that table (`columns`: the merged field
+    /// columns of `logs`). `logs`: one scan per read group (one unless a field changed
+    /// kind); Parquet statistics prune files and row groups.
+    fn cold_scan(
+        &self,
+        ctx: &SessionContext,
+        table: Table,
+        cold: &ColdFiles,
+        columns: &[crate::shred::ShredColumn],
+    ) -> Result<DataFrame, QueryError> {
+        let exec = |e: datafusion::error::DataFusionError| QueryError::Execution(e.to_string());
+        let url = |p: &std::path::Path| ListingTableUrl::parse(p.to_string_lossy());
+        let opts =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let groups = match table {
+            Table::Logs => {
+                let files: Vec<_> = cold.iter().map(|(_, f)| f.columns.as_deref()).collect();
+                views::read_groups(&files, columns)
+            }
+            _ => vec![(Vec::new(), (0..cold.len()).collect())],
+        };
+        let mut out: Option<DataFrame> = None;
+        for (file_columns, idx) in groups {
+            let urls = idx
+                .iter()
+                .map(|&i| url(&cold[i].0))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(exec)?;
+            let legacy = idx.iter().any(|&i| cold[i].1.columns.is_none());
+            let read_schema = match table {
+                Table::Logs => views::cold_read_schema(&file_columns, legacy),
+                Table::Metrics => views::cold_metrics_read_schema(),
+                Table::Rollup(_) => crate::rollups::rollup_schema(),
+            };
+            let cfg = ListingTableConfig::new_with_multi_paths(urls)
+                .with_listing_options(opts.clone())
+                .with_schema(read_schema);
+            let listing = ListingTable::try_new(cfg).map_err(exec)?;
+            let scan = ctx.read_table(Arc::new(listing)).map_err(exec)?;
+            let scan = match table {
+                Table::Logs => {
+                    views::cold_view(scan, &file_columns, columns, legacy).map_err(exec)?
+                }
+                Table::Metrics => views::cold_metrics_view(scan).map_err(exec)?,
+                Table::Rollup(_) => scan,
+            };
+            out = Some(match out {
+                Some(o) => o.union(scan).map_err(exec)?,
+                None => scan,
+            });
+        }
+        out.ok_or_else(|| QueryError::Execution("no cold files".into()))
     }
 }
 

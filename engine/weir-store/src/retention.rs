@@ -125,6 +125,7 @@ impl HotStore {
         &self,
         tenant: &str,
         stream: Option<&str>,
+        rollup: bool,
         now_ms: i64,
     ) -> Option<Expr> {
         let r = self.retention.read();
@@ -139,8 +140,9 @@ impl HotStore {
             }
         };
         if let Some(s) = stream {
-            let e = doc.resolve(s, None).cold_ms?;
-            return Some(since(Some(e)));
+            let e = doc.resolve(s, None);
+            let age = if rollup { e.rollups_ms } else { e.cold_ms }?;
+            return Some(since(Some(age)));
         }
         let default = doc.resolve("", None).cold_ms;
         let exceptions: Vec<(&String, Option<u64>)> = doc

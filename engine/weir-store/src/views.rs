@@ -415,6 +415,7 @@ mod tests {
                 crate::cold::ColdOptions {
                     small_bytes: 1 << 30,
                     compact_min_files: 2,
+                    ..crate::cold::ColdOptions::default()
                 },
             )
             .unwrap();
@@ -464,7 +465,11 @@ mod tests {
             .map(|v| v.to_bits())
             .collect();
         assert_eq!(metric_values(&s).await, want);
-        assert_eq!(s.janitor_pass(0).await.unwrap().compacted_files, 2);
+        assert_eq!(
+            s.janitor_pass(0).await.unwrap().compacted_files,
+            6,
+            "two metrics files and two of each rollup"
+        );
         assert_eq!(s.tiers("t", crate::Table::Metrics).1.len(), 1);
         assert_eq!(metric_values(&s).await, want, "after the compaction");
     }

@@ -162,6 +162,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let options = weir_store::cold::ColdOptions {
             small_bytes: config.cold.compact_small_mb << 20,
             compact_min_files: config.cold.compact_min_files,
+            rollups: config.cold.rollup_secs(),
         };
         hot = hot
             .with_cold_options(&dir, options)
