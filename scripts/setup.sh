@@ -13,6 +13,7 @@ WASM_TOOLS=1.263.0
 COMPONENTIZE_PY=0.25.1
 PYARROW=22.0.0
 DUCKDB=1.4.2
+ADBC_FLIGHTSQL=1.13.0
 ZIGLANG=0.17.1
 COMPONENTIZE_JS=0.23.0
 
@@ -41,9 +42,10 @@ if [ ! -x "$TOOLS/venv/bin/python3" ]; then
   fi
 fi
 # Python: componentize-py and zig for plugins; pyarrow and duckdb, the independent
-# readers the cold-tier tests check Weir's Parquet files with.
+# readers the cold-tier tests check Weir's Parquet files with; the ADBC Flight SQL
+# driver the Flight SQL test queries the server with.
 frozen=$("$TOOLS/venv/bin/pip" freeze 2>/dev/null || true)
-for pin in "componentize-py==$COMPONENTIZE_PY" "ziglang==$ZIGLANG" "pyarrow==$PYARROW" "duckdb==$DUCKDB"; do
+for pin in "componentize-py==$COMPONENTIZE_PY" "ziglang==$ZIGLANG" "pyarrow==$PYARROW" "duckdb==$DUCKDB" "adbc-driver-flightsql==$ADBC_FLIGHTSQL"; do
   if ! grep -qx "$pin" <<<"$frozen"; then
     "$TOOLS/venv/bin/pip" install --quiet "$pin"
   fi

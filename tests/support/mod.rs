@@ -14,6 +14,9 @@ pub struct Server {
     pub base: String,
     /// The admin API's base URL, when the config has an admin token.
     pub admin: Option<String>,
+    /// The gRPC listener (Arrow Flight SQL), `grpc://HOST:PORT`.
+    #[allow(dead_code)]
+    pub grpc: String,
     pub dir: PathBuf,
 }
 
@@ -38,6 +41,7 @@ impl Server {
             .arg("--data-dir")
             .arg(dir.join("data"))
             .args(["--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+            .args(["--grpc-addr", "127.0.0.1:0"])
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -53,13 +57,17 @@ impl Server {
                 if let Some(addr) = line.strip_prefix("weir: admin listening on ") {
                     let _ = tx.send(("admin", addr.to_owned()));
                 }
+                if let Some(addr) = line.strip_prefix("weir: grpc listening on ") {
+                    let _ = tx.send(("grpc", addr.to_owned()));
+                }
             }
         });
         let wants_admin = config.contains("[admin]");
-        let (mut http, mut admin) = (None, None);
-        while http.is_none() || (wants_admin && admin.is_none()) {
+        let (mut http, mut admin, mut grpc) = (None, None, None);
+        while http.is_none() || grpc.is_none() || (wants_admin && admin.is_none()) {
             match rx.recv_timeout(Duration::from_secs(180)) {
                 Ok(("http", a)) => http = Some(format!("http://{a}")),
+                Ok(("grpc", a)) => grpc = Some(format!("grpc://{a}")),
                 Ok((_, a)) => admin = Some(format!("http://{a}")),
                 Err(_) => {
                     let _ = child.kill();
@@ -74,6 +82,7 @@ impl Server {
             child,
             base: http.expect("http address"),
             admin,
+            grpc: grpc.expect("grpc address"),
             dir: dir.to_owned(),
         }
     }

@@ -10,6 +10,7 @@ mod admin;
 mod bench;
 mod body_limit;
 mod cli;
+mod flight;
 mod ingest;
 mod samples;
 mod series;
@@ -241,10 +242,31 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // Tests and scripts read this line to find the port.
     println!("weir: http listening on {addr}");
     tracing::info!(%addr, data_dir = %config.data_dir.display(), partitions = config.log.partitions, "weir serving");
-    tracing::info!(
-        grpc = %config.listen.grpc, tcp = %config.listen.tcp,
-        "OTLP/gRPC and TCP listeners are not served by this version"
-    );
+    // The gRPC listener serves Arrow Flight SQL (OTLP over gRPC is not served yet).
+    let grpc_listener = TcpListener::bind(&config.listen.grpc)
+        .await
+        .with_context(|| format!("bind {}", config.listen.grpc))?;
+    println!("weir: grpc listening on {}", grpc_listener.local_addr()?);
+    let (stop_grpc, grpc_stopped) = tokio::sync::watch::channel(false);
+    let grpc_task = {
+        let service = arrow_flight::flight_service_server::FlightServiceServer::new(
+            flight::FlightSql::new(config.clone(), store.clone()),
+        );
+        let mut rx = grpc_stopped.clone();
+        let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
+        tokio::spawn(async move {
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = rx.changed().await;
+                })
+                .await
+            {
+                tracing::error!(error = %e, "the gRPC listener stopped");
+            }
+        })
+    };
+    tracing::info!(tcp = %config.listen.tcp, "the TCP listener is not served by this version");
 
     // The admin API runs only with an admin token configured.
     let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
@@ -283,6 +305,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(t) = admin_task {
         let _ = t.await;
     }
+    let _ = stop_grpc.send(true);
+    let _ = grpc_task.await;
 
     // Every acknowledged request is already durable in the log; stop the workers after
     // their current batch and close the log.
