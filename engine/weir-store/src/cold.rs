@@ -46,6 +46,9 @@ type Chosen = std::collections::BTreeMap<(String, Table, String), Vec<(u32, u64,
 /// One table's hot batches and cold files (full path and manifest entry).
 pub type Tiers = (Vec<RecordBatch>, Vec<(PathBuf, Arc<ColdFile>)>);
 
+/// Most rows a flush puts in one file.
+pub const MAX_FILE_ROWS: usize = 1 << 20;
+
 /// Rows per Parquet row group.
 const ROW_GROUP: usize = 64 * 1024;
 
@@ -430,8 +433,24 @@ impl HotStore {
             }
             by
         };
+        // At most MAX_FILE_ROWS rows per file (whole segments): bounded memory per flush
+        // and files a time range can prune.
+        let mut files: Vec<((String, Table, String), Vec<(u32, u64, RecordBatch)>)> = Vec::new();
+        for (key, segs) in chosen {
+            let mut part: Vec<(u32, u64, RecordBatch)> = Vec::new();
+            let mut rows = 0;
+            for seg in segs {
+                if rows > 0 && rows + seg.2.num_rows() > MAX_FILE_ROWS {
+                    files.push((key.clone(), std::mem::take(&mut part)));
+                    rows = 0;
+                }
+                rows += seg.2.num_rows();
+                part.push(seg);
+            }
+            files.push((key, part));
+        }
         let mut stats = FlushStats::default();
-        for ((tenant, table, stream), segs) in chosen {
+        for ((tenant, table, stream), segs) in files {
             let batches: Vec<RecordBatch> = segs.iter().map(|(_, _, b)| b.clone()).collect();
             let all = concat_batches(&batches[0].schema(), &batches).map_err(storage_err)?;
             let segments: Vec<(u32, u64)> = segs.iter().map(|(p, o, _)| (*p, *o)).collect();
