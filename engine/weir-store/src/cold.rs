@@ -39,9 +39,12 @@ use crate::shred::ShredColumn;
 
 pub(crate) const COLD_FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("cold_files");
 
+/// Tenant, table and stream: what one cold file holds rows of.
+type FlushKey = (String, Table, String);
+
 /// Hot segments chosen for one file: (partition, offset, rows), per tenant, table and
 /// stream.
-type Chosen = std::collections::BTreeMap<(String, Table, String), Vec<(u32, u64, RecordBatch)>>;
+type Chosen = std::collections::BTreeMap<FlushKey, Vec<(u32, u64, RecordBatch)>>;
 
 /// One table's hot batches and cold files (full path and manifest entry).
 pub type Tiers = (Vec<RecordBatch>, Vec<(PathBuf, Arc<ColdFile>)>);
@@ -435,7 +438,7 @@ impl HotStore {
         };
         // At most MAX_FILE_ROWS rows per file (whole segments): bounded memory per flush
         // and files a time range can prune.
-        let mut files: Vec<((String, Table, String), Vec<(u32, u64, RecordBatch)>)> = Vec::new();
+        let mut files: Vec<(FlushKey, Vec<(u32, u64, RecordBatch)>)> = Vec::new();
         for (key, segs) in chosen {
             let mut part: Vec<(u32, u64, RecordBatch)> = Vec::new();
             let mut rows = 0;
