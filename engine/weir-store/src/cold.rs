@@ -42,9 +42,11 @@ pub(crate) const COLD_FILES: TableDefinition<&str, &[u8]> = TableDefinition::new
 /// Tenant, table and stream: what one cold file holds rows of.
 type FlushKey = (String, Table, String);
 
-/// Hot segments chosen for one file: (partition, offset, rows), per tenant, table and
-/// stream.
-type Chosen = std::collections::BTreeMap<FlushKey, Vec<(u32, u64, RecordBatch)>>;
+/// A hot segment: partition, offset, rows.
+type HeldSegment = (u32, u64, RecordBatch);
+
+/// Hot segments chosen for a flush, per tenant, table and stream.
+type Chosen = std::collections::BTreeMap<FlushKey, Vec<HeldSegment>>;
 
 /// One table's hot batches and cold files (full path and manifest entry).
 pub type Tiers = (Vec<RecordBatch>, Vec<(PathBuf, Arc<ColdFile>)>);
@@ -438,9 +440,9 @@ impl HotStore {
         };
         // At most MAX_FILE_ROWS rows per file (whole segments): bounded memory per flush
         // and files a time range can prune.
-        let mut files: Vec<(FlushKey, Vec<(u32, u64, RecordBatch)>)> = Vec::new();
+        let mut files: Vec<(FlushKey, Vec<HeldSegment>)> = Vec::new();
         for (key, segs) in chosen {
-            let mut part: Vec<(u32, u64, RecordBatch)> = Vec::new();
+            let mut part: Vec<HeldSegment> = Vec::new();
             let mut rows = 0;
             for seg in segs {
                 if rows > 0 && rows + seg.2.num_rows() > MAX_FILE_ROWS {
