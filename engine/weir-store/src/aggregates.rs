@@ -499,6 +499,60 @@ fn row_of(
     })
 }
 
+impl HotStore {
+    /// Delete the aggregation rows (and their partials) whose window started before
+    /// their stream's rollup retention (`retention.rollups`); returns how many.
+    pub(crate) fn expire_aggregates(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let doomed: Vec<RowKey> = {
+            let mem = self.aggs.read();
+            mem.rows
+                .iter()
+                .filter(|(k, r)| {
+                    let e = self.effective_retention(&k.0, &r.stream);
+                    e.rollups_ms
+                        .is_some_and(|ms| k.4 < now_ms.saturating_sub(ms as i64))
+                })
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let w = self.db.begin_write().map_err(storage_err)?;
+        {
+            let mut rt = w.open_table(ROWS).map_err(storage_err)?;
+            let mut pt = w.open_table(PARTIALS).map_err(storage_err)?;
+            for k in &doomed {
+                rt.remove((k.0.as_str(), k.1.as_str(), k.2.as_str(), k.3.as_str(), k.4))
+                    .map_err(storage_err)?;
+                let lo = (
+                    k.0.as_str(),
+                    k.1.as_str(),
+                    k.2.as_str(),
+                    k.4,
+                    k.3.as_str(),
+                    0u32,
+                );
+                let hi = (
+                    k.0.as_str(),
+                    k.1.as_str(),
+                    k.2.as_str(),
+                    k.4,
+                    k.3.as_str(),
+                    u32::MAX,
+                );
+                pt.retain_in(lo..=hi, |_, _| false).map_err(storage_err)?;
+            }
+        }
+        w.commit().map_err(storage_err)?;
+        let mut mem = self.aggs.write();
+        for k in &doomed {
+            mem.rows.remove(k);
+        }
+        Ok(doomed.len() as u64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -630,5 +684,51 @@ mod tests {
         s.checkpoint_aggregation(0, 2, b"", &[], &[], &mut NoCustom)
             .unwrap();
         assert_eq!(s.segments_since(0, 0).unwrap().len(), 0);
+    }
+
+    /// Aggregation rows are kept as long as their stream's rollups: hidden from queries
+    /// at once, deleted (with their partials) by the janitor, gone after a restart.
+    #[tokio::test]
+    async fn aggregation_rows_follow_the_rollup_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let d = def();
+        let day = 86_400_000i64;
+        let now = 40 * day;
+        {
+            let s = HotStore::open(&path, usize::MAX).unwrap();
+            let mut old = partial(&d, &[1.0], 0, false);
+            old.window_start = now - 10 * day;
+            let mut recent = partial(&d, &[2.0], 0, false);
+            recent.window_start = now - day;
+            s.checkpoint_aggregation(
+                0,
+                5,
+                b"s0",
+                &[old, recent],
+                std::slice::from_ref(&d),
+                &mut NoCustom,
+            )
+            .unwrap();
+            assert_eq!(s.aggs.read().rows.len(), 2);
+            let doc: weir_core::retention::RetentionDoc =
+                serde_json::from_value(serde_json::json!({"streams": {"s": {"rollups": "5d"}}}))
+                    .unwrap();
+            s.set_retention("t", Some(&doc)).unwrap();
+            assert_eq!(s.expire_aggregates(now).unwrap(), 1);
+            assert_eq!(s.aggs.read().rows.len(), 1);
+            // The query filter uses the wall clock: with "5d" both windows (at 1970) are
+            // past it, so nothing shows.
+            let r = s
+                .query("t", "SELECT count(*) FROM aggregates")
+                .await
+                .unwrap();
+            assert_eq!(r.to_json().unwrap()["rows"][0][0], 0);
+        }
+        let s = HotStore::open(&path, usize::MAX).unwrap();
+        assert_eq!(s.aggs.read().rows.len(), 1, "deleted for good");
+        let r = s.db.begin_read().unwrap();
+        let pt = r.open_table(PARTIALS).unwrap();
+        assert_eq!(pt.iter().unwrap().count(), 1, "with its partials");
     }
 }

@@ -1,7 +1,8 @@
 //! The cold tier's janitor: retention and compaction.
 //!
 //! One [`HotStore::janitor_pass`]:
-//! 1. deletes hot segments whose every row is past its stream's cold retention;
+//! 1. deletes hot segments whose every row is past its stream's cold retention, and
+//!    `aggregates` rows whose window started before its rollup retention;
 //! 2. deletes cold files whose every row is past it, and rewrites a file at least a
 //!    quarter of whose time range is past it without those rows;
 //! 3. compacts: files smaller than `small_bytes` of one tenant, table, stream and day,
@@ -38,6 +39,8 @@ pub struct JanitorStats {
     pub compacted_files: usize,
     /// Files deleted from storage.
     pub deleted_files: usize,
+    /// Rows of the `aggregates` table past their stream's rollup retention.
+    pub expired_aggregates: u64,
 }
 
 /// Read a cold file's rows back in the hot layout ([`crate::rows::logs_schema`] for
@@ -196,6 +199,7 @@ impl HotStore {
             })?;
         }
         stats.expired_rows += self.evicted_rows() - before;
+        stats.expired_aggregates = self.expire_aggregates(now_ms)?;
         let Some(cold) = &self.cold else {
             return Ok(stats);
         };

@@ -194,8 +194,14 @@ impl HotStore {
             vec![vec![self.aggregates_batch(tenant)]],
         )
         .map_err(|e| QueryError::Execution(e.to_string()))?;
-        ctx.register_table("aggregates", Arc::new(aggs))
-            .map_err(|e| QueryError::Execution(e.to_string()))?;
+        // Aggregation rows are kept as long as their stream's rollups.
+        let aggs = ctx.read_table(Arc::new(aggs)).map_err(exec)?;
+        let aggs = match self.retention_filter_on("window_start", tenant, None, true, now_ms) {
+            Some(k) => aggs.filter(k).map_err(exec)?,
+            None => aggs,
+        };
+        ctx.register_table("aggregates", aggs.into_view())
+            .map_err(exec)?;
         let dead = self.dead_letters(tenant)?;
         let dl = MemTable::try_new(dead_letters_schema(), vec![vec![dead_letters_batch(&dead)]])
             .map_err(|e| QueryError::Execution(e.to_string()))?;

@@ -128,11 +128,23 @@ impl HotStore {
         rollup: bool,
         now_ms: i64,
     ) -> Option<Expr> {
+        self.retention_filter_on("ts", tenant, stream, rollup, now_ms)
+    }
+
+    /// [`HotStore::retention_filter`] on time column `time`.
+    pub(crate) fn retention_filter_on(
+        &self,
+        time: &str,
+        tenant: &str,
+        stream: Option<&str>,
+        rollup: bool,
+        now_ms: i64,
+    ) -> Option<Expr> {
         let r = self.retention.read();
         let (doc, _) = r.doc(tenant);
         let since = |cold_ms: Option<u64>| -> Expr {
             match cold_ms {
-                Some(ms) => col("ts").gt_eq(lit(ScalarValue::TimestampMillisecond(
+                Some(ms) => col(time).gt_eq(lit(ScalarValue::TimestampMillisecond(
                     Some(now_ms.saturating_sub(ms as i64)),
                     Some("UTC".into()),
                 ))),
@@ -144,11 +156,13 @@ impl HotStore {
             let age = if rollup { e.rollups_ms } else { e.cold_ms }?;
             return Some(since(Some(age)));
         }
-        let default = doc.resolve("", None).cold_ms;
+        let age =
+            |e: weir_core::retention::Effective| if rollup { e.rollups_ms } else { e.cold_ms };
+        let default = age(doc.resolve("", None));
         let exceptions: Vec<(&String, Option<u64>)> = doc
             .streams
             .keys()
-            .map(|s| (s, doc.resolve(s, None).cold_ms))
+            .map(|s| (s, age(doc.resolve(s, None))))
             .filter(|(_, c)| *c != default)
             .collect();
         if exceptions.is_empty() {
