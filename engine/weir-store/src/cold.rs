@@ -379,19 +379,14 @@ impl HotStore {
     /// tier they are flushed to Parquet; without one, deleted.
     pub async fn flush_due(&self) -> Result<FlushStats, StoreError> {
         let now = Instant::now();
-        let ages: HashMap<(String, String), Option<u64>> = {
-            let mem = self.mem.read();
-            mem.order
-                .iter()
-                .map(|h| (h.tenant.clone(), h.stream.clone()))
-                .collect::<std::collections::HashSet<_>>()
-                .into_iter()
-                .map(|(t, s)| {
-                    let e = self.effective_retention(&t, &s);
-                    ((t, s), e.hot_ms)
-                })
-                .collect()
-        };
+        let ages: HashMap<(String, String), Option<u64>> = self
+            .held_streams()
+            .into_iter()
+            .map(|(t, s)| {
+                let e = self.effective_retention(&t, &s);
+                ((t, s), e.hot_ms)
+            })
+            .collect();
         let due = |h: &Held| {
             ages.get(&(h.tenant.clone(), h.stream.clone()))
                 .copied()

@@ -425,6 +425,15 @@ impl HotStore {
         })
     }
 
+    /// The distinct `(tenant, stream)` of the segments held in memory.
+    pub(crate) fn held_streams(&self) -> std::collections::HashSet<(String, String)> {
+        let mem = self.mem.read();
+        mem.order
+            .iter()
+            .map(|h| (h.tenant.clone(), h.stream.clone()))
+            .collect()
+    }
+
     /// Delete the held segments `pick` chooses (oldest first), from memory and redb,
     /// counting their rows in `evicted_rows` (those an aggregator may still re-read stay
     /// in redb until its checkpoint passes them).

@@ -178,19 +178,14 @@ impl HotStore {
         let mut stats = JanitorStats::default();
         // 1. Hot segments wholly past retention.
         let before = self.evicted_rows();
-        let cutoffs: std::collections::HashMap<(String, String), i64> = {
-            let mem = self.mem.read();
-            mem.order
-                .iter()
-                .map(|h| (h.tenant.clone(), h.stream.clone()))
-                .collect::<std::collections::HashSet<_>>()
-                .into_iter()
-                .filter_map(|(t, s)| {
-                    let c = self.cutoff(&t, Some(&s), false, now_ms)?;
-                    Some(((t, s), c))
-                })
-                .collect()
-        };
+        let cutoffs: std::collections::HashMap<(String, String), i64> = self
+            .held_streams()
+            .into_iter()
+            .filter_map(|(t, s)| {
+                let c = self.cutoff(&t, Some(&s), false, now_ms)?;
+                Some(((t, s), c))
+            })
+            .collect();
         if !cutoffs.is_empty() {
             self.evict(|h| {
                 cutoffs
@@ -442,7 +437,7 @@ mod tests {
     use weir_core::retention::RetentionDoc;
 
     use crate::cold::ColdOptions;
-    use crate::{HotStore, Segment, Table};
+    use crate::{HotStore, Table};
 
     const DAY: i64 = 86_400_000;
     const NOW: i64 = 1_900_000_000_000;
@@ -463,30 +458,10 @@ mod tests {
 
     /// `n` records of `stream` at event time `ts`, committed as one segment.
     fn commit(s: &HotStore, offset: u64, stream: &str, ts: i64, n: usize) {
-        let nd: String = (0..n)
-            .map(|i| {
-                format!(
-                    "{}\n",
-                    json!({"ts": ts, "message": format!("{stream}-{offset}-{i}"), "n": i})
-                )
-            })
+        let records: Vec<serde_json::Value> = (0..n)
+            .map(|i| json!({"ts": ts, "message": format!("{stream}-{offset}-{i}"), "n": i}))
             .collect();
-        let b = weir_core::Batch {
-            tenant: "t".into(),
-            stream: stream.into(),
-            ingest_ts_ms: ts,
-            count: n as u32,
-            records: nd.into_bytes(),
-            replay_of: None,
-        };
-        s.commit(
-            0,
-            offset + 1,
-            &[Segment::new(0, offset, b).unwrap()],
-            &[],
-            &[],
-        )
-        .unwrap();
+        crate::test_util::commit_records(s, stream, offset, ts, &records);
     }
 
     async fn count(s: &HotStore, sql: &str) -> i64 {

@@ -37,6 +37,8 @@ pub mod rollups;
 pub mod rows;
 pub mod shred;
 pub mod state;
+#[cfg(test)]
+mod test_util;
 mod views;
 
 pub use aggregates::{aggregates_schema, AggRow};

@@ -350,39 +350,15 @@ mod tests {
 
     use serde_json::{json, Value};
 
-    use crate::{HotStore, Segment};
+    use crate::test_util::{commit_records, rows};
+    use crate::HotStore;
 
     fn commit(s: &HotStore, offset: u64, samples: &[(i64, f64, &str)]) {
-        let nd: String = samples
+        let records: Vec<Value> = samples
             .iter()
-            .map(|(ts, v, host)| {
-                format!(
-                    "{}\n",
-                    json!({"name": "lat", "value": v, "ts": ts, "labels": {"host": host}})
-                )
-            })
+            .map(|(ts, v, host)| json!({"name": "lat", "value": v, "ts": ts, "labels": {"host": host}}))
             .collect();
-        let b = weir_core::Batch {
-            tenant: "t".into(),
-            stream: weir_core::names::METRICS_STREAM.into(),
-            ingest_ts_ms: 0,
-            count: samples.len() as u32,
-            records: nd.into_bytes(),
-            replay_of: None,
-        };
-        s.commit(
-            0,
-            offset + 1,
-            &[Segment::new(0, offset, b).unwrap()],
-            &[],
-            &[],
-        )
-        .unwrap();
-    }
-
-    async fn rows(s: &HotStore, sql: &str) -> Vec<Value> {
-        let r = s.query("t", sql).await.unwrap();
-        r.to_json().unwrap()["rows"].as_array().unwrap().clone()
+        commit_records(s, weir_core::names::METRICS_STREAM, offset, 0, &records);
     }
 
     /// Rollups of samples spread over flushes and the hot tier merge into one exact row

@@ -253,32 +253,8 @@ mod tests {
 
     use serde_json::{json, Value};
 
-    use crate::{HotStore, Segment};
-
-    fn commit(s: &HotStore, offset: u64, lines: &[Value]) {
-        let nd: String = lines.iter().map(|l| format!("{l}\n")).collect();
-        let b = weir_core::Batch {
-            tenant: "t".into(),
-            stream: "app".into(),
-            ingest_ts_ms: 1_700_000_000_000,
-            count: lines.len() as u32,
-            records: nd.into_bytes(),
-            replay_of: None,
-        };
-        s.commit(
-            0,
-            offset + 1,
-            &[Segment::new(0, offset, b).unwrap()],
-            &[],
-            &[],
-        )
-        .unwrap();
-    }
-
-    async fn rows(s: &HotStore, sql: &str) -> Vec<Value> {
-        let r = s.query("t", sql).await.unwrap();
-        r.to_json().unwrap()["rows"].as_array().unwrap().clone()
-    }
+    use crate::test_util::{commit_records, rows};
+    use crate::HotStore;
 
     async fn records(s: &HotStore) -> Vec<Value> {
         rows(s, "SELECT record FROM logs ORDER BY \"offset\", seq")
@@ -300,7 +276,7 @@ mod tests {
         let first: Vec<Value> = (0..20)
             .map(|i| json!({"message": format!("m{i}"), "level": "info", "x": i, "user": {"id": i % 3}, "tags": [i]}))
             .collect();
-        commit(&s, 0, &first);
+        commit_records(&s, "app", 0, 0, &first);
         let before = records(&s).await;
         assert_eq!(before, first);
         s.flush_cold(Duration::ZERO).await.unwrap();
@@ -310,10 +286,10 @@ mod tests {
         let second: Vec<Value> = (0..20)
             .map(|i| json!({"_schema": 2, "msg": format!("n{i}"), "severity": "warn", "x": format!("s{i}"), "y": true, "user": {"id": 9}}))
             .collect();
-        commit(&s, 100, &second);
+        commit_records(&s, "app", 100, 0, &second);
         s.flush_cold(Duration::ZERO).await.unwrap();
         // Still hot: `x` an integer again.
-        commit(&s, 200, &[json!({"x": 5, "message": "hot"})]);
+        commit_records(&s, "app", 200, 0, &[json!({"x": 5, "message": "hot"})]);
         let all = records(&s).await;
         assert_eq!(all.len(), 41);
         assert_eq!(&all[..20], &first[..]);
@@ -351,7 +327,7 @@ mod tests {
         };
         let s = open();
         let old = json!({"message": "old", "trace_id": "t1", "x": 1});
-        commit(&s, 0, std::slice::from_ref(&old));
+        commit_records(&s, "app", 0, 0, std::slice::from_ref(&old));
         let hot = s.tiers("t", crate::Table::Logs).0.remove(0);
         let hot = hot.project(&[0, 1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
         let bytes = crate::cold::parquet_bytes(&hot).unwrap();
@@ -375,7 +351,13 @@ mod tests {
         drop(s);
         let s = open();
         assert_eq!(s.tiers("t", crate::Table::Logs).0.len(), 0);
-        commit(&s, 10, &vec![json!({"message": "new", "x": 2}); 20]);
+        commit_records(
+            &s,
+            "app",
+            10,
+            0,
+            &vec![json!({"message": "new", "x": 2}); 20],
+        );
         s.flush_cold(Duration::ZERO).await.unwrap();
         let all = records(&s).await;
         assert_eq!(all[0], old);
@@ -431,32 +413,14 @@ mod tests {
             -0.0,
         ];
         for round in 0..2u64 {
-            let nd: String = values
+            let samples: Vec<Value> = values
                 .iter()
                 .enumerate()
                 .map(|(i, v)| {
-                    format!(
-                        "{}\n",
-                        json!({"name": "m", "value": v, "ts": 1_000 + i as i64, "labels": {"s": format!("{}", i % 2)}})
-                    )
+                    json!({"name": "m", "value": v, "ts": 1_000 + i as i64, "labels": {"s": format!("{}", i % 2)}})
                 })
                 .collect();
-            let b = weir_core::Batch {
-                tenant: "t".into(),
-                stream: weir_core::names::METRICS_STREAM.into(),
-                ingest_ts_ms: 0,
-                count: values.len() as u32,
-                records: nd.into_bytes(),
-                replay_of: None,
-            };
-            s.commit(
-                0,
-                round + 1,
-                &[Segment::new(0, round, b).unwrap()],
-                &[],
-                &[],
-            )
-            .unwrap();
+            commit_records(&s, weir_core::names::METRICS_STREAM, round, 0, &samples);
             s.flush_cold(Duration::ZERO).await.unwrap();
         }
         let want: Vec<u64> = values

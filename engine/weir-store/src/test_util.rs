@@ -1,0 +1,39 @@
+//! Helpers of the unit tests: commit records as one segment, read a query's rows.
+
+use serde_json::Value;
+
+use crate::{HotStore, Segment};
+
+/// Commit `records` (JSON values, one NDJSON line each) of tenant `t`'s `stream` as the
+/// segment at `offset` of partition 0.
+pub(crate) fn commit_records(
+    s: &HotStore,
+    stream: &str,
+    offset: u64,
+    ingest_ts_ms: i64,
+    records: &[Value],
+) {
+    let nd: String = records.iter().map(|r| format!("{r}\n")).collect();
+    let b = weir_core::Batch {
+        tenant: "t".into(),
+        stream: stream.into(),
+        ingest_ts_ms,
+        count: records.len() as u32,
+        records: nd.into_bytes(),
+        replay_of: None,
+    };
+    s.commit(
+        0,
+        offset + 1,
+        &[Segment::new(0, offset, b).unwrap()],
+        &[],
+        &[],
+    )
+    .unwrap();
+}
+
+/// The rows of `sql` over tenant `t`, as JSON arrays.
+pub(crate) async fn rows(s: &HotStore, sql: &str) -> Vec<Value> {
+    let r = s.query("t", sql).await.unwrap();
+    r.to_json().unwrap()["rows"].as_array().unwrap().clone()
+}
