@@ -538,3 +538,78 @@ for token in ["wrong-token"]:
     );
     s.stop();
 }
+
+/// Schema evolution across cold files: records written before a migration (field
+/// `user`, `amount` as text) and after it (`first`/`last`, `amount` a number) land in
+/// different files; one query reads both, field columns merge (`amount` becomes text
+/// across files) and every record reads back with its own shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_across_cold_files_reads_as_one_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("[admin]\ntoken = \"admin-secret\"\n{CONFIG}");
+    let s = Server::start(dir.path(), &config);
+    let orders = |from: i64| -> String {
+        (from..from + 100)
+            .map(|i| {
+                format!(
+                    "{}\n",
+                    json!({"id": i, "user": "Ada Lovelace", "amount": "12.50"})
+                )
+            })
+            .collect()
+    };
+    let flushed = |n: u64| {
+        let s = &s;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while cold_rows(s).await < n {
+                assert!(Instant::now() < deadline, "not flushed:\n{}", s.log());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(s.ingest("acme-token", "orders", orders(0)).await.0, 200);
+    flushed(100).await;
+    let pipeline = json!({"plugins": [{"plugin": "builtin:schema-migrate", "config": {
+        "from": 1,
+        "split": {"user": {"into": ["first", "last"]}},
+        "retype": {"amount": "number"},
+    }}]});
+    let (st, v) = support::admin_call(
+        &s,
+        "PUT",
+        "/admin/v1/tenants/acme/pipelines/orders",
+        "admin-secret",
+        pipeline.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(s.ingest("acme-token", "orders", orders(100)).await.0, 200);
+    flushed(200).await;
+    assert_eq!(
+        parquet_files(&dir.path().join("data/cold/tenant=acme/table=logs")).len(),
+        2
+    );
+    let c = |sql: &'static str| s.count("acme-token", sql);
+    assert_eq!(c("SELECT count(*) FROM logs WHERE schema = 1").await, 100);
+    assert_eq!(c("SELECT count(*) FROM logs WHERE schema = 2").await, 100);
+    assert_eq!(c("SELECT count(\"user\") FROM logs").await, 100);
+    assert_eq!(
+        c("SELECT count(\"first\") FROM logs WHERE \"last\" = 'Lovelace'").await,
+        100
+    );
+    assert_eq!(
+        c("SELECT CAST(sum(CAST(\"amount\" AS DOUBLE)) AS BIGINT) FROM logs").await,
+        2500
+    );
+    // Each record keeps its own shape: text amounts before, numbers after.
+    assert_eq!(
+        c("SELECT count(*) FROM logs WHERE schema = 2 AND json_get_float(record, 'amount') = 12.5 AND json_get_str(record, 'user') IS NULL").await,
+        100
+    );
+    assert_eq!(
+        c("SELECT count(*) FROM logs WHERE schema = 1 AND json_get_str(record, 'amount') = '12.50'").await,
+        100
+    );
+    s.stop();
+}
