@@ -223,16 +223,28 @@ impl HotStore {
                     }
                 }
                 for (_, group) in small {
-                    if group.len() >= cold.options.compact_min_files.max(2) {
-                        let rollup =
-                            matches!(crate::cold::table_of(&group[0].table), Table::Rollup(_));
-                        let c = self.cutoff(
-                            &group[0].tenant,
-                            group[0].stream.as_deref(),
-                            rollup,
-                            now_ms,
-                        );
-                        rewrites.push((group, c));
+                    if group.len() < cold.options.compact_min_files.max(2) {
+                        continue;
+                    }
+                    let rollup = matches!(crate::cold::table_of(&group[0].table), Table::Rollup(_));
+                    let c =
+                        self.cutoff(&group[0].tenant, group[0].stream.as_deref(), rollup, now_ms);
+                    // Merged files of at most MAX_FILE_ROWS rows (bounded memory).
+                    let mut part: Vec<Arc<ColdFile>> = Vec::new();
+                    let mut rows = 0u64;
+                    for f in group {
+                        if !part.is_empty() && rows + f.rows > crate::cold::MAX_FILE_ROWS as u64 {
+                            if part.len() > 1 {
+                                rewrites.push((std::mem::take(&mut part), c));
+                            }
+                            part.clear();
+                            rows = 0;
+                        }
+                        rows += f.rows;
+                        part.push(f);
+                    }
+                    if part.len() > 1 {
+                        rewrites.push((part, c));
                     }
                 }
             }
@@ -289,8 +301,10 @@ impl HotStore {
         };
         let first = &files[0];
         let table = crate::cold::table_of(&first.table);
+        // Wholly past retention: nothing to read.
+        let all_expired = cutoff.is_some_and(|c| files.iter().all(|f| f.max_ts < c));
         let mut batches = Vec::new();
-        for f in files {
+        for f in files.iter().filter(|_| !all_expired) {
             let bytes = cold
                 .store
                 .get(&object_store::path::Path::from(f.path.as_str()))
