@@ -50,6 +50,15 @@ async fn send_logs(s: &Server, from: i64, n: i64) {
     assert_eq!(st, 200, "{v}");
 }
 
+/// Wait (up to a minute) until `rows` rows have gone to the cold tier.
+async fn wait_flushed(s: &Server, rows: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cold_rows(s).await < rows {
+        assert!(Instant::now() < deadline, "not flushed:\n{}", s.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn cold_rows(s: &Server) -> u64 {
     s.metrics()
         .await
@@ -408,11 +417,7 @@ async fn retention_changes_at_runtime_through_the_admin_api() {
     }
     s.wait_count("acme-token", "SELECT count(*) FROM logs", 600)
         .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while cold_rows(&s).await < 600 {
-        assert!(Instant::now() < deadline, "not flushed:\n{}", s.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_flushed(&s, 600).await;
     let path = "/admin/v1/tenants/acme/retention";
     let (st, v) = support::admin_call(&s, "GET", path, "admin-secret", vec![]).await;
     assert_eq!((st, v["source"].as_str()), (200, Some("config")), "{v}");
@@ -485,11 +490,7 @@ async fn an_adbc_flight_sql_client_queries_both_tiers_of_its_tenant_only() {
         .ingest("globex-token", "app", "{\"message\":\"globex-secret\"}\n")
         .await;
     assert_eq!(st, 200);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while cold_rows(&s).await < 1000 {
-        assert!(Instant::now() < deadline, "not flushed:\n{}", s.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_flushed(&s, 1000).await;
     send_logs(&s, 1000, 500).await; // and some still hot
     s.wait_count("acme-token", "SELECT count(*) FROM logs", 1500)
         .await;
@@ -558,18 +559,8 @@ async fn a_migration_across_cold_files_reads_as_one_table() {
             })
             .collect()
     };
-    let flushed = |n: u64| {
-        let s = &s;
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while cold_rows(s).await < n {
-                assert!(Instant::now() < deadline, "not flushed:\n{}", s.log());
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
     assert_eq!(s.ingest("acme-token", "orders", orders(0)).await.0, 200);
-    flushed(100).await;
+    wait_flushed(&s, 100).await;
     let pipeline = json!({"plugins": [{"plugin": "builtin:schema-migrate", "config": {
         "from": 1,
         "split": {"user": {"into": ["first", "last"]}},
@@ -585,7 +576,7 @@ async fn a_migration_across_cold_files_reads_as_one_table() {
     .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(s.ingest("acme-token", "orders", orders(100)).await.0, 200);
-    flushed(200).await;
+    wait_flushed(&s, 200).await;
     assert_eq!(
         parquet_files(&dir.path().join("data/cold/tenant=acme/table=logs")).len(),
         2
