@@ -201,6 +201,31 @@ async fn windows_over_logs_and_metrics_match_exact_values() {
     let n_rows = want.len() as i64 + 2 /* errors */ + 4 /* cpu: 2 windows x 2 hosts */;
     s.wait_count("acme-token", "SELECT count(*) FROM aggregates", n_rows)
         .await;
+    // A row can show before every partition's partial of it is checkpointed: wait
+    // until every counted event is in.
+    let counted: i64 = want.values().map(|v| v.len() as i64).sum();
+    s.wait_count(
+        "acme-token",
+        "SELECT CAST(sum(count) AS BIGINT) FROM aggregates WHERE aggregation = 'by_service'",
+        counted,
+    )
+    .await;
+    let error_windows: i64 = [-30_000i64, 0]
+        .iter()
+        .map(|start| {
+            sent.iter()
+                .filter(|(e, c)| *c && e["level"] == "error")
+                .map(|(e, _)| e["ts"].as_i64().unwrap() - T0)
+                .filter(|t| *t >= *start && *t < start + 60_000)
+                .count() as i64
+        })
+        .sum();
+    s.wait_count(
+        "acme-token",
+        "SELECT CAST(sum(count) AS BIGINT) FROM aggregates WHERE aggregation = 'errors'",
+        error_windows,
+    )
+    .await;
     // Late counts land with the checkpoint after the late event: wait for them too.
     s.wait_count(
         "acme-token",
