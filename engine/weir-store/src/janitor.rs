@@ -79,6 +79,11 @@ fn hot_layout(batch: &RecordBatch, file: &ColdFile) -> Result<RecordBatch, Store
                 .iter()
                 .filter_map(|c| batch.column_by_name(&c.path).map(|a| (c, a.clone())))
                 .collect();
+            let ts = batch
+                .column_by_name("ts")
+                .ok_or_else(|| storage_err("shredded file without ts"))?
+                .as_primitive::<TimestampMillisecondType>()
+                .clone();
             let mut b = StringBuilder::new();
             for i in 0..n {
                 let leaves = fields
@@ -87,6 +92,7 @@ fn hot_layout(batch: &RecordBatch, file: &ColdFile) -> Result<RecordBatch, Store
                 b.append_value(rebuild(
                     get(&rest, i),
                     wk.value(i),
+                    ts.value(i),
                     get(&level, i),
                     get(&message, i),
                     get(&trace, i),

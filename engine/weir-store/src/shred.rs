@@ -10,7 +10,8 @@
 //! - `rest`: the JSON of whatever is left (rare fields, arrays, nulls, empty objects,
 //!   values of another kind than their column's), null when nothing is;
 //! - `wk`: which well-known fields were taken out of the record (bits [`WK_MESSAGE`]...),
-//!   so the record can be put back together exactly.
+//!   so the record can be put back together exactly — including a `timestamp` string
+//!   that is `ts` in [`canonical_time`] form, which is not stored at all.
 //!
 //! [`rebuild`] puts a record back together: the same JSON value (object keys come out
 //! sorted, numbers in their shortest form). Each file's columns and kinds are in its
@@ -25,7 +26,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch,
     StringBuilder, UInt8Builder,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMillisecondType};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -42,6 +43,21 @@ pub const WK_MSG: u8 = 2;
 pub const WK_LEVEL: u8 = 4;
 pub const WK_SEVERITY: u8 = 8;
 pub const WK_TRACE_ID: u8 = 16;
+/// The record's `timestamp` was `ts` in [`canonical_time`] form (so it is not stored).
+pub const WK_TIMESTAMP: u8 = 32;
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`: the form of a `timestamp` field `ts` rebuilds exactly.
+pub fn canonical_time(ms: i64) -> String {
+    let day = ms.rem_euclid(86_400_000);
+    format!(
+        "{}T{:02}:{:02}:{:02}.{:03}Z",
+        crate::cold::date_of(ms),
+        day / 3_600_000,
+        day / 60_000 % 60,
+        day / 1000 % 60,
+        day % 1000
+    )
+}
 
 /// Column names a field path can never take (they are the table's own columns).
 pub const RESERVED: &[&str] = &[
@@ -222,13 +238,23 @@ pub fn shred(hot: &RecordBatch) -> Result<(RecordBatch, Vec<ShredColumn>), Store
             _ => return Err(storage_err(format!("row {i}: record is not a JSON object"))),
         }
     }
-    // Well-known fields: taken out with the same precedence `rows` extracts them.
+    // Well-known fields: taken out with the same precedence `rows` extracts them; a
+    // `timestamp` that is `ts` in canonical form too.
+    let ts = hot
+        .column_by_name("ts")
+        .ok_or_else(|| storage_err("logs rows without ts"))?
+        .as_primitive::<TimestampMillisecondType>();
     let mut wk = UInt8Builder::with_capacity(n);
     let mut level = StringBuilder::new();
     let mut message = StringBuilder::new();
     let mut trace = StringBuilder::new();
-    for o in objs.iter_mut() {
+    for (i, o) in objs.iter_mut().enumerate() {
         let mut bits = 0u8;
+        if matches!(o.get("timestamp"), Some(Value::String(t)) if *t == canonical_time(ts.value(i)))
+        {
+            o.remove("timestamp");
+            bits |= WK_TIMESTAMP;
+        }
         let m = match take_str(o, "message") {
             Some(s) => {
                 bits |= WK_MESSAGE;
@@ -339,9 +365,11 @@ pub fn shred(hot: &RecordBatch) -> Result<(RecordBatch, Vec<ShredColumn>), Store
 
 /// Put one record back together from its cold row: `rest`, the well-known fields `wk`
 /// says were taken out, and `(path, value)` of its shredded columns (None: absent).
+#[allow(clippy::too_many_arguments)]
 pub fn rebuild<'a>(
     rest: Option<&str>,
     wk: u8,
+    ts: i64,
     level: Option<&str>,
     message: Option<&str>,
     trace_id: Option<&str>,
@@ -363,6 +391,9 @@ pub fn rebuild<'a>(
     put(WK_LEVEL, "level", level);
     put(WK_SEVERITY, "severity", level);
     put(WK_TRACE_ID, "trace_id", trace_id);
+    if wk & WK_TIMESTAMP != 0 {
+        obj.insert("timestamp".into(), Value::String(canonical_time(ts)));
+    }
     for (path, v) in leaves {
         let Some(v) = v else { continue };
         let mut at = &mut obj;
@@ -426,9 +457,15 @@ mod tests {
                     leaf_value(cold.column_by_name(&c.path).unwrap().as_ref(), i),
                 )
             });
+            let ts = cold
+                .column_by_name("ts")
+                .unwrap()
+                .as_primitive::<TimestampMillisecondType>()
+                .value(i);
             let back = rebuild(
                 s("rest", i),
                 wk.value(i),
+                ts,
                 s("level", i),
                 s("message", i),
                 s("trace_id", i),
@@ -458,6 +495,9 @@ mod tests {
 {"message":3,"level":30,"host":"h3","http":{"status":404,"rare":true},"user":{"id":7.5},"a.b":1}
 {"message":"d","trace_id":"abc","host":"h4","http":5,"big":18446744073709551615,"ts":1,"stream":"s"}
 {"host":"h5","deep":{"x":{"y":{"z":"w"}}},"user":{"id":-1,"name":"n"}}
+{"host":"h6","timestamp":"2030-01-15T08:00:00Z"}
+{"host":"h7","timestamp":"2030-01-15T08:00:00.123Z","ts":5}
+{"host":"h8","timestamp":"1969-12-31T23:59:59.999Z"}
 "#;
         let (cold, cols) = roundtrip(nd);
         let kinds: Vec<(&str, Kind)> = cols.iter().map(|c| (c.path.as_str(), c.kind)).collect();
@@ -482,6 +522,10 @@ mod tests {
             cold.column_by_name("rest").unwrap().null_count(),
             200,
             "nothing left over"
+        );
+        assert!(
+            !cols.iter().any(|c| c.path == "timestamp"),
+            "canonical timestamps are rebuilt from ts: {cols:?}"
         );
         assert!(cols
             .iter()

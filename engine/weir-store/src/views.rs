@@ -34,7 +34,7 @@ use datafusion::prelude::{coalesce, ident, lit};
 
 use crate::shred::{leaf_value, rebuild, Kind, ShredColumn};
 
-/// `weir_record(rest, wk, level, message, trace_id, field...)`: a cold row's record as
+/// `weir_record(rest, wk, level, message, trace_id, ts, field...)`: a cold row's record as
 /// JSON text. The field arguments are the shredded columns, in `paths` order.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct WeirRecord {
@@ -54,7 +54,8 @@ impl ScalarUDFImpl for WeirRecord {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let arrays: Vec<ArrayRef> = ColumnarValue::values_to_arrays(&args.args)?;
-        let (fixed, fields) = arrays.split_at(5);
+        let (fixed, fields) = arrays.split_at(6);
+        let ts = fixed[5].as_primitive::<datafusion::arrow::datatypes::TimestampMillisecondType>();
         fn text(a: &ArrayRef, i: usize) -> Option<&str> {
             let s = a.as_string::<i32>();
             (!s.is_null(i)).then(|| s.value(i))
@@ -75,6 +76,7 @@ impl ScalarUDFImpl for WeirRecord {
             let r = rebuild(
                 text(&fixed[0], i),
                 wk.value(i),
+                ts.value(i),
                 text(&fixed[2], i),
                 text(&fixed[3], i),
                 text(&fixed[4], i),
@@ -208,7 +210,7 @@ pub(crate) fn cold_view(
         paths: file_columns.iter().map(|c| c.path.clone()).collect(),
         signature: Signature::variadic_any(Volatility::Immutable),
     });
-    let mut args: Vec<Expr> = ["rest", "wk", "level", "message", "trace_id"]
+    let mut args: Vec<Expr> = ["rest", "wk", "level", "message", "trace_id", "ts"]
         .into_iter()
         .map(ident)
         .collect();
