@@ -474,24 +474,12 @@ impl HotStore {
                     );
                 }
             }
-            if std::env::var_os("WEIR_FAULT_COLD_AFTER_PUT").is_some() {
-                tracing::error!("fault injection: stopping between the cold file and its commit");
-                std::process::abort();
-            }
-            let w = self.db.begin_write().map_err(storage_err)?;
-            {
-                let mut m = w.open_table(COLD_FILES).map_err(storage_err)?;
-                for f in std::iter::once(&file).chain(&rollups) {
-                    let json = serde_json::to_vec(f).map_err(storage_err)?;
-                    m.insert(f.path.as_str(), json.as_slice())
-                        .map_err(storage_err)?;
-                }
-                let mut s = w.open_table(crate::hot::SEGMENTS).map_err(storage_err)?;
-                for (p, o) in &file.segments {
-                    s.remove((*p, *o)).map_err(storage_err)?;
-                }
-            }
-            w.commit().map_err(storage_err)?;
+            fault_point(
+                "WEIR_FAULT_COLD_AFTER_PUT",
+                "between the cold file and its commit",
+            );
+            let added: Vec<&ColdFile> = std::iter::once(&file).chain(&rollups).collect();
+            self.commit_manifest(&added, &[], &file.segments)?;
             {
                 let mut mem = self.mem.write();
                 mem.remove_segments(&tenant, table, &file.segments);
@@ -552,21 +540,47 @@ impl HotStore {
     }
 }
 
-#[cfg(test)]
 impl HotStore {
-    /// Put a manifest entry and delete its segments, as a flush commits them.
-    pub(crate) fn put_cold_file_for_test(&self, file: &ColdFile) {
-        let w = self.db.begin_write().unwrap();
+    /// One redb transaction: manifest entries of `added` files in, those of `removed`
+    /// paths out, and the hot `segments` the added files now hold deleted. The commit
+    /// point of every flush and rewrite.
+    pub(crate) fn commit_manifest(
+        &self,
+        added: &[&ColdFile],
+        removed: &[&str],
+        segments: &[(u32, u64)],
+    ) -> Result<(), StoreError> {
+        let w = self.db.begin_write().map_err(storage_err)?;
         {
-            let mut m = w.open_table(COLD_FILES).unwrap();
-            let json = serde_json::to_vec(file).unwrap();
-            m.insert(file.path.as_str(), json.as_slice()).unwrap();
-            let mut s = w.open_table(crate::hot::SEGMENTS).unwrap();
-            for (p, o) in &file.segments {
-                s.remove((*p, *o)).unwrap();
+            let mut m = w.open_table(COLD_FILES).map_err(storage_err)?;
+            for path in removed {
+                m.remove(*path).map_err(storage_err)?;
+            }
+            for f in added {
+                let json = serde_json::to_vec(f).map_err(storage_err)?;
+                m.insert(f.path.as_str(), json.as_slice())
+                    .map_err(storage_err)?;
+            }
+            let mut s = w.open_table(crate::hot::SEGMENTS).map_err(storage_err)?;
+            for (p, o) in segments {
+                s.remove((*p, *o)).map_err(storage_err)?;
             }
         }
-        w.commit().unwrap();
+        w.commit().map_err(storage_err)
+    }
+
+    /// Put a manifest entry and delete its segments, as a flush commits them.
+    #[cfg(test)]
+    pub(crate) fn put_cold_file_for_test(&self, file: &ColdFile) {
+        self.commit_manifest(&[file], &[], &file.segments).unwrap();
+    }
+}
+
+/// With environment variable `var` set, abort the process here (crash tests).
+pub(crate) fn fault_point(var: &str, where_: &str) {
+    if std::env::var_os(var).is_some() {
+        tracing::error!("fault injection ({var}): stopping {where_}");
+        std::process::abort();
     }
 }
 

@@ -26,7 +26,7 @@ use datafusion::arrow::datatypes::{TimestampMillisecondType, UInt8Type};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use object_store::ObjectStoreExt;
 
-use crate::cold::{ColdFile, COLD_FILES};
+use crate::cold::{fault_point, ColdFile};
 use crate::hot::{storage_err, HotStore, StoreError, Table};
 use crate::shred::{leaf_value, rebuild, ShredColumn};
 
@@ -359,27 +359,17 @@ impl HotStore {
                 );
             }
         }
-        if std::env::var_os("WEIR_FAULT_COMPACT_AFTER_PUT").is_some() {
-            tracing::error!("fault injection: stopping between a rewritten file and its commit");
-            std::process::abort();
-        }
-        let w = self.db.begin_write().map_err(storage_err)?;
-        {
-            let mut m = w.open_table(COLD_FILES).map_err(storage_err)?;
-            for f in files {
-                m.remove(f.path.as_str()).map_err(storage_err)?;
-            }
-            for n in &new {
-                let json = serde_json::to_vec(n).map_err(storage_err)?;
-                m.insert(n.path.as_str(), json.as_slice())
-                    .map_err(storage_err)?;
-            }
-        }
-        w.commit().map_err(storage_err)?;
-        if std::env::var_os("WEIR_FAULT_COMPACT_AFTER_COMMIT").is_some() {
-            tracing::error!("fault injection: stopping after a rewrite's commit, before removing the files it replaced");
-            std::process::abort();
-        }
+        fault_point(
+            "WEIR_FAULT_COMPACT_AFTER_PUT",
+            "between a rewritten file and its commit",
+        );
+        let added: Vec<&ColdFile> = new.iter().collect();
+        let removed: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        self.commit_manifest(&added, &removed, &[])?;
+        fault_point(
+            "WEIR_FAULT_COMPACT_AFTER_COMMIT",
+            "after a rewrite's commit, before removing the files it replaced",
+        );
         {
             let mut mem = self.mem.write();
             let list = mem.cold.entry((first.tenant.clone(), table)).or_default();
