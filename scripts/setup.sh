@@ -14,6 +14,7 @@ COMPONENTIZE_PY=0.25.1
 PYARROW=22.0.0
 DUCKDB=1.4.2
 ADBC_FLIGHTSQL=1.13.0
+MOTO=5.2.5               # an S3-compatible server for the object-storage tests
 ZIGLANG=0.17.1
 COMPONENTIZE_JS=0.23.0
 
@@ -43,10 +44,11 @@ if [ ! -x "$TOOLS/venv/bin/python3" ]; then
 fi
 # Python: componentize-py and zig for plugins; pyarrow and duckdb, the independent
 # readers the cold-tier tests check Weir's Parquet files with; the ADBC Flight SQL
-# driver the Flight SQL test queries the server with.
+# driver the Flight SQL test queries the server with; moto's S3 server, the object
+# store the S3 cold-tier test writes to.
 frozen=$("$TOOLS/venv/bin/pip" freeze 2>/dev/null || true)
-for pin in "componentize-py==$COMPONENTIZE_PY" "ziglang==$ZIGLANG" "pyarrow==$PYARROW" "duckdb==$DUCKDB" "adbc-driver-flightsql==$ADBC_FLIGHTSQL"; do
-  if ! grep -qx "$pin" <<<"$frozen"; then
+for pin in "componentize-py==$COMPONENTIZE_PY" "ziglang==$ZIGLANG" "pyarrow==$PYARROW" "duckdb==$DUCKDB" "adbc-driver-flightsql==$ADBC_FLIGHTSQL" "moto[server]==$MOTO"; do
+  if ! grep -qx "${pin/\[*\]/}" <<<"$frozen"; then
     "$TOOLS/venv/bin/pip" install --quiet "$pin"
   fi
 done

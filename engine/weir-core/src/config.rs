@@ -64,6 +64,14 @@ pub struct ColdConfig {
     pub flush_after_secs: u64,
     /// Directory of the cold files (default: `DATA_DIR/cold`).
     pub dir: Option<PathBuf>,
+    /// Or an S3-compatible bucket and prefix: `s3://BUCKET/PREFIX` (instead of `dir`).
+    pub url: Option<String>,
+    /// Settings of the S3 client on top of the `AWS_*` environment variables:
+    /// `endpoint`, `region`, `allow_http`, `access_key_id`, `secret_access_key`,
+    /// `session_token`, `virtual_hosted_style_request`, ... (the `object_store` crate's
+    /// keys, with or without `aws_`).
+    #[serde(default)]
+    pub s3: std::collections::BTreeMap<String, String>,
     /// Seconds between janitor passes (retention, compaction).
     #[serde(default = "d_janitor")]
     pub janitor_secs: u64,
@@ -109,6 +117,8 @@ impl Default for ColdConfig {
         ColdConfig {
             flush_after_secs: 0,
             dir: None,
+            url: None,
+            s3: Default::default(),
             janitor_secs: d_janitor(),
             compact_small_mb: d_small_mb(),
             compact_min_files: d_min_files(),
@@ -617,6 +627,9 @@ impl Config {
                     ))
                 }
             }
+        }
+        if self.cold.dir.is_some() && self.cold.url.is_some() {
+            return bad("cold: set `dir` or `url`, not both".into());
         }
         if self.cold.janitor_secs == 0 || self.cold.compact_min_files < 2 {
             return bad(

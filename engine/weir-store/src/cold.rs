@@ -26,10 +26,14 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::{concat_batches, lexsort_to_indices, take, SortColumn};
 use datafusion::arrow::datatypes::TimestampMillisecondType;
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -48,8 +52,8 @@ type HeldSegment = (u32, u64, RecordBatch);
 /// Hot segments chosen for a flush, per tenant, table and stream.
 type Chosen = std::collections::BTreeMap<FlushKey, Vec<HeldSegment>>;
 
-/// One table's hot batches and cold files (full path and manifest entry).
-pub type Tiers = (Vec<RecordBatch>, Vec<(PathBuf, Arc<ColdFile>)>);
+/// One table's hot batches and cold files (URL and manifest entry).
+pub type Tiers = (Vec<RecordBatch>, Vec<(String, Arc<ColdFile>)>);
 
 /// Most rows a flush puts in one file.
 pub const MAX_FILE_ROWS: usize = 1 << 20;
@@ -82,9 +86,26 @@ pub struct ColdFile {
 
 /// Where cold files live, and when small ones are compacted.
 pub(crate) struct Cold {
-    pub(crate) root: PathBuf,
     pub(crate) store: Arc<dyn ObjectStore>,
+    /// `s3://bucket` or `file://`: the object store's URL in query sessions.
+    base: ObjectStoreUrl,
+    /// Where below the store's root the files are.
+    prefix: ObjectPath,
     pub(crate) options: ColdOptions,
+}
+
+/// Where the cold tier keeps its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColdLocation {
+    /// A local directory (created if missing).
+    Dir(PathBuf),
+    /// An S3-compatible bucket and prefix, `s3://BUCKET/PREFIX`, with settings
+    /// (`endpoint`, `region`, `access_key_id`, `secret_access_key`, `allow_http`, ... —
+    /// the `object_store` crate's S3 keys) on top of the `AWS_*` environment variables.
+    Url {
+        url: String,
+        options: Vec<(String, String)>,
+    },
 }
 
 /// Compaction settings of the cold tier.
@@ -202,14 +223,80 @@ pub(crate) fn date_of(ms: i64) -> String {
 }
 
 impl Cold {
-    pub(crate) fn open(root: &Path, options: ColdOptions) -> Result<Cold, StoreError> {
-        std::fs::create_dir_all(root).map_err(storage_err)?;
-        let store = LocalFileSystem::new_with_prefix(root).map_err(storage_err)?;
-        Ok(Cold {
-            root: root.to_owned(),
-            store: Arc::new(store),
-            options,
-        })
+    pub(crate) fn open(location: &ColdLocation, options: ColdOptions) -> Result<Cold, StoreError> {
+        let bad = |why: String| StoreError::Config(format!("cold tier location: {why}"));
+        match location {
+            ColdLocation::Dir(root) => {
+                std::fs::create_dir_all(root).map_err(storage_err)?;
+                let root = std::fs::canonicalize(root).map_err(storage_err)?;
+                let prefix =
+                    ObjectPath::from_absolute_path(&root).map_err(|e| bad(e.to_string()))?;
+                Ok(Cold {
+                    store: Arc::new(LocalFileSystem::new()),
+                    base: ObjectStoreUrl::local_filesystem(),
+                    prefix,
+                    options,
+                })
+            }
+            ColdLocation::Url {
+                url,
+                options: settings,
+            } => {
+                let parsed = url::Url::parse(url).map_err(|e| bad(format!("{url}: {e}")))?;
+                match parsed.scheme() {
+                    "file" => {
+                        let dir = parsed
+                            .to_file_path()
+                            .map_err(|()| bad(format!("{url}: not a local path")))?;
+                        Cold::open(&ColdLocation::Dir(dir), options)
+                    }
+                    "s3" => {
+                        let bucket = parsed
+                            .host_str()
+                            .filter(|b| !b.is_empty())
+                            .ok_or_else(|| bad(format!("{url}: no bucket")))?;
+                        let mut builder = AmazonS3Builder::from_env().with_url(url.as_str());
+                        for (k, v) in settings {
+                            let key = k
+                                .parse::<AmazonS3ConfigKey>()
+                                .map_err(|_| bad(format!("unknown S3 setting `{k}`")))?;
+                            builder = builder.with_config(key, v);
+                        }
+                        let store = builder.build().map_err(|e| bad(e.to_string()))?;
+                        let prefix = ObjectPath::from_url_path(parsed.path())
+                            .map_err(|e| bad(format!("{url}: {e}")))?;
+                        let base = ObjectStoreUrl::parse(format!("s3://{bucket}"))
+                            .map_err(|e| bad(e.to_string()))?;
+                        Ok(Cold {
+                            store: Arc::new(store),
+                            base,
+                            prefix,
+                            options,
+                        })
+                    }
+                    other => Err(bad(format!(
+                        "{url}: scheme `{other}` is not supported (a directory, file:// or s3://)"
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// The object a manifest path (relative to the cold root) names.
+    pub(crate) fn object(&self, rel: &str) -> ObjectPath {
+        rel.split('/')
+            .filter(|p| !p.is_empty())
+            .fold(self.prefix.clone(), |p, part| p.join(part))
+    }
+
+    /// The URL query sessions read a manifest path's file by.
+    pub(crate) fn url(&self, rel: &str) -> String {
+        format!("{}{}", self.base.as_str(), self.object(rel))
+    }
+
+    /// Let `ctx` read the cold files.
+    pub(crate) fn register(&self, ctx: &datafusion::prelude::SessionContext) {
+        ctx.register_object_store(self.base.as_ref(), self.store.clone());
     }
 
     /// Write hot-layout `rows` of one tenant, table and stream as a new file (sorted,
@@ -265,10 +352,7 @@ impl Cold {
             columns,
         };
         self.store
-            .put(
-                &object_store::path::Path::from(path.as_str()),
-                PutPayload::from(bytes),
-            )
+            .put(&self.object(&path), PutPayload::from(bytes))
             .await
             .map_err(storage_err)?;
         Ok(file)
@@ -276,19 +360,28 @@ impl Cold {
 }
 
 impl HotStore {
-    /// Keep a cold tier under `root`: read its manifest, and delete files no manifest
-    /// entry names (left by a flush that crashed before its commit).
+    /// Keep a cold tier in the directory `root` (see [`HotStore::with_cold_at`]).
     pub fn with_cold(self, root: &Path) -> Result<HotStore, StoreError> {
         self.with_cold_options(root, ColdOptions::default())
     }
 
     /// [`HotStore::with_cold`] with compaction settings.
     pub fn with_cold_options(
-        mut self,
+        self,
         root: &Path,
         options: ColdOptions,
     ) -> Result<HotStore, StoreError> {
-        let cold = Cold::open(root, options)?;
+        self.with_cold_at(&ColdLocation::Dir(root.to_owned()), options)
+    }
+
+    /// Keep a cold tier at `location` and read its manifest. Call
+    /// [`HotStore::sweep_cold_orphans`] before the first flush.
+    pub fn with_cold_at(
+        mut self,
+        location: &ColdLocation,
+        options: ColdOptions,
+    ) -> Result<HotStore, StoreError> {
+        let cold = Cold::open(location, options)?;
         let mut files = Vec::new();
         {
             let w = self.db.begin_write().map_err(storage_err)?;
@@ -302,14 +395,6 @@ impl HotStore {
                 files.push(f);
             }
         }
-        let known: std::collections::HashSet<PathBuf> =
-            files.iter().map(|f| root.join(&f.path)).collect();
-        for entry in walk(root) {
-            if entry.extension().is_some_and(|e| e == "parquet") && !known.contains(&entry) {
-                tracing::warn!(file = %entry.display(), "removing a cold file no manifest names (a flush or compaction stopped before its commit, or after it and before removing the files it replaced)");
-                let _ = std::fs::remove_file(&entry);
-            }
-        }
         {
             let mut mem = self.mem.write();
             for f in files {
@@ -321,6 +406,45 @@ impl HotStore {
         }
         self.cold = Some(cold);
         Ok(self)
+    }
+
+    /// Delete the cold tier's Parquet files no manifest entry names — left by a flush
+    /// or compaction that stopped before its commit, or after it and before deleting
+    /// the files it replaced. Lists the store (a directory walk, or S3 `ListObjects`).
+    /// Only at startup: a flush running meanwhile has such a file until its commit.
+    pub async fn sweep_cold_orphans(&self) -> Result<usize, StoreError> {
+        let Some(cold) = &self.cold else {
+            return Ok(0);
+        };
+        let known: std::collections::HashSet<ObjectPath> = {
+            let mem = self.mem.read();
+            mem.cold
+                .values()
+                .flatten()
+                .map(|f| cold.object(&f.path))
+                .collect()
+        };
+        let prefix = Some(&cold.prefix).filter(|p| !p.as_ref().is_empty());
+        let orphans: Vec<ObjectPath> = cold
+            .store
+            .list(prefix)
+            .try_filter(|m| {
+                let orphan =
+                    m.location.extension() == Some("parquet") && !known.contains(&m.location);
+                std::future::ready(orphan)
+            })
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(storage_err)?;
+        for o in &orphans {
+            tracing::warn!(file = %o, "removing a cold file no manifest names (a flush or compaction stopped before its commit, or after it and before removing the files it replaced)");
+            match cold.store.delete(o).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(storage_err(e)),
+            }
+        }
+        Ok(orphans.len())
     }
 
     /// Resolutions (seconds) of the metric rollup tables.
@@ -347,11 +471,7 @@ impl HotStore {
                     Some(c) => mem
                         .cold
                         .get(&key)
-                        .map(|v| {
-                            v.iter()
-                                .map(|f| (c.root.join(&f.path), f.clone()))
-                                .collect()
-                        })
+                        .map(|v| v.iter().map(|f| (c.url(&f.path), f.clone())).collect())
                         .unwrap_or_default(),
                     None => Vec::new(),
                 };
@@ -584,28 +704,69 @@ pub(crate) fn fault_point(var: &str, where_: &str) {
     }
 }
 
-pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn url(u: &str, options: &[(&str, &str)]) -> ColdLocation {
+        ColdLocation::Url {
+            url: u.into(),
+            options: options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    /// Manifest paths map to objects below the location's prefix and to the URLs query
+    /// sessions read them by; a bad location is refused with the reason.
+    #[test]
+    fn cold_locations() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let rel = "tenant=a/table=logs/app/date=2030-01-15/1-0-0-f.parquet";
+        let local = Cold::open(
+            &ColdLocation::Dir(dir.path().into()),
+            ColdOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(local.url(rel), format!("file://{}/{rel}", root.display()));
+        let via_url = Cold::open(
+            &url(&format!("file://{}", root.display()), &[]),
+            ColdOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(via_url.url(rel), local.url(rel));
+        let s3 = Cold::open(
+            &url(
+                "s3://bucket/a/b/",
+                &[
+                    ("endpoint", "http://127.0.0.1:1"),
+                    ("region", "x"),
+                    ("allow_http", "true"),
+                ],
+            ),
+            ColdOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(s3.object(rel).to_string(), format!("a/b/{rel}"));
+        assert_eq!(s3.url(rel), format!("s3://bucket/a/b/{rel}"));
+        for (location, why) in [
+            (url("gs://b/p", &[]), "scheme `gs` is not supported"),
+            (url("s3:///p", &[]), "no bucket"),
+            (
+                url("s3://b/p", &[("colour", "red")]),
+                "unknown S3 setting `colour`",
+            ),
+            (url("not a url", &[]), "relative URL"),
+        ] {
+            match Cold::open(&location, ColdOptions::default()) {
+                Err(StoreError::Config(e)) => assert!(e.contains(why), "{e}"),
+                Err(e) => panic!("{location:?}: {e}"),
+                Ok(_) => panic!("{location:?} accepted"),
+            }
+        }
+    }
 
     /// Sizes of 100,000 realistic logs (`weir_core::sample`, 300-500 bytes each) as raw
     /// NDJSON, as zstd-compressed NDJSON (level 3) and as a cold Parquet file. Sizes are

@@ -43,6 +43,8 @@ pub enum StoreError {
     DiskFull(String),
     #[error("store error: {0}")]
     Storage(String),
+    #[error("{0}")]
+    Config(String),
     #[error("corrupt segment in partition {partition} at offset {offset}: {reason}")]
     Corrupt {
         partition: u32,

@@ -271,11 +271,7 @@ impl HotStore {
             free
         };
         for f in free {
-            match cold
-                .store
-                .delete(&object_store::path::Path::from(f.path.as_str()))
-                .await
-            {
+            match cold.store.delete(&cold.object(&f.path)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => stats.deleted_files += 1,
                 Err(e) => {
                     tracing::warn!(file = %f.path, error = %e, "could not delete a retired cold file; retrying next pass");
@@ -313,7 +309,7 @@ impl HotStore {
         for f in files.iter().filter(|_| !all_expired) {
             let bytes = cold
                 .store
-                .get(&object_store::path::Path::from(f.path.as_str()))
+                .get(&cold.object(&f.path))
                 .await
                 .map_err(storage_err)?
                 .bytes()
@@ -480,7 +476,7 @@ mod tests {
     }
 
     fn files_on_disk(dir: &std::path::Path) -> usize {
-        crate::cold::walk(&dir.join("cold"))
+        crate::test_util::walk(&dir.join("cold"))
             .iter()
             .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
             .count()

@@ -3,8 +3,11 @@
 //! Layout:
 //! - [`aggregates`]: the `aggregates` table — aggregator checkpoints, per-partition
 //!   partial results merged into rows, anomaly verdicts.
-//! - [`cold`]: the cold tier — hot segments flushed to Parquet on an object store, a
-//!   manifest in redb, one consistent view of both tiers for queries.
+//! - [`cold`]: the cold tier — hot segments flushed to Parquet on an object store (a
+//!   directory or S3-compatible storage), a manifest in redb, one consistent view of
+//!   both tiers for queries.
+//! - `cold_table`: one table's cold files as a DataFusion table that skips the files
+//!   whose manifest time range a query's filters rule out.
 //! - [`hot`]: [`HotStore`], processed rows as Arrow record batches in memory, persisted
 //!   in redb together with each partition's consumer position (so a restart neither
 //!   loses nor duplicates rows), with a memory bound; and the dead-letter table.
@@ -12,6 +15,8 @@
 //!   manifest entries in one transaction).
 //! - [`retention`]: the retention in effect per tenant and stream (config, or the admin
 //!   API's replacement kept in redb), and the filter queries apply.
+//! - `rollup_route`: aggregations over `metrics` that a rollup answers exactly,
+//!   rewritten to read the coarsest such rollup.
 //! - [`rollups`]: metric rollups (count, sum, min, max, sketch per series and window),
 //!   written with each metrics flush; the sketch SQL functions.
 //! - [`shred`]: the shredded layout of cold `logs` files and how a record is rebuilt.
@@ -28,11 +33,13 @@
 
 pub mod aggregates;
 pub mod cold;
+mod cold_table;
 pub mod hot;
 pub mod janitor;
 pub mod metric_rows;
 pub mod query;
 pub mod retention;
+mod rollup_route;
 pub mod rollups;
 pub mod rows;
 pub mod shred;

@@ -23,12 +23,11 @@ use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::json::writer::{JsonArray, WriterBuilder};
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
-use datafusion::datasource::MemTable;
+use datafusion::datasource::listing::ListingOptions;
+use datafusion::datasource::{provider_as_source, MemTable};
 use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use serde_json::{Map, Value};
 use thiserror::Error;
@@ -120,6 +119,9 @@ impl HotStore {
         let mut ctx = SessionContext::new_with_config_rt(config, runtime);
         datafusion_functions_json::register_all(&mut ctx)
             .map_err(|e| QueryError::Execution(e.to_string()))?;
+        if let Some(cold) = &self.cold {
+            cold.register(&ctx);
+        }
 
         // Hot rows and cold Parquet files of every table, taken under one lock: a
         // flushed segment (and its rollups) is in exactly one tier. Rows past their
@@ -186,7 +188,12 @@ impl HotStore {
                 Some(k) => view.filter(k).map_err(exec)?,
                 None => view,
             };
-            ctx.register_table(crate::cold::table_name(table), view.into_view())
+            let view = match table {
+                // Not inlined: the rollup router looks for scans of `metrics`.
+                Table::Metrics => Arc::new(crate::rollup_route::Opaque(view.into_view())),
+                _ => view.into_view(),
+            };
+            ctx.register_table(crate::cold::table_name(table), view)
                 .map_err(exec)?;
         }
         let aggs = MemTable::try_new(
@@ -216,6 +223,7 @@ impl HotStore {
             .sql_with_options(sql, opts)
             .await
             .map_err(|e| QueryError::Sql(e.to_string()))?;
+        let df = self.route_to_rollups(&ctx, tenant, df, now_ms).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let batches = df
             .collect()
@@ -226,7 +234,46 @@ impl HotStore {
     }
 }
 
-type ColdFiles = [(std::path::PathBuf, Arc<crate::cold::ColdFile>)];
+impl HotStore {
+    /// `df` with its aggregations over `metrics` that a rollup answers exactly reading
+    /// the rollup (see [`crate::rollup_route`]).
+    async fn route_to_rollups(
+        &self,
+        ctx: &SessionContext,
+        tenant: &str,
+        df: DataFrame,
+        now_ms: i64,
+    ) -> Result<DataFrame, QueryError> {
+        if matches!(df.logical_plan(), LogicalPlan::Explain(_)) {
+            return Ok(df);
+        }
+        // Raw samples and rollups both visible from here on.
+        let e = self.effective_retention(tenant, weir_core::names::METRICS_STREAM);
+        let earliest = [e.cold_ms, e.rollups_ms]
+            .into_iter()
+            .flatten()
+            .map(|ms| now_ms.saturating_sub(ms as i64))
+            .max();
+        let exec = |e: datafusion::error::DataFusionError| QueryError::Execution(e.to_string());
+        let mut rollups = Vec::new();
+        for secs in self.rollup_resolutions() {
+            let name = crate::cold::table_name(Table::Rollup(secs));
+            if let Ok(t) = ctx.table_provider(name.as_str()).await {
+                rollups.push((secs, name, provider_as_source(t)));
+            }
+        }
+        let state = ctx.state();
+        let optimized = state.optimize(df.logical_plan()).map_err(exec)?;
+        Ok(
+            match crate::rollup_route::route(&optimized, &rollups, earliest).map_err(exec)? {
+                Some(plan) => DataFrame::new(state, plan),
+                None => df,
+            },
+        )
+    }
+}
+
+type ColdFiles = [(String, Arc<crate::cold::ColdFile>)];
 
 impl HotStore {
     /// Hot batches as a table scanned by two partitions (both cores).
@@ -256,7 +303,6 @@ impl HotStore {
         columns: &[crate::shred::ShredColumn],
     ) -> Result<DataFrame, QueryError> {
         let exec = |e: datafusion::error::DataFusionError| QueryError::Execution(e.to_string());
-        let url = |p: &std::path::Path| ListingTableUrl::parse(p.to_string_lossy());
         let opts =
             ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
         let groups = match table {
@@ -268,22 +314,18 @@ impl HotStore {
         };
         let mut out: Option<DataFrame> = None;
         for (file_columns, idx) in groups {
-            let urls = idx
-                .iter()
-                .map(|&i| url(&cold[i].0))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(exec)?;
             let legacy = idx.iter().any(|&i| cold[i].1.columns.is_none());
             let read_schema = match table {
                 Table::Logs => views::cold_read_schema(&file_columns, legacy),
                 Table::Metrics => views::cold_metrics_read_schema(),
                 Table::Rollup(_) => crate::rollups::rollup_schema(),
             };
-            let cfg = ListingTableConfig::new_with_multi_paths(urls)
-                .with_listing_options(opts.clone())
-                .with_schema(read_schema);
-            let listing = ListingTable::try_new(cfg).map_err(exec)?;
-            let scan = ctx.read_table(Arc::new(listing)).map_err(exec)?;
+            let files = crate::cold_table::ColdTable {
+                files: idx.iter().map(|&i| cold[i].clone()).collect(),
+                schema: read_schema,
+                options: opts.clone(),
+            };
+            let scan = ctx.read_table(Arc::new(files)).map_err(exec)?;
             let scan = match table {
                 Table::Logs => {
                     views::cold_view(scan, &file_columns, columns, legacy).map_err(exec)?

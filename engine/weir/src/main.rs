@@ -155,19 +155,34 @@ async fn serve(args: ServeArgs) -> Result<()> {
     )
     .context("open the hot store")?;
     if config.cold.flush_after_secs > 0 {
-        let dir = config
-            .cold
-            .dir
-            .clone()
-            .unwrap_or_else(|| config.data_dir.join("cold"));
+        let location = match &config.cold.url {
+            Some(url) => weir_store::cold::ColdLocation::Url {
+                url: url.clone(),
+                options: config.cold.s3.clone().into_iter().collect(),
+            },
+            None => weir_store::cold::ColdLocation::Dir(
+                config
+                    .cold
+                    .dir
+                    .clone()
+                    .unwrap_or_else(|| config.data_dir.join("cold")),
+            ),
+        };
         let options = weir_store::cold::ColdOptions {
             small_bytes: config.cold.compact_small_mb << 20,
             compact_min_files: config.cold.compact_min_files,
             rollups: config.cold.rollup_secs(),
         };
         hot = hot
-            .with_cold_options(&dir, options)
+            .with_cold_at(&location, options)
             .context("open the cold tier")?;
+        let swept = hot
+            .sweep_cold_orphans()
+            .await
+            .context("list the cold tier")?;
+        if swept > 0 {
+            tracing::warn!(files = swept, "removed cold files no manifest names");
+        }
     }
     hot.set_retention_config(
         config
