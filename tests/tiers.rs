@@ -50,6 +50,20 @@ async fn send_logs(s: &Server, from: i64, n: i64) {
     assert_eq!(st, 200, "{v}");
 }
 
+/// Wait (up to a minute) until the server stops: a fault injected through `fault`
+/// fired.
+async fn wait_aborted(s: &mut Server, fault: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "{fault} did not fire:\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Wait (up to a minute) until `rows` rows have gone to the cold tier.
 async fn wait_flushed(s: &Server, rows: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -207,15 +221,7 @@ async fn a_crash_during_a_flush_loses_and_doubles_nothing() {
     let mut s = Server::start_with_env(dir.path(), &config, &[("WEIR_FAULT_COLD_AFTER_PUT", "1")]);
     send_logs(&s, 0, 3000).await;
     // The server aborts at its first flush, after the file is written.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s.child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the fault did not fire:\n{}",
-            s.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_aborted(&mut s, "WEIR_FAULT_COLD_AFTER_PUT").await;
     assert!(
         !parquet_files(&dir.path().join("data/cold")).is_empty(),
         "a file was written before the crash"
@@ -349,16 +355,8 @@ async fn a_crash_during_a_compaction_loses_and_doubles_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let s = Server::start_with_env(dir.path(), COMPACTING, &[(fault, "1")]);
         small_files(&s, 3).await;
-        let deadline = Instant::now() + Duration::from_secs(60);
         let mut s = s;
-        while s.child.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "{fault} did not fire:\n{}",
-                s.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_aborted(&mut s, fault).await;
         drop(s);
         let s = Server::start(dir.path(), COMPACTING);
         for sql in [
@@ -724,15 +722,7 @@ async fn the_cold_tier_on_s3_compatible_storage() {
     // A crash after the upload, before the manifest commit.
     let mut s = Server::start_with_env(dir.path(), &config, &[("WEIR_FAULT_COLD_AFTER_PUT", "1")]);
     send_logs(&s, 0, 500).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s.child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the fault did not fire:\n{}",
-            s.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_aborted(&mut s, "WEIR_FAULT_COLD_AFTER_PUT").await;
     let orphans = parquet_keys().await;
     assert_eq!(orphans.len(), 1, "one file uploaded before the crash");
     drop(s);

@@ -420,10 +420,10 @@ mod tests {
 
     use datafusion::datasource::MemTable;
     use datafusion::prelude::SessionContext;
-    use serde_json::{json, Value};
+    use serde_json::json;
 
     use super::*;
-    use crate::test_util::{commit_records, rows};
+    use crate::test_util::rows;
     use crate::HotStore;
 
     /// 2030-01-15T08:00:00Z, a whole hour.
@@ -505,12 +505,10 @@ mod tests {
         assert!(route(&plan, &rollups, Some(T0)).unwrap().is_none());
     }
 
+    /// Integer-valued samples (sums exact in floats).
     fn commit(s: &HotStore, offset: u64, samples: &[(i64, i64, &str)]) {
-        let records: Vec<Value> = samples
-            .iter()
-            .map(|(ts, v, host)| json!({"name": "lat", "value": v, "ts": ts, "labels": {"host": host}}))
-            .collect();
-        commit_records(s, weir_core::names::METRICS_STREAM, offset, 0, &records);
+        let as_f64: Vec<_> = samples.iter().map(|&(t, v, h)| (t, v as f64, h)).collect();
+        crate::test_util::commit_samples(s, offset, &as_f64);
     }
 
     /// Routed queries give the answers computed from the raw samples, across the cold

@@ -350,16 +350,8 @@ mod tests {
 
     use serde_json::{json, Value};
 
-    use crate::test_util::{commit_records, rows};
+    use crate::test_util::{commit_samples as commit, rows};
     use crate::HotStore;
-
-    fn commit(s: &HotStore, offset: u64, samples: &[(i64, f64, &str)]) {
-        let records: Vec<Value> = samples
-            .iter()
-            .map(|(ts, v, host)| json!({"name": "lat", "value": v, "ts": ts, "labels": {"host": host}}))
-            .collect();
-        commit_records(s, weir_core::names::METRICS_STREAM, offset, 0, &records);
-    }
 
     /// Rollups of samples spread over flushes and the hot tier merge into one exact row
     /// per series and window; quantiles come from merged sketches.

@@ -34,6 +34,16 @@ pub(crate) fn commit_records(
     .unwrap();
 }
 
+/// Commit samples `(ts, value, host)` of metric `lat` (label `host`) as the metrics
+/// segment at `offset`.
+pub(crate) fn commit_samples(s: &HotStore, offset: u64, samples: &[(i64, f64, &str)]) {
+    let records: Vec<Value> = samples
+        .iter()
+        .map(|(ts, v, host)| serde_json::json!({"name": "lat", "value": v, "ts": ts, "labels": {"host": host}}))
+        .collect();
+    commit_records(s, weir_core::names::METRICS_STREAM, offset, 0, &records);
+}
+
 /// The rows of `sql` over tenant `t`, as JSON arrays.
 pub(crate) async fn rows(s: &HotStore, sql: &str) -> Vec<Value> {
     let r = s.query("t", sql).await.unwrap();
