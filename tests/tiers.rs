@@ -634,21 +634,26 @@ impl S3Server {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
         };
+        s3.create_bucket(bucket).await;
+        s3
+    }
+
+    /// Create `bucket` (retried while the server starts).
+    async fn create_bucket(&self, bucket: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             match reqwest::Client::new()
-                .put(format!("{}/{bucket}", s3.endpoint))
+                .put(format!("{}/{bucket}", self.endpoint))
                 .send()
                 .await
             {
-                Ok(r) if r.status().is_success() => break,
+                Ok(r) if r.status().is_success() => return,
                 _ => {
                     assert!(Instant::now() < deadline, "moto did not start");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
-        s3
     }
 
     /// Keys below `prefix` in `bucket`.
@@ -799,5 +804,45 @@ async fn the_cold_tier_on_s3_compatible_storage() {
             .await,
         1600
     );
+    s.stop();
+}
+
+/// The object store failing (here: its bucket missing) neither stops the server nor
+/// loses a row: the startup sweep fails, is counted and retried before any flush, the
+/// rows stay hot and queryable, and once the bucket exists they move to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_store_failure_keeps_rows_hot_until_it_recovers() {
+    let s3 = S3Server::start("other").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{CONFIG}\n[cold.s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = \"true\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n",
+        s3.endpoint
+    )
+    .replace("flush_after_secs = 1", "flush_after_secs = 1\nurl = \"s3://late/tier\"");
+    let s = Server::start(dir.path(), &config);
+    send_logs(&s, 0, 500).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counter(&s, "weir_cold_errors_total{op=\"sweep\"}").await < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no failure counted:\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        s.count("acme-token", "SELECT count(*) FROM logs").await,
+        500
+    );
+    assert_eq!(cold_rows(&s).await, 0);
+    s3.create_bucket("late").await;
+    wait_flushed(&s, 500).await;
+    assert_eq!(
+        s.count("acme-token", "SELECT count(DISTINCT message) FROM logs")
+            .await,
+        500
+    );
+    let keys = s3.keys("late", "tier/").await;
+    assert!(keys.iter().any(|k| k.ends_with(".parquet")), "{keys:?}");
     s.stop();
 }

@@ -176,14 +176,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         hot = hot
             .with_cold_at(&location, options)
             .context("open the cold tier")?;
-        let swept = hot
-            .sweep_cold_orphans()
-            .await
-            .context("list the cold tier")?;
-        if swept > 0 {
-            tracing::warn!(files = swept, "removed cold files no manifest names");
-        }
     }
+    // Files a crash left unnamed by the manifest; if the store cannot be listed now
+    // (an object store down), the janitor retries before its first flush.
+    let swept = sweep(&hot).await;
     hot.set_retention_config(
         config
             .tenant_names()
@@ -198,6 +194,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let store = Arc::new(hot);
     spawn_janitor(
         store.clone(),
+        swept,
         std::time::Duration::from_secs(config.cold.janitor_secs),
         &metrics_registry,
     );
@@ -348,10 +345,27 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// Flush hot segments older than `age` to the cold tier, every second.
+/// Delete the cold files no manifest entry names; false if the store could not be
+/// listed (the error is logged).
+async fn sweep(store: &HotStore) -> bool {
+    match store.sweep_cold_orphans().await {
+        Ok(0) => true,
+        Ok(n) => {
+            tracing::warn!(files = n, "removed cold files no manifest names");
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not list the cold tier for files a crash left; retrying before the next flush");
+            false
+        }
+    }
+}
+
 /// Every second, move due hot rows out (to the cold tier, or deleted without one);
-/// every `every`, a janitor pass (retention, compaction).
-fn spawn_janitor(store: Arc<HotStore>, every: std::time::Duration, r: &Registry) {
+/// every `every`, a janitor pass (retention, compaction). Until `swept`, first the
+/// startup sweep of unnamed cold files (in this task: never while a flush or
+/// compaction has a file written and not yet committed).
+fn spawn_janitor(store: Arc<HotStore>, mut swept: bool, every: std::time::Duration, r: &Registry) {
     let files = r.counter(
         "weir_cold_files_total",
         "Parquet files written by cold-tier flushes.",
@@ -376,10 +390,21 @@ fn spawn_janitor(store: Arc<HotStore>, every: std::time::Duration, r: &Registry)
         "weir_cold_deleted_files_total",
         "Cold files deleted from storage (compacted, rewritten or expired).",
     );
+    let errors = r.counter(
+        "weir_cold_errors_total",
+        "Failed cold-tier operations (op: sweep, flush, janitor), each retried.",
+    );
     tokio::spawn(async move {
         let mut last_pass = std::time::Instant::now();
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            if !swept {
+                swept = sweep(&store).await;
+                if !swept {
+                    errors.with(&[("op", "sweep")]).add(1);
+                    continue;
+                }
+            }
             match store.flush_due().await {
                 Ok(s) if s.files > 0 => {
                     files.with(&[]).add(s.files as u64);
@@ -394,6 +419,7 @@ fn spawn_janitor(store: Arc<HotStore>, every: std::time::Duration, r: &Registry)
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    errors.with(&[("op", "flush")]).add(1);
                     tracing::error!(error = %e, "cold flush failed; rows stay hot and are retried")
                 }
             }
@@ -410,7 +436,10 @@ fn spawn_janitor(store: Arc<HotStore>, every: std::time::Duration, r: &Registry)
                     compacted.with(&[]).add(s.compacted_files as u64);
                     deleted.with(&[]).add(s.deleted_files as u64);
                 }
-                Err(e) => tracing::error!(error = %e, "janitor pass failed; retried next pass"),
+                Err(e) => {
+                    errors.with(&[("op", "janitor")]).add(1);
+                    tracing::error!(error = %e, "janitor pass failed; retried next pass")
+                }
             }
         }
     });
