@@ -809,7 +809,9 @@ async fn the_cold_tier_on_s3_compatible_storage() {
 
 /// The object store failing (here: its bucket missing) neither stops the server nor
 /// loses a row: the startup sweep fails, is counted and retried before any flush, the
-/// rows stay hot and queryable, and once the bucket exists they move to it.
+/// rows stay hot and queryable; past twice the hot bound the workers stop taking rows
+/// and ingest answers 429 once the log's lag bound is reached (backpressure, not
+/// growth or eviction); once the bucket exists every accepted row moves to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_store_failure_keeps_rows_hot_until_it_recovers() {
     let s3 = S3Server::start("other").await;
@@ -818,7 +820,11 @@ async fn an_object_store_failure_keeps_rows_hot_until_it_recovers() {
         "{CONFIG}\n[cold.s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = \"true\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n",
         s3.endpoint
     )
-    .replace("flush_after_secs = 1", "flush_after_secs = 1\nurl = \"s3://late/tier\"");
+    .replace("flush_after_secs = 1", "flush_after_secs = 1\nurl = \"s3://late/tier\"")
+    .replace(
+        "[cold]",
+        "[hot]\nmax_mb = 1\n[log]\npartitions = 1\nmax_lag_bytes = 1048576\n[cold]",
+    );
     let s = Server::start(dir.path(), &config);
     send_logs(&s, 0, 500).await;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -835,12 +841,41 @@ async fn an_object_store_failure_keeps_rows_hot_until_it_recovers() {
         500
     );
     assert_eq!(cold_rows(&s).await, 0);
+    // Keep sending until ingest pushes back.
+    let mut accepted = 500;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let body: String = (accepted..accepted + 1000)
+            .map(|i| {
+                format!(
+                    "{}\n",
+                    json!({"ts": T0 + i, "message": format!("event {i}"), "pad": "x".repeat(200)})
+                )
+            })
+            .collect();
+        let (st, v) = s.ingest("acme-token", "app", body).await;
+        match st {
+            200 => accepted += 1000,
+            429 => break,
+            _ => panic!("{st}: {v}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no backpressure after {accepted} rows:\n{}",
+            s.log()
+        );
+    }
+    assert_eq!(
+        counter(&s, "weir_hot_evicted_rows").await,
+        0,
+        "nothing evicted"
+    );
     s3.create_bucket("late").await;
-    wait_flushed(&s, 500).await;
+    wait_flushed(&s, accepted as u64).await;
     assert_eq!(
         s.count("acme-token", "SELECT count(DISTINCT message) FROM logs")
             .await,
-        500
+        accepted
     );
     let keys = s3.keys("late", "tier/").await;
     assert!(keys.iter().any(|k| k.ends_with(".parquet")), "{keys:?}");

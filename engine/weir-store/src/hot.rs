@@ -45,6 +45,8 @@ pub enum StoreError {
     Storage(String),
     #[error("{0}")]
     Config(String),
+    #[error("the hot tier holds {held} bytes, over twice its bound of {bound}, and the cold tier is not taking rows (see the cold flush errors); retry later")]
+    OverBound { held: usize, bound: usize },
     #[error("corrupt segment in partition {partition} at offset {offset}: {reason}")]
     Corrupt {
         partition: u32,
@@ -313,6 +315,18 @@ impl HotStore {
         dead: &[DeadLetter],
         states: &[ChainState],
     ) -> Result<ReplayOutcome, StoreError> {
+        // With a cold tier, rows over the bound wait for a flush; if flushes fail (the
+        // object store down), refusing new rows here stops the workers consuming the
+        // log, and the log's lag bound turns that into backpressure at ingest.
+        if self.cold.is_some() && segments.iter().any(|s| s.num_rows() > 0) {
+            let held = self.mem.read().bytes;
+            if held > self.max_bytes.saturating_mul(2) {
+                return Err(StoreError::OverBound {
+                    held,
+                    bound: self.max_bytes,
+                });
+            }
+        }
         let mut outcome = ReplayOutcome::default();
         let mut kept = Vec::with_capacity(segments.len());
         let w = self.db.begin_write().map_err(storage_err)?;
@@ -793,5 +807,43 @@ mod tests {
         drop(s);
         let s = HotStore::open(&path, usize::MAX).unwrap();
         assert_eq!(rows(&s, "a"), 200, "evicted rows are gone from disk too");
+    }
+
+    /// With a cold tier that cannot take rows, the hot tier refuses new rows past twice
+    /// its bound (backpressure) instead of growing or evicting; once flushes succeed it
+    /// takes them again, and nothing is lost.
+    #[tokio::test]
+    async fn over_twice_the_bound_with_a_failing_cold_tier_is_backpressure() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = seg("a", 0, 0, 100).rows.get_array_memory_size();
+        let cold = dir.path().join("cold");
+        let s = HotStore::open(&dir.path().join("store.redb"), one * 2)
+            .unwrap()
+            .with_cold(&cold)
+            .unwrap();
+        // A file where the tenant's directory goes: every flush fails.
+        std::fs::write(cold.join("tenant=a"), b"in the way").unwrap();
+        let mut refused = None;
+        for i in 0..10u64 {
+            let r = s.commit(0, (i + 1) * 100, &[seg("a", 0, i * 100, 100)], &[], &[]);
+            assert!(s.flush_cold(std::time::Duration::ZERO).await.is_err());
+            if let Err(e) = r {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        let (at, e) = refused.expect("refused past twice the bound");
+        assert!(matches!(e, StoreError::OverBound { .. }), "{e}");
+        assert_eq!(rows(&s, "a"), at as usize * 100, "nothing evicted");
+        assert_eq!(s.evicted_rows(), 0);
+        std::fs::remove_file(cold.join("tenant=a")).unwrap();
+        s.flush_cold(std::time::Duration::ZERO).await.unwrap();
+        s.commit(0, (at + 1) * 100, &[seg("a", 0, at * 100, 100)], &[], &[])
+            .unwrap();
+        let r = s.query("a", "SELECT count(*) FROM logs").await.unwrap();
+        assert_eq!(
+            r.to_json().unwrap()["rows"][0][0],
+            serde_json::json!((at + 1) * 100)
+        );
     }
 }
