@@ -870,6 +870,9 @@ async fn an_object_store_failure_keeps_rows_hot_until_it_recovers() {
         0,
         "nothing evicted"
     );
+    // Held near twice the bound (plus the commit that crossed it), not growing.
+    let held = counter(&s, "weir_hot_bytes").await;
+    assert!((1 << 20..3 << 20).contains(&held), "hot bytes {held}");
     s3.create_bucket("late").await;
     wait_flushed(&s, accepted as u64).await;
     assert_eq!(

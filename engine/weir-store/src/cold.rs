@@ -413,6 +413,16 @@ impl HotStore {
     /// the files it replaced. Lists the store (a directory walk, or S3 `ListObjects`).
     /// Only at startup: a flush running meanwhile has such a file until its commit.
     pub async fn sweep_cold_orphans(&self) -> Result<usize, StoreError> {
+        let r = self.try_sweep().await;
+        if r.is_err() {
+            // Unreachable or misconfigured: no flush runs until a sweep succeeds.
+            self.cold_failing
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    async fn try_sweep(&self) -> Result<usize, StoreError> {
         let Some(cold) = &self.cold else {
             return Ok(0);
         };
@@ -520,6 +530,13 @@ impl HotStore {
     /// over the memory bound or over their stream's hot bytes, oldest first. Segments an
     /// aggregator has not checkpointed past stay hot (it may re-read them).
     async fn flush_where(&self, due: impl Fn(&Held) -> bool) -> Result<FlushStats, StoreError> {
+        let r = self.try_flush(due).await;
+        self.cold_failing
+            .store(r.is_err(), std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+
+    async fn try_flush(&self, due: impl Fn(&Held) -> bool) -> Result<FlushStats, StoreError> {
         let picked = self.pick_due(due);
         let Some(cold) = &self.cold else {
             let rows: u64 = picked.iter().map(|(_, _, r)| *r as u64).sum();

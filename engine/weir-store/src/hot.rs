@@ -237,6 +237,8 @@ pub struct HotStore {
     pub(crate) retention: RwLock<crate::retention::RetentionState>,
     /// Cold files replaced or expired: deleted once no query holds them.
     pub(crate) retired: Mutex<Vec<Arc<crate::cold::ColdFile>>>,
+    /// The last flush failed (the cold tier is not taking rows).
+    pub(crate) cold_failing: std::sync::atomic::AtomicBool,
 }
 
 impl HotStore {
@@ -288,6 +290,7 @@ impl HotStore {
             evicted_rows: AtomicU64::new(0),
             retention: RwLock::default(),
             retired: Mutex::default(),
+            cold_failing: Default::default(),
         };
         store.load_retention()?;
         store.load_aggregates()?;
@@ -315,10 +318,12 @@ impl HotStore {
         dead: &[DeadLetter],
         states: &[ChainState],
     ) -> Result<ReplayOutcome, StoreError> {
-        // With a cold tier, rows over the bound wait for a flush; if flushes fail (the
+        // With a cold tier, rows over the bound wait for a flush; while flushes fail (the
         // object store down), refusing new rows here stops the workers consuming the
-        // log, and the log's lag bound turns that into backpressure at ingest.
-        if self.cold.is_some() && segments.iter().any(|s| s.num_rows() > 0) {
+        // log, and the log's lag bound turns that into backpressure at ingest. (Rows
+        // kept hot for an aggregator that has not checkpointed never block: flushes
+        // skip them without failing.)
+        if self.cold_failing.load(Ordering::Relaxed) && segments.iter().any(|s| s.num_rows() > 0) {
             let held = self.mem.read().bytes;
             if held > self.max_bytes.saturating_mul(2) {
                 return Err(StoreError::OverBound {
