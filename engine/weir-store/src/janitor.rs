@@ -347,6 +347,11 @@ impl HotStore {
         let mut new = Vec::new();
         if kept > 0 {
             let all = concat_batches(&batches[0].schema(), &batches).map_err(storage_err)?;
+            // Rollup files: the partial rows of one series and window become one.
+            let all = match table {
+                Table::Rollup(_) => crate::rollups::merge_partials(&all).map_err(storage_err)?,
+                _ => all,
+            };
             for (stream, rows) in split_by_stream(&all, first.stream.as_deref())? {
                 let segments = segments_of(&rows);
                 new.push(

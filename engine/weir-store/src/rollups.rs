@@ -23,7 +23,7 @@ use datafusion::arrow::array::{
     Int64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
 };
 use datafusion::arrow::datatypes::{
-    DataType, Field, Float64Type, Schema, SchemaRef, TimeUnit, TimestampMillisecondType,
+    DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMillisecondType,
 };
 use datafusion::common::{Result as DfResult, ScalarValue};
 use datafusion::dataframe::DataFrame;
@@ -115,6 +115,57 @@ pub fn rollup_rows(raw: &RecordBatch, secs: u32) -> RecordBatch {
         w.max = w.max.max(v);
         w.sketch.add(v);
     }
+    windows_batch(windows)
+}
+
+/// Partial rollup rows (several per series and window, from separate flushes) merged
+/// into one row per series and window: counts and sums added, sketches merged.
+/// Compaction does this, so rollup tables shrink as they age.
+pub(crate) fn merge_partials(rows: &RecordBatch) -> Result<RecordBatch, String> {
+    let col = |n: &str| rows.column_by_name(n).expect("a rollup column");
+    let ts = col("ts").as_primitive::<TimestampMillisecondType>();
+    let (name, labels, series) = (
+        col("name").as_string::<i32>(),
+        col("labels").as_string::<i32>(),
+        col("series").as_string::<i32>(),
+    );
+    let count = col("count").as_primitive::<Int64Type>();
+    let (sum, min, max) = (
+        col("sum").as_primitive::<Float64Type>(),
+        col("min").as_primitive::<Float64Type>(),
+        col("max").as_primitive::<Float64Type>(),
+    );
+    let sketch = col("sketch").as_binary::<i32>();
+    let mut windows: BTreeMap<(&str, i64), Window> = BTreeMap::new();
+    for i in 0..rows.num_rows() {
+        let part = DDSketch::decode(sketch.value(i)).map_err(|e| e.to_string())?;
+        match windows.entry((series.value(i), ts.value(i))) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(Window {
+                    name: name.value(i).to_owned(),
+                    labels: labels.value(i).to_owned(),
+                    count: count.value(i),
+                    sum: sum.value(i),
+                    min: min.value(i),
+                    max: max.value(i),
+                    sketch: part,
+                });
+            }
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                let w = o.get_mut();
+                w.count += count.value(i);
+                w.sum += sum.value(i);
+                w.min = w.min.min(min.value(i));
+                w.max = w.max.max(max.value(i));
+                w.sketch.merge(&part).map_err(str::to_owned)?;
+            }
+        }
+    }
+    Ok(windows_batch(windows))
+}
+
+/// One rollup row per series and window.
+fn windows_batch(windows: BTreeMap<(&str, i64), Window>) -> RecordBatch {
     let n = windows.len();
     let mut b_ts = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
     let (mut b_name, mut b_labels, mut b_series) = (
@@ -424,6 +475,67 @@ mod tests {
         assert_eq!(merged[0][0], json!(3000));
         let p99 = merged[0][1].as_f64().unwrap();
         assert!((p99 - 990.0).abs() <= 990.0 * 0.02, "{p99}");
+    }
+
+    /// Compaction merges the partial rows several flushes wrote for one series and
+    /// window into one; every rollup answer stays the same.
+    #[tokio::test]
+    async fn compaction_merges_partial_rollup_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = HotStore::open(&dir.path().join("store.redb"), usize::MAX)
+            .unwrap()
+            .with_cold_options(
+                &dir.path().join("cold"),
+                crate::cold::ColdOptions {
+                    small_bytes: 1 << 30,
+                    compact_min_files: 2,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        // Four flushes within one hour, two hosts.
+        let t0 = 1_894_694_400_000;
+        for part in 0..4u64 {
+            let samples: Vec<(i64, f64, &str)> = (0..500)
+                .map(|i| {
+                    let k = part as i64 * 500 + i;
+                    (
+                        t0 + k * 1000,
+                        (k % 251) as f64,
+                        if k % 2 == 0 { "a" } else { "b" },
+                    )
+                })
+                .collect();
+            commit(&s, part, &samples);
+            s.flush_cold(Duration::ZERO).await.unwrap();
+        }
+        let hour_rows = |s: &HotStore| -> Vec<u64> {
+            s.tiers("t", crate::Table::Rollup(3600))
+                .1
+                .iter()
+                .map(|(_, f)| f.rows)
+                .collect()
+        };
+        assert_eq!(
+            hour_rows(&s),
+            vec![2, 2, 2, 2],
+            "a partial row per flush and host"
+        );
+        let sql = "SELECT series, count(*), sum(count), sum(sum), min(min), max(max), \
+                   sketch_quantile(sketch_merge(sketch), 0.9) FROM metrics_1h GROUP BY series ORDER BY series";
+        let minute = "SELECT count(*), sum(count), sum(sum) FROM metrics_1m";
+        let (before, before_1m) = (rows(&s, sql).await, rows(&s, minute).await);
+        s.janitor_pass(crate::query::now_ms()).await.unwrap();
+        assert_eq!(hour_rows(&s), vec![2], "one row per host and hour");
+        assert_eq!(rows(&s, sql).await, before);
+        assert_eq!(rows(&s, minute).await, before_1m);
+        let minute_rows: u64 = s
+            .tiers("t", crate::Table::Rollup(60))
+            .1
+            .iter()
+            .map(|(_, f)| f.rows)
+            .sum();
+        assert_eq!(minute_rows, 2 * 34, "34 minutes, two hosts");
     }
 
     /// Rollups outlive raw samples: each has its own retention.
