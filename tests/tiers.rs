@@ -656,6 +656,15 @@ impl S3Server {
         }
     }
 
+    /// The `[cold.s3]` section of a server config that uses it.
+    fn settings(&self) -> String {
+        format!(
+            "\n[cold.s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = \"true\"\n\
+             access_key_id = \"test\"\nsecret_access_key = \"test\"\n",
+            self.endpoint
+        )
+    }
+
     /// Keys below `prefix` in `bucket`.
     async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let xml = reqwest::get(format!(
@@ -710,11 +719,7 @@ impl Drop for S3Server {
 async fn the_cold_tier_on_s3_compatible_storage() {
     let s3 = S3Server::start("weir-cold").await;
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "{COMPACTING}\n[cold.s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = \"true\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n",
-        s3.endpoint
-    )
-    .replace(
+    let config = format!("{COMPACTING}{}", s3.settings()).replace(
         "compact_min_files = 3",
         "compact_min_files = 3\nurl = \"s3://weir-cold/prod/tier\"",
     );
@@ -816,15 +821,15 @@ async fn the_cold_tier_on_s3_compatible_storage() {
 async fn an_object_store_failure_keeps_rows_hot_until_it_recovers() {
     let s3 = S3Server::start("other").await;
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "{CONFIG}\n[cold.s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = \"true\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n",
-        s3.endpoint
-    )
-    .replace("flush_after_secs = 1", "flush_after_secs = 1\nurl = \"s3://late/tier\"")
-    .replace(
-        "[cold]",
-        "[hot]\nmax_mb = 1\n[log]\npartitions = 1\nmax_lag_bytes = 1048576\n[cold]",
-    );
+    let config = format!("{CONFIG}{}", s3.settings())
+        .replace(
+            "flush_after_secs = 1",
+            "flush_after_secs = 1\nurl = \"s3://late/tier\"",
+        )
+        .replace(
+            "[cold]",
+            "[hot]\nmax_mb = 1\n[log]\npartitions = 1\nmax_lag_bytes = 1048576\n[cold]",
+        );
     let s = Server::start(dir.path(), &config);
     send_logs(&s, 0, 500).await;
     let deadline = Instant::now() + Duration::from_secs(60);
