@@ -141,6 +141,8 @@ impl HotStore {
         let snapshot = self.snapshot(tenant, &tables);
         let metrics_stream = Some(weir_core::names::METRICS_STREAM);
         let mut hot_metrics = None;
+        // Each rollup's unmerged partial rows, for the router (its aggregation merges).
+        let mut partials = Vec::new();
         for (table, (hot, cold)) in tables.iter().zip(&snapshot) {
             let table = *table;
             let (stream, rollup) = match table {
@@ -157,7 +159,14 @@ impl HotStore {
                         Some(self.cold_scan(&ctx, table, cold, &[])?)
                     };
                     let hot = hot_metrics.clone().expect("metrics come before rollups");
-                    crate::rollups::rollup_view(hot, cold, secs).map_err(exec)?
+                    let (merged, parts) =
+                        crate::rollups::rollup_view(hot, cold, secs).map_err(exec)?;
+                    let parts = match &keep {
+                        Some(k) => parts.filter(k.clone()).map_err(exec)?,
+                        None => parts,
+                    };
+                    partials.push((secs, parts));
+                    merged
                 }
                 _ => {
                     let schema = match table {
@@ -223,7 +232,9 @@ impl HotStore {
             .sql_with_options(sql, opts)
             .await
             .map_err(|e| QueryError::Sql(e.to_string()))?;
-        let df = self.route_to_rollups(&ctx, tenant, df, now_ms).await?;
+        let df = self
+            .route_to_rollups(&ctx, tenant, df, partials, now_ms)
+            .await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let batches = df
             .collect()
@@ -236,12 +247,14 @@ impl HotStore {
 
 impl HotStore {
     /// `df` with its aggregations over `metrics` that a rollup answers exactly reading
-    /// the rollup (see [`crate::rollup_route`]).
+    /// the rollup's partial rows (`partials` per resolution: the aggregation merges them,
+    /// so the merge the rollup tables do is skipped; see [`crate::rollup_route`]).
     async fn route_to_rollups(
         &self,
         ctx: &SessionContext,
         tenant: &str,
         df: DataFrame,
+        partials: Vec<(u32, DataFrame)>,
         now_ms: i64,
     ) -> Result<DataFrame, QueryError> {
         if matches!(df.logical_plan(), LogicalPlan::Explain(_)) {
@@ -255,13 +268,13 @@ impl HotStore {
             .map(|ms| now_ms.saturating_sub(ms as i64))
             .max();
         let exec = |e: datafusion::error::DataFusionError| QueryError::Execution(e.to_string());
-        let mut rollups = Vec::new();
-        for secs in self.rollup_resolutions() {
-            let name = crate::cold::table_name(Table::Rollup(secs));
-            if let Ok(t) = ctx.table_provider(name.as_str()).await {
-                rollups.push((secs, name, provider_as_source(t)));
-            }
-        }
+        let rollups: Vec<_> = partials
+            .into_iter()
+            .map(|(secs, parts)| {
+                let name = crate::cold::table_name(Table::Rollup(secs));
+                (secs, name, provider_as_source(parts.into_view()))
+            })
+            .collect();
         let state = ctx.state();
         let optimized = state.optimize(df.logical_plan()).map_err(exec)?;
         Ok(

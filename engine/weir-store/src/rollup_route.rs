@@ -14,8 +14,9 @@
 //! - filters: on series columns, and on time only `ts >= T` / `ts < T` with `T` a
 //!   multiple of `R`.
 //!
-//! The coarsest rollup that satisfies all of it is read instead of `metrics` (EXPLAIN
-//! shows `TableScan: metrics_1h`); anything else reads raw samples. Routing never
+//! The coarsest rollup that satisfies all of it is read instead of `metrics` — its
+//! partial rows, since the rewritten aggregation merges them anyway (EXPLAIN shows
+//! `metrics_1h`); anything else reads raw samples. Routing never
 //! changes an answer (sums of floats may differ in their last bits: another order of
 //! addition): where retention applies, raw samples and rollups are kept for different
 //! times, so a query is routed only when its `ts >= T` bound lies after both cutoffs.
@@ -521,7 +522,8 @@ mod tests {
             .unwrap()
             .with_cold(&dir.path().join("cold"))
             .unwrap();
-        // 6 hours, a sample every 7 s for two hosts, integer values; 4 hours flushed.
+        // 6 hours, a sample every 7 s for two hosts, integer values; 4.5 hours flushed
+        // (the fifth hour has partial rows in both tiers).
         let all: Vec<(i64, i64, &str)> = (0..6 * 3600 / 7)
             .flat_map(|i| {
                 [
@@ -530,7 +532,7 @@ mod tests {
                 ]
             })
             .collect();
-        let (cold, hot) = all.split_at(all.partition_point(|x| x.0 < T0 + 4 * H));
+        let (cold, hot) = all.split_at(all.partition_point(|x| x.0 < T0 + 4 * H + H / 2));
         commit(&s, 0, cold);
         s.flush_cold(Duration::ZERO).await.unwrap();
         commit(&s, 1, hot);

@@ -337,12 +337,14 @@ pub(crate) fn functions() -> (Vec<AggregateUDF>, ScalarUDF) {
 }
 
 /// The `metrics_<res>` table: the rollup of hot samples (`hot`, raw `metrics` rows)
-/// and the cold rollup files (`cold`), partials merged per series and window.
+/// and the cold rollup files (`cold`), partials merged per series and window; and the
+/// same rows unmerged (several partial rows per series and window), for aggregations
+/// that merge them anyway.
 pub(crate) fn rollup_view(
     hot: DataFrame,
     cold: Option<DataFrame>,
     secs: u32,
-) -> DfResult<DataFrame> {
+) -> DfResult<(DataFrame, DataFrame)> {
     let (aggs, _) = functions();
     let (sketch, merge) = (&aggs[0], &aggs[1]);
     use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
@@ -377,13 +379,14 @@ pub(crate) fn rollup_view(
     )?;
     let all = match cold {
         Some(c) => hot.union(c)?,
-        None => return Ok(hot),
+        // The rollup of hot samples has one row per series and window already.
+        None => return Ok((hot.clone(), hot)),
     };
     let keys: Vec<Expr> = ["ts", "name", "labels", "series"]
         .into_iter()
         .map(ident)
         .collect();
-    all.aggregate(
+    let merged = all.clone().aggregate(
         keys,
         vec![
             sum(ident("count")).alias("count"),
@@ -392,7 +395,8 @@ pub(crate) fn rollup_view(
             max(ident("max")).alias("max"),
             merge.call(vec![ident("sketch")]).alias("sketch"),
         ],
-    )
+    )?;
+    Ok((merged, all))
 }
 
 #[cfg(test)]
