@@ -21,13 +21,14 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::json::writer::{JsonArray, WriterBuilder};
+use datafusion::common::display::ToStringifiedPlan;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::ListingOptions;
 use datafusion::datasource::{provider_as_source, MemTable};
 use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{Explain, LogicalPlan, PlanType};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use serde_json::{Map, Value};
 use thiserror::Error;
@@ -257,9 +258,6 @@ impl HotStore {
         partials: Vec<(u32, DataFrame)>,
         now_ms: i64,
     ) -> Result<DataFrame, QueryError> {
-        if matches!(df.logical_plan(), LogicalPlan::Explain(_)) {
-            return Ok(df);
-        }
         // Raw samples and rollups both visible from here on.
         let e = self.effective_retention(tenant, weir_core::names::METRICS_STREAM);
         let earliest = [e.cold_ms, e.rollups_ms]
@@ -275,14 +273,27 @@ impl HotStore {
                 (secs, name, provider_as_source(parts.into_view()))
             })
             .collect();
+        // EXPLAIN shows the plan as routed.
+        let (inner, explain) = match df.logical_plan() {
+            LogicalPlan::Explain(e) => (e.plan.as_ref(), Some(e)),
+            p => (p, None),
+        };
         let state = ctx.state();
-        let optimized = state.optimize(df.logical_plan()).map_err(exec)?;
-        Ok(
-            match crate::rollup_route::route(&optimized, &rollups, earliest).map_err(exec)? {
-                Some(plan) => DataFrame::new(state, plan),
-                None => df,
-            },
-        )
+        let optimized = state.optimize(inner).map_err(exec)?;
+        let Some(plan) =
+            crate::rollup_route::route(&optimized, &rollups, earliest).map_err(exec)?
+        else {
+            return Ok(df);
+        };
+        let plan = match explain {
+            Some(e) => LogicalPlan::Explain(Explain {
+                stringified_plans: vec![plan.to_stringified(PlanType::InitialLogicalPlan)],
+                plan: Arc::new(plan),
+                ..e.clone()
+            }),
+            None => plan,
+        };
+        Ok(DataFrame::new(state, plan))
     }
 }
 

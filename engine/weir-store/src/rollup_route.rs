@@ -573,6 +573,15 @@ mod tests {
             );
             assert!((got[4].as_f64().unwrap() - avg).abs() < 1e-9, "{sql}");
         }
+        // EXPLAIN shows which table a query reads.
+        let explain = |sql: String| {
+            let s = &s;
+            async move { serde_json::to_string(&rows(s, &format!("EXPLAIN {sql}")).await).unwrap() }
+        };
+        let bounded = format!("SELECT count(*) FROM metrics WHERE ts >= {}", at(T0));
+        assert!(explain(bounded.clone()).await.contains("metrics_1h"));
+        let raw = bounded.replace(&T0.to_string(), &(T0 + 1).to_string());
+        assert!(!explain(raw).await.contains("metrics_1"));
         // No rows in range: a count of 0, NULL sums, as from raw samples.
         let sql = format!(
             "SELECT count(*), sum(value) FROM metrics WHERE ts >= {} AND ts < {}",
