@@ -91,6 +91,9 @@ pub(crate) struct Cold {
     base: ObjectStoreUrl,
     /// Where below the store's root the files are.
     prefix: ObjectPath,
+    /// The directory, for a local store (where a crash mid-upload can leave a staging
+    /// file `NAME.parquet#N` that the store's listing does not show).
+    dir: Option<PathBuf>,
     pub(crate) options: ColdOptions,
 }
 
@@ -235,6 +238,7 @@ impl Cold {
                     store: Arc::new(LocalFileSystem::new()),
                     base: ObjectStoreUrl::local_filesystem(),
                     prefix,
+                    dir: Some(root),
                     options,
                 })
             }
@@ -271,6 +275,7 @@ impl Cold {
                             store: Arc::new(store),
                             base,
                             prefix,
+                            dir: None,
                             options,
                         })
                     }
@@ -447,6 +452,20 @@ impl HotStore {
             .try_collect()
             .await
             .map_err(storage_err)?;
+        // A local store's half-written uploads (`NAME.parquet#N`, renamed into place
+        // when complete).
+        let staged: Vec<PathBuf> = cold
+            .dir
+            .as_deref()
+            .map(walk)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains(".parquet#"))
+            .collect();
+        for p in &staged {
+            tracing::warn!(file = %p.display(), "removing a half-written cold file");
+            std::fs::remove_file(p).map_err(storage_err)?;
+        }
         for o in &orphans {
             tracing::warn!(file = %o, "removing a cold file no manifest names (a flush or compaction stopped before its commit, or after it and before removing the files it replaced)");
             match cold.store.delete(o).await {
@@ -454,7 +473,7 @@ impl HotStore {
                 Err(e) => return Err(storage_err(e)),
             }
         }
-        Ok(orphans.len())
+        Ok(orphans.len() + staged.len())
     }
 
     /// Resolutions (seconds) of the metric rollup tables.
@@ -713,6 +732,26 @@ impl HotStore {
     }
 }
 
+/// Every file below `dir`.
+pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 /// With environment variable `var` set, abort the process here (crash tests).
 pub(crate) fn fault_point(var: &str, where_: &str) {
     if std::env::var_os(var).is_some() {
@@ -733,6 +772,32 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         }
+    }
+
+    /// The startup sweep deletes files the manifest does not name and half-written
+    /// uploads, and keeps every file it names.
+    #[tokio::test]
+    async fn the_sweep_deletes_unnamed_and_half_written_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = HotStore::open(&dir.path().join("store.redb"), usize::MAX)
+            .unwrap()
+            .with_cold(&dir.path().join("cold"))
+            .unwrap();
+        let records: Vec<serde_json::Value> = (0..10)
+            .map(|i| serde_json::json!({"ts": 1_900_000_000_000i64 + i, "message": "m"}))
+            .collect();
+        crate::test_util::commit_records(&s, "app", 0, 0, &records);
+        s.flush_cold(Duration::ZERO).await.unwrap();
+        let named = walk(&dir.path().join("cold"));
+        assert_eq!(named.len(), 1);
+        let day = named[0].parent().unwrap();
+        for junk in ["1-0-0-orphan.parquet", "1-0-0-upload.parquet#3"] {
+            std::fs::write(day.join(junk), b"PAR1").unwrap();
+        }
+        assert_eq!(s.sweep_cold_orphans().await.unwrap(), 2);
+        assert_eq!(walk(&dir.path().join("cold")), named);
+        let r = s.query("t", "SELECT count(*) FROM logs").await.unwrap();
+        assert_eq!(r.to_json().unwrap()["rows"][0][0], 10);
     }
 
     /// Manifest paths map to objects below the location's prefix and to the URLs query

@@ -481,7 +481,7 @@ mod tests {
     }
 
     fn files_on_disk(dir: &std::path::Path) -> usize {
-        crate::test_util::walk(&dir.join("cold"))
+        crate::cold::walk(&dir.join("cold"))
             .iter()
             .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
             .count()

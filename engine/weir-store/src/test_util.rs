@@ -1,7 +1,5 @@
 //! Helpers of the unit tests: commit records as one segment, read a query's rows.
 
-use std::path::{Path, PathBuf};
-
 use serde_json::Value;
 
 use crate::{HotStore, Segment};
@@ -48,24 +46,4 @@ pub(crate) fn commit_samples(s: &HotStore, offset: u64, samples: &[(i64, f64, &s
 pub(crate) async fn rows(s: &HotStore, sql: &str) -> Vec<Value> {
     let r = s.query("t", sql).await.unwrap();
     r.to_json().unwrap()["rows"].as_array().unwrap().clone()
-}
-
-/// Every file below `dir`.
-pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
