@@ -447,25 +447,10 @@ mod tests {
     use serde_json::json;
     use weir_core::retention::RetentionDoc;
 
-    use crate::cold::ColdOptions;
     use crate::{HotStore, Table};
 
     const DAY: i64 = 86_400_000;
     const NOW: i64 = 1_900_000_000_000;
-
-    fn open(dir: &std::path::Path, min_files: usize) -> HotStore {
-        HotStore::open(&dir.join("store.redb"), usize::MAX)
-            .unwrap()
-            .with_cold_options(
-                &dir.join("cold"),
-                ColdOptions {
-                    small_bytes: 1 << 30,
-                    compact_min_files: min_files,
-                    ..ColdOptions::default()
-                },
-            )
-            .unwrap()
-    }
 
     /// `n` records of `stream` at event time `ts`, committed as one segment.
     fn commit(s: &HotStore, offset: u64, stream: &str, ts: i64, n: usize) {
@@ -496,7 +481,7 @@ mod tests {
     #[tokio::test]
     async fn retention_deletes_exactly_what_it_should() {
         let dir = tempfile::tempdir().unwrap();
-        let s = open(dir.path(), 100);
+        let s = crate::test_util::open_compacting(dir.path(), 100);
         let now = crate::query::now_ms();
         // app and audit rows 10 and 5 days old (flushed), and 1 hour old (kept hot).
         for (i, (stream, age)) in [("app", 10), ("app", 5), ("audit", 10), ("audit", 5)]
@@ -542,7 +527,7 @@ mod tests {
         assert_eq!(count(&s, "SELECT count(*) FROM logs").await, 20);
         assert_eq!(s.janitor_pass(now).await.unwrap().expired_rows, 10);
         drop(s);
-        let s = open(dir.path(), 100);
+        let s = crate::test_util::open_compacting(dir.path(), 100);
         assert_eq!(
             s.retention("t").1,
             crate::retention::Source::Api,
@@ -564,7 +549,7 @@ mod tests {
     #[tokio::test]
     async fn compaction_merges_small_files_without_losing_or_doubling_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let s = open(dir.path(), 4);
+        let s = crate::test_util::open_compacting(dir.path(), 4);
         for i in 0..6u64 {
             commit(&s, i * 10, "app", NOW + i as i64, 5);
             s.flush_cold(Duration::ZERO).await.unwrap();
@@ -599,7 +584,7 @@ mod tests {
         let merged = after.iter().find(|(_, f)| f.rows == 30).unwrap();
         assert_eq!(merged.1.segments.len(), 6);
         drop(s);
-        let s = open(dir.path(), 4);
+        let s = crate::test_util::open_compacting(dir.path(), 4);
         assert_eq!(s.query("t", sql).await.unwrap().to_json().unwrap(), before);
     }
 }

@@ -486,17 +486,7 @@ mod tests {
     #[tokio::test]
     async fn compaction_merges_partial_rollup_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let s = HotStore::open(&dir.path().join("store.redb"), usize::MAX)
-            .unwrap()
-            .with_cold_options(
-                &dir.path().join("cold"),
-                crate::cold::ColdOptions {
-                    small_bytes: 1 << 30,
-                    compact_min_files: 2,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let s = crate::test_util::open_compacting(dir.path(), 2);
         // Four flushes within one hour, two hosts.
         let t0 = 1_894_694_400_000;
         for part in 0..4u64 {

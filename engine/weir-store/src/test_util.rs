@@ -42,6 +42,22 @@ pub(crate) fn commit_samples(s: &HotStore, offset: u64, samples: &[(i64, f64, &s
     commit_records(s, weir_core::names::METRICS_STREAM, offset, 0, &records);
 }
 
+/// A store in `dir` with a cold tier that compacts once `min_files` files of a stream
+/// and day exist, whatever their size.
+pub(crate) fn open_compacting(dir: &std::path::Path, min_files: usize) -> HotStore {
+    HotStore::open(&dir.join("store.redb"), usize::MAX)
+        .unwrap()
+        .with_cold_options(
+            &dir.join("cold"),
+            crate::cold::ColdOptions {
+                small_bytes: 1 << 30,
+                compact_min_files: min_files,
+                ..crate::cold::ColdOptions::default()
+            },
+        )
+        .unwrap()
+}
+
 /// The rows of `sql` over tenant `t`, as JSON arrays.
 pub(crate) async fn rows(s: &HotStore, sql: &str) -> Vec<Value> {
     let r = s.query("t", sql).await.unwrap();

@@ -392,17 +392,7 @@ mod tests {
     #[tokio::test]
     async fn metric_values_are_exact_in_the_cold_tier() {
         let dir = tempfile::tempdir().unwrap();
-        let s = HotStore::open(&dir.path().join("store.redb"), usize::MAX)
-            .unwrap()
-            .with_cold_options(
-                &dir.path().join("cold"),
-                crate::cold::ColdOptions {
-                    small_bytes: 1 << 30,
-                    compact_min_files: 2,
-                    ..crate::cold::ColdOptions::default()
-                },
-            )
-            .unwrap();
+        let s = crate::test_util::open_compacting(dir.path(), 2);
         let values = [
             1.5,
             0.1,
