@@ -22,6 +22,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::json::writer::{JsonArray, WriterBuilder};
 use datafusion::common::display::ToStringifiedPlan;
+use datafusion::common::tree_node::TreeNode;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::ListingOptions;
@@ -278,6 +279,15 @@ impl HotStore {
             LogicalPlan::Explain(e) => (e.plan.as_ref(), Some(e)),
             p => (p, None),
         };
+        // Only plans that read `metrics` pay for an extra optimizer pass.
+        let reads_metrics = inner
+            .exists(|n| {
+                Ok(matches!(n, LogicalPlan::TableScan(t) if t.table_name.table() == "metrics"))
+            })
+            .map_err(exec)?;
+        if !reads_metrics || rollups.is_empty() {
+            return Ok(df);
+        }
         let state = ctx.state();
         let optimized = state.optimize(inner).map_err(exec)?;
         let Some(plan) =
