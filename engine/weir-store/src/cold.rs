@@ -779,10 +779,7 @@ mod tests {
     #[tokio::test]
     async fn the_sweep_deletes_unnamed_and_half_written_files_only() {
         let dir = tempfile::tempdir().unwrap();
-        let s = HotStore::open(&dir.path().join("store.redb"), usize::MAX)
-            .unwrap()
-            .with_cold(&dir.path().join("cold"))
-            .unwrap();
+        let s = crate::test_util::open_cold(dir.path());
         let records: Vec<serde_json::Value> = (0..10)
             .map(|i| serde_json::json!({"ts": 1_900_000_000_000i64 + i, "message": "m"}))
             .collect();

@@ -518,10 +518,7 @@ mod tests {
     #[tokio::test]
     async fn routed_answers_are_the_raw_answers() {
         let dir = tempfile::tempdir().unwrap();
-        let s = HotStore::open(&dir.path().join("store.redb"), usize::MAX)
-            .unwrap()
-            .with_cold(&dir.path().join("cold"))
-            .unwrap();
+        let s = crate::test_util::open_cold(dir.path());
         // 6 hours, a sample every 7 s for two hosts, integer values; 4.5 hours flushed
         // (the fifth hour has partial rows in both tiers).
         let all: Vec<(i64, i64, &str)> = (0..6 * 3600 / 7)

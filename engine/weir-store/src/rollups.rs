@@ -413,10 +413,7 @@ mod tests {
     #[tokio::test]
     async fn rollups_merge_across_flushes_and_tiers() {
         let dir = tempfile::tempdir().unwrap();
-        let s = HotStore::open(&dir.path().join("store.redb"), usize::MAX)
-            .unwrap()
-            .with_cold(&dir.path().join("cold"))
-            .unwrap();
+        let s = crate::test_util::open_cold(dir.path());
         // 3 minutes of samples for two hosts, 1..=1000 ms latencies, in three parts:
         // two flushed (separately) and one still hot.
         let all: Vec<(i64, f64, &str)> = (0..3000)
@@ -536,10 +533,7 @@ mod tests {
     #[tokio::test]
     async fn rollups_have_their_own_retention() {
         let dir = tempfile::tempdir().unwrap();
-        let s = HotStore::open(&dir.path().join("store.redb"), usize::MAX)
-            .unwrap()
-            .with_cold(&dir.path().join("cold"))
-            .unwrap();
+        let s = crate::test_util::open_cold(dir.path());
         let now = crate::query::now_ms();
         let day = 86_400_000;
         commit(

@@ -42,6 +42,14 @@ pub(crate) fn commit_samples(s: &HotStore, offset: u64, samples: &[(i64, f64, &s
     commit_records(s, weir_core::names::METRICS_STREAM, offset, 0, &records);
 }
 
+/// A store in `dir` with a cold tier (default settings) and no memory bound.
+pub(crate) fn open_cold(dir: &std::path::Path) -> HotStore {
+    HotStore::open(&dir.join("store.redb"), usize::MAX)
+        .unwrap()
+        .with_cold(&dir.join("cold"))
+        .unwrap()
+}
+
 /// A store in `dir` with a cold tier that compacts once `min_files` files of a stream
 /// and day exist, whatever their size.
 pub(crate) fn open_compacting(dir: &std::path::Path, min_files: usize) -> HotStore {

@@ -271,10 +271,7 @@ mod tests {
     #[tokio::test]
     async fn schema_evolves_across_files_and_tiers() {
         let dir = tempfile::tempdir().unwrap();
-        let s = HotStore::open(&dir.path().join("store.redb"), usize::MAX)
-            .unwrap()
-            .with_cold(&dir.path().join("cold"))
-            .unwrap();
+        let s = crate::test_util::open_cold(dir.path());
         let first: Vec<Value> = (0..20)
             .map(|i| json!({"message": format!("m{i}"), "level": "info", "x": i, "user": {"id": i % 3}, "tags": [i]}))
             .collect();
@@ -321,12 +318,7 @@ mod tests {
     #[tokio::test]
     async fn first_layout_files_still_read() {
         let dir = tempfile::tempdir().unwrap();
-        let open = || {
-            HotStore::open(&dir.path().join("store.redb"), usize::MAX)
-                .unwrap()
-                .with_cold(&dir.path().join("cold"))
-                .unwrap()
-        };
+        let open = || crate::test_util::open_cold(dir.path());
         let s = open();
         let old = json!({"message": "old", "trace_id": "t1", "x": 1});
         commit_records(&s, "app", 0, 0, std::slice::from_ref(&old));
