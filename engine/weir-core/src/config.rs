@@ -51,6 +51,12 @@ pub struct Config {
     pub aggregation: AggregationSettings,
     #[serde(default)]
     pub cold: ColdConfig,
+    #[serde(default)]
+    pub query: crate::serving::QueryConfig,
+    #[serde(default)]
+    pub http: crate::serving::HttpConfig,
+    #[serde(default)]
+    pub metrics: crate::serving::MetricsConfig,
 }
 
 /// The cold tier (Parquet files; see `weir_store::cold`) and the janitor.
@@ -545,6 +551,21 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        // An empty token would let `Authorization: Bearer ` through.
+        for (what, token) in [
+            ("admin.token", &self.admin.token),
+            ("metrics.token", &self.metrics.token),
+        ] {
+            if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                return bad(format!("{what} must not be empty (leave it out instead)"));
+            }
+        }
+        if let Err(e) = self.query.check() {
+            return bad(e);
+        }
+        if let Err(e) = self.http.check() {
+            return bad(e);
+        }
         let mut seen: HashMap<&str, &str> = HashMap::new();
         for (tenant, tc) in &self.tenants {
             let m = &tc.metrics;
@@ -562,7 +583,7 @@ impl Config {
                 ));
             }
             for token in &tc.tokens {
-                if token.is_empty() {
+                if token.trim().is_empty() {
                     return bad(format!("tenant {tenant} has an empty token"));
                 }
                 if let Some(other) = seen.insert(token, tenant) {

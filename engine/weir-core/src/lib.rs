@@ -10,6 +10,7 @@
 //! - [`names`]: validation of tenant, stream and plugin names.
 //! - [`retention`]: how long rows stay hot and are kept at all, per tenant and stream.
 //! - [`sample`]: realistic sample logs for benchmarks and profiles.
+//! - [`serving`]: limits of queries, HTTP connections and the metrics endpoint.
 
 pub mod aggregation;
 pub mod batch;
@@ -19,6 +20,7 @@ pub mod names;
 pub mod partition;
 pub mod retention;
 pub mod sample;
+pub mod serving;
 
 pub use batch::{Batch, BatchDecodeError};
 pub use config::{Config, ConfigError};

@@ -25,7 +25,12 @@
 //! - [`rows`]: turning processed NDJSON into Arrow rows of the `logs` table.
 //! - [`metric_rows`]: normalised metric samples into rows of the `metrics` table.
 //! - [`state`]: stateful plugins' state, committed with the position it belongs to.
-//! - [`query`]: DataFusion SQL over one tenant's tables, results as JSON or Arrow IPC.
+//! - [`query`]: DataFusion SQL over one tenant's tables, planned within limits and
+//!   streamed; [`query_shape`] (the SQL front door: text, depth and relation bounds),
+//!   [`query_memory`] (node, tenant and query memory), `query_funcs` (functions whose
+//!   output outgrows their input, bounded by that memory), [`query_governor`] (admission:
+//!   concurrency per tenant and node), [`query_answer`] (JSON or Arrow IPC encoded batch
+//!   by batch, within row and byte caps).
 //!
 //! Tenant isolation sits below SQL: a query's session only ever holds the tables of
 //! the tenant that asked, built from that tenant's batches, and DDL, DML, `COPY` and
@@ -38,6 +43,11 @@ pub mod hot;
 pub mod janitor;
 pub mod metric_rows;
 pub mod query;
+pub mod query_answer;
+mod query_funcs;
+pub mod query_governor;
+pub mod query_memory;
+pub mod query_shape;
 pub mod retention;
 mod rollup_route;
 pub mod rollups;
@@ -51,6 +61,6 @@ mod views;
 pub use aggregates::{aggregates_schema, AggRow};
 pub use cold::{ColdFile, FlushStats};
 pub use hot::{DeadLetter, HotStore, ReplayOutcome, Segment, StoreError, Table};
-pub use query::{QueryError, QueryResult};
+pub use query::{PlannedQuery, QueryError, QueryLimits, QueryResult, QueryStream};
 pub use rows::InvalidLine;
 pub use state::{ChainState, StageState};

@@ -19,35 +19,78 @@ use datafusion::arrow::array::{
     ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::arrow::ipc::writer::StreamWriter;
-use datafusion::arrow::json::writer::{JsonArray, WriterBuilder};
 use datafusion::common::display::ToStringifiedPlan;
 use datafusion::common::tree_node::TreeNode;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::ListingOptions;
 use datafusion::datasource::{provider_as_source, MemTable};
-use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{Explain, LogicalPlan, PlanType};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use thiserror::Error;
 
 use crate::hot::Table;
 use crate::hot::{DeadLetter, HotStore};
 use crate::metric_rows::metrics_schema;
+use crate::query_answer::Caps;
+use crate::query_memory::{Exhausted, QueryBudget, QueryPool};
+use crate::query_shape::ShapeLimits;
 use crate::rows::logs_schema;
 use crate::views;
 
 #[derive(Debug, Error)]
 pub enum QueryError {
+    /// The SQL does not parse or plan (400).
     #[error("{0}")]
     Sql(String),
+    /// The statement is not allowed or over a shape limit (400).
+    #[error("{0}")]
+    Refused(String),
+    /// Execution failed for a reason of the query's own (400).
     #[error("query failed: {0}")]
     Execution(String),
+    /// The query needs more than one query may have: memory, time (422).
+    #[error("{0}")]
+    TooExpensive(String),
+    /// The tenant's queries hold all of its share: concurrency or memory (429).
+    #[error("{0}")]
+    TenantBusy(String),
+    /// The node's queries hold all of its budget: concurrency or memory (503).
+    #[error("{0}")]
+    NodeBusy(String),
     #[error("{0}")]
     Store(#[from] crate::hot::StoreError),
+}
+
+impl QueryError {
+    /// A short label for counters (`weir_queries_total{outcome}`).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            QueryError::Sql(_) => "bad_sql",
+            QueryError::Refused(_) => "refused",
+            QueryError::Execution(_) => "failed",
+            QueryError::TooExpensive(_) => "too_expensive",
+            QueryError::TenantBusy(_) => "tenant_busy",
+            QueryError::NodeBusy(_) => "node_busy",
+            QueryError::Store(_) => "error",
+        }
+    }
+
+    /// A DataFusion error of a query running with `pool`: over a memory limit, it says
+    /// which one.
+    pub fn from_datafusion(e: datafusion::error::DataFusionError, pool: &QueryPool) -> Self {
+        let m = e.to_string();
+        match pool.exhausted() {
+            Some(Exhausted::Query) => QueryError::TooExpensive(m),
+            Some(Exhausted::Tenant) => QueryError::TenantBusy(m),
+            Some(Exhausted::Node) => QueryError::NodeBusy(m),
+            None => QueryError::Execution(m),
+        }
+    }
 }
 
 /// The answer of a query: its schema and batches.
@@ -55,9 +98,6 @@ pub struct QueryResult {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
 }
-
-/// Memory one query may use (sorts, joins, aggregations).
-const QUERY_MEMORY: usize = 1 << 30;
 
 fn dead_letters_schema() -> SchemaRef {
     let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
@@ -108,11 +148,102 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The limits one query runs under (from `[query]`, see `weir_core::serving`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueryLimits {
+    pub shape: ShapeLimits,
+    pub caps: Caps,
+}
+
+impl QueryLimits {
+    pub fn from_config(q: &weir_core::serving::QueryConfig) -> QueryLimits {
+        QueryLimits {
+            shape: ShapeLimits {
+                max_sql_bytes: q.max_sql_bytes,
+                max_expr_depth: q.max_expr_depth,
+                max_relations: q.max_relations,
+            },
+            caps: Caps {
+                max_rows: q.max_result_rows,
+                max_bytes: q.max_result_mb << 20,
+            },
+        }
+    }
+}
+
+/// A planned query: its answer's schema, and what it reads held until it ends.
+pub struct PlannedQuery {
+    pub schema: SchemaRef,
+    df: DataFrame,
+    pool: Arc<QueryPool>,
+    snapshot: Vec<crate::cold::Tiers>,
+}
+
+/// A running query's batches, with what it reads held until the stream is dropped.
+pub struct QueryStream {
+    pub schema: SchemaRef,
+    pub stream: SendableRecordBatchStream,
+    pub pool: Arc<QueryPool>,
+    _snapshot: Vec<crate::cold::Tiers>,
+}
+
+impl PlannedQuery {
+    /// Start executing (physical planning, then batches as they come).
+    pub async fn execute(self) -> Result<QueryStream, QueryError> {
+        let stream = self
+            .df
+            .execute_stream()
+            .await
+            .map_err(|e| QueryError::from_datafusion(e, &self.pool))?;
+        Ok(QueryStream {
+            schema: self.schema,
+            stream,
+            pool: self.pool,
+            _snapshot: self.snapshot,
+        })
+    }
+}
+
 impl HotStore {
-    /// Run `sql` over `tenant`'s tables only.
+    /// Run `sql` over `tenant`'s tables with the default limits and collect the answer
+    /// (tests and tools; the server streams through [`HotStore::plan_query`]).
     pub async fn query(&self, tenant: &str, sql: &str) -> Result<QueryResult, QueryError> {
+        use futures::StreamExt;
+        let q = weir_core::serving::QueryConfig::default();
+        let budget = QueryBudget::new(
+            q.query_memory_mb << 20,
+            q.query_memory_mb << 20,
+            q.query_memory_mb << 20,
+        );
+        let pool = budget.pool(tenant);
+        let planned = self
+            .plan_query(tenant, sql, &QueryLimits::default(), &pool)
+            .await?;
+        let schema = planned.schema.clone();
+        let mut running = planned.execute().await?;
+        let mut batches = Vec::new();
+        while let Some(b) = running.stream.next().await {
+            batches.push(b.map_err(|e| QueryError::from_datafusion(e, &pool))?);
+        }
+        Ok(QueryResult { schema, batches })
+    }
+
+    /// Plan `sql` over `tenant`'s tables only, within `limits`, its memory in `pool`.
+    /// Call it on a thread with [`crate::query_shape::QUERY_STACK_BYTES`] of stack.
+    pub async fn plan_query(
+        &self,
+        tenant: &str,
+        sql: &str,
+        limits: &QueryLimits,
+        pool: &Arc<QueryPool>,
+    ) -> Result<PlannedQuery, QueryError> {
+        crate::query_shape::check_text(sql, &limits.shape).map_err(QueryError::Refused)?;
+        // No spilling: a query's memory is its pool, and it never writes to disk.
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(GreedyMemoryPool::new(QUERY_MEMORY)))
+            .with_memory_pool(pool.clone())
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
             .build_arc()
             .map_err(|e| QueryError::Execution(e.to_string()))?;
         let config = SessionConfig::new()
@@ -226,24 +357,39 @@ impl HotStore {
         ctx.register_table("dead_letters", Arc::new(dl))
             .map_err(|e| QueryError::Execution(e.to_string()))?;
 
+        crate::query_funcs::register(&ctx, pool);
+
         let opts = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
+        let state = ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state
+            .sql_to_statement(sql, &dialect)
+            .map_err(|e| QueryError::Sql(e.to_string()))?;
+        crate::query_shape::check_statement(&statement, &limits.shape)
+            .map_err(QueryError::Refused)?;
+        let plan = state
+            .statement_to_plan(statement)
+            .await
+            .map_err(|e| QueryError::Sql(e.to_string()))?;
+        opts.verify_plan(&plan)
+            .map_err(|e| QueryError::Refused(e.to_string()))?;
         let df = ctx
-            .sql_with_options(sql, opts)
+            .execute_logical_plan(plan)
             .await
             .map_err(|e| QueryError::Sql(e.to_string()))?;
         let df = self
             .route_to_rollups(&ctx, tenant, df, partials, now_ms)
             .await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let batches = df
-            .collect()
-            .await
-            .map_err(|e| QueryError::Execution(e.to_string()))?;
-        drop(snapshot);
-        Ok(QueryResult { schema, batches })
+        Ok(PlannedQuery {
+            schema,
+            df,
+            pool: pool.clone(),
+            snapshot,
+        })
     }
 }
 
@@ -381,59 +527,26 @@ impl QueryResult {
         self.batches.iter().map(|b| b.num_rows()).sum()
     }
 
-    /// `{"columns":[...],"rows":[[...]]}`: values as JSON, timestamps as RFC 3339 text.
+    /// `{"columns":[...],"rows":[[...]]}`: values as JSON, timestamps as RFC 3339 text
+    /// (the encoding the server streams, see [`crate::query_answer`]).
     pub fn to_json(&self) -> Result<Value, QueryError> {
-        let columns: Vec<String> = self
-            .schema
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        let mut buf = Vec::new();
-        {
-            let mut w = WriterBuilder::new()
-                .with_explicit_nulls(true)
-                .build::<_, JsonArray>(&mut buf);
-            for b in &self.batches {
-                w.write(b)
-                    .map_err(|e| QueryError::Execution(e.to_string()))?;
-            }
-            w.finish()
-                .map_err(|e| QueryError::Execution(e.to_string()))?;
-        }
-        let objects: Vec<Map<String, Value>> = if buf.is_empty() {
-            Vec::new()
-        } else {
-            serde_json::from_slice(&buf).map_err(|e| QueryError::Execution(e.to_string()))?
-        };
-        let rows: Vec<Value> = objects
-            .into_iter()
-            .map(|mut o| {
-                Value::Array(
-                    columns
-                        .iter()
-                        .map(|c| o.remove(c).unwrap_or(Value::Null))
-                        .collect(),
-                )
-            })
-            .collect();
-        Ok(serde_json::json!({ "columns": columns, "rows": rows }))
+        let bytes = self.encode(&mut crate::query_answer::JsonEncoder::default())?;
+        serde_json::from_slice(&bytes).map_err(|e| QueryError::Execution(e.to_string()))
     }
 
     /// The result as an Arrow IPC stream.
     pub fn to_arrow_ipc(&self) -> Result<Vec<u8>, QueryError> {
-        let mut buf = Vec::new();
-        {
-            let mut w = StreamWriter::try_new(&mut buf, &self.schema)
-                .map_err(|e| QueryError::Execution(e.to_string()))?;
-            for b in &self.batches {
-                w.write(b)
-                    .map_err(|e| QueryError::Execution(e.to_string()))?;
-            }
-            w.finish()
-                .map_err(|e| QueryError::Execution(e.to_string()))?;
+        self.encode(&mut crate::query_answer::IpcEncoder::default())
+    }
+
+    fn encode(&self, e: &mut dyn crate::query_answer::Encoder) -> Result<Vec<u8>, QueryError> {
+        let err = |e: datafusion::arrow::error::ArrowError| QueryError::Execution(e.to_string());
+        let mut out = e.start(&self.schema).map_err(err)?;
+        for b in &self.batches {
+            out.extend(e.batch(b).map_err(err)?);
         }
-        Ok(buf)
+        out.extend(e.finish(None).map_err(err)?);
+        Ok(out)
     }
 }
 

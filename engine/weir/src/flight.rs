@@ -6,10 +6,12 @@
 //! configured, loopback clients are the default tenant. A query only ever sees its
 //! tenant's tables (it runs through `HotStore::query`).
 //!
-//! Flow: `GetFlightInfo(CommandStatementQuery)` runs the query and keeps its result
-//! under a statement handle bound to the tenant; `DoGet(TicketStatementQuery)` streams
-//! it once. Unfetched results are dropped after [`RESULT_TTL`], and at most
-//! [`MAX_PENDING`] wait at a time (the oldest go first).
+//! Flow: `GetFlightInfo(CommandStatementQuery)` plans the query (its schema, no rows)
+//! and keeps the statement under a handle bound to the tenant; `DoGet(TicketStatementQuery)`
+//! runs it once, through the same admission, runtime, limits and caps as HTTP queries
+//! (`crate::queries`), streaming batches as they come. Unfetched statements are dropped
+//! after [`RESULT_TTL`]; each tenant has at most [`MAX_PENDING`] waiting (its own oldest
+//! go first), so no tenant's calls evict another's.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,43 +19,63 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
 use arrow_flight::sql::server::FlightSqlService;
 use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery};
 use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::buffer::Buffer;
+use datafusion::arrow::ipc::reader::StreamDecoder;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use prost::Message;
 use tonic::{Request, Response, Status};
 use weir_core::config::DEFAULT_TENANT;
 use weir_core::Config;
+use weir_store::query_answer::IpcEncoder;
 use weir_store::{HotStore, QueryError};
+
+use crate::queries::QueryService;
 
 /// How long a result waits for its `DoGet`.
 pub const RESULT_TTL: Duration = Duration::from_secs(60);
-/// Most results waiting at once.
+/// Most statements of one tenant waiting at once.
 pub const MAX_PENDING: usize = 64;
 
 struct Pending {
     tenant: String,
-    schema: SchemaRef,
-    batches: Vec<RecordBatch>,
+    sql: String,
     at: Instant,
 }
 
 pub struct FlightSql {
     config: Arc<Config>,
-    store: Arc<HotStore>,
+    queries: Arc<QueryService>,
     pending: Mutex<HashMap<u64, Pending>>,
     next: AtomicU64,
 }
 
+fn status_of(e: QueryError) -> Status {
+    match e {
+        QueryError::Sql(m) | QueryError::Refused(m) | QueryError::Execution(m) => {
+            Status::invalid_argument(m)
+        }
+        QueryError::TooExpensive(m) => Status::failed_precondition(m),
+        QueryError::TenantBusy(m) => Status::resource_exhausted(m),
+        QueryError::NodeBusy(m) => Status::unavailable(m),
+        QueryError::Store(e) => Status::internal(e.to_string()),
+    }
+}
+
 impl FlightSql {
-    pub fn new(config: Arc<Config>, store: Arc<HotStore>) -> FlightSql {
+    pub fn new(
+        config: Arc<Config>,
+        _store: Arc<HotStore>,
+        queries: Arc<QueryService>,
+    ) -> FlightSql {
         FlightSql {
             config,
-            store,
+            queries,
             pending: Mutex::default(),
             next: AtomicU64::new(1),
         }
@@ -93,24 +115,24 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let tenant = self.tenant(&request)?;
-        let result = self
-            .store
-            .query(&tenant, &query.query)
+        let schema = self
+            .queries
+            .schema(&tenant, query.query.clone())
             .await
-            .map_err(|e| match e {
-                QueryError::Sql(m) | QueryError::Execution(m) => Status::invalid_argument(m),
-                QueryError::Store(e) => Status::internal(e.to_string()),
-            })?;
-        let rows = result.num_rows() as i64;
+            .map_err(status_of)?;
         let handle = self.next.fetch_add(1, Ordering::Relaxed);
         let info = FlightInfo::new()
-            .try_with_schema(&result.schema)
+            .try_with_schema(&schema)
             .map_err(|e| Status::internal(e.to_string()))?;
         {
             let mut p = self.pending.lock();
             p.retain(|_, r| r.at.elapsed() < RESULT_TTL);
-            while p.len() >= MAX_PENDING {
-                let oldest = p.iter().min_by_key(|(_, r)| r.at).map(|(h, _)| *h);
+            loop {
+                let mine = p.iter().filter(|(_, r)| r.tenant == tenant);
+                if mine.clone().count() < MAX_PENDING {
+                    break;
+                }
+                let oldest = mine.min_by_key(|(_, r)| r.at).map(|(h, _)| *h);
                 match oldest {
                     Some(h) => p.remove(&h),
                     None => break,
@@ -120,8 +142,7 @@ impl FlightSqlService for FlightSql {
                 handle,
                 Pending {
                     tenant,
-                    schema: result.schema,
-                    batches: result.batches,
+                    sql: query.query,
                     at: Instant::now(),
                 },
             );
@@ -134,7 +155,7 @@ impl FlightSqlService for FlightSql {
         Ok(Response::new(
             info.with_endpoint(endpoint)
                 .with_descriptor(request.into_inner())
-                .with_total_records(rows),
+                .with_total_records(-1),
         ))
     }
 
@@ -158,9 +179,45 @@ impl FlightSqlService for FlightSql {
             }
         }
         .ok_or_else(gone)?;
+        // The answer arrives as Arrow IPC (the governed path every query takes) and is
+        // decoded back into batches message by message for Flight's own framing.
+        let answer = self
+            .queries
+            .run(&tenant, pending.sql, IpcEncoder::default())
+            .await
+            .map_err(status_of)?;
+        let crate::queries::Answer { first, rest, guard } = answer;
+        let chunks = futures::stream::once(async move { Ok(first) }).chain(
+            futures::stream::unfold((rest, guard), |(mut rx, guard)| async move {
+                let item = rx.recv().await?;
+                Some((item, (rx, guard)))
+            }),
+        );
+        let batches = chunks
+            .scan(StreamDecoder::new(), |decoder, chunk| {
+                let out: Vec<Result<RecordBatch, FlightError>> = match chunk {
+                    Ok(bytes) => {
+                        let mut buf = Buffer::from(bytes.to_vec());
+                        let mut out = Vec::new();
+                        while !buf.is_empty() {
+                            match decoder.decode(&mut buf) {
+                                Ok(Some(b)) => out.push(Ok(b)),
+                                Ok(None) => {}
+                                Err(e) => {
+                                    out.push(Err(FlightError::Arrow(e)));
+                                    break;
+                                }
+                            }
+                        }
+                        out
+                    }
+                    Err(e) => vec![Err(FlightError::Tonic(Box::new(status_of(e))))],
+                };
+                std::future::ready(Some(futures::stream::iter(out)))
+            })
+            .flatten();
         let stream = FlightDataEncoderBuilder::new()
-            .with_schema(pending.schema)
-            .build(futures::stream::iter(pending.batches.into_iter().map(Ok)))
+            .build(batches)
             .map(|r| r.map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }
@@ -187,7 +244,13 @@ mod tests {
             Config::from_toml("[tenants.a]\ntokens = [\"ta\"]\n[tenants.b]\ntokens = [\"tb\"]\n")
                 .unwrap();
         let store = Arc::new(HotStore::open(&dir.path().join("s.redb"), usize::MAX).unwrap());
-        let f = FlightSql::new(Arc::new(config), store);
+        let queries = Arc::new(QueryService::new(
+            store.clone(),
+            &config.query,
+            tokio::runtime::Handle::current(),
+            &weir_core::metrics::Registry::default(),
+        ));
+        let f = FlightSql::new(Arc::new(config), store, queries);
         let q = CommandStatementQuery {
             query: "SELECT 1 AS one".into(),
             transaction_id: None,
@@ -198,11 +261,18 @@ mod tests {
             .unwrap_err();
         assert_eq!(bad.code(), tonic::Code::Unauthenticated);
         let info = f
-            .get_flight_info_statement(q, request(FlightDescriptor::default(), "ta"))
+            .get_flight_info_statement(q.clone(), request(FlightDescriptor::default(), "ta"))
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(info.total_records, 1);
+        assert_eq!(info.total_records, -1, "known only once it runs");
+        // Another tenant's calls never evict this tenant's statement.
+        for _ in 0..2 * MAX_PENDING {
+            f.get_flight_info_statement(q.clone(), request(FlightDescriptor::default(), "tb"))
+                .await
+                .unwrap();
+        }
+        assert_eq!(f.pending.lock().len(), MAX_PENDING + 1);
         let ticket = info.endpoint[0].ticket.clone().unwrap();
         let any = arrow_flight::sql::Any::decode(ticket.ticket.clone()).unwrap();
         let handle: TicketStatementQuery = any.unpack().unwrap().unwrap();
@@ -218,8 +288,15 @@ mod tests {
         );
         let mine = f
             .do_get_statement(handle.clone(), request(ticket.clone(), "ta"))
-            .await;
-        assert!(mine.is_ok());
+            .await
+            .unwrap()
+            .into_inner();
+        let data: Vec<_> = mine.collect().await;
+        let batches = arrow_flight::utils::flight_data_to_batches(
+            &data.into_iter().map(|d| d.unwrap()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
         let again = f
             .do_get_statement(handle, request(ticket, "ta"))
             .await

@@ -1,0 +1,364 @@
+//! Hostile queries and hostile connections against the real binary (issue 12): each
+//! trigger found against an earlier build, now answered with a clear status and a
+//! counter, while the server keeps serving.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::Server;
+
+const TENANTS: &str = r#"
+[tenants.a]
+tokens = ["ta"]
+[tenants.b]
+tokens = ["tb"]
+"#;
+
+fn sum_of_ones(n: usize) -> String {
+    format!("SELECT {} AS n", vec!["1"; n].join("+"))
+}
+
+/// The value of a counter line of `/metrics` (0 when absent).
+fn metric(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[tokio::test]
+async fn deep_and_huge_sql_is_refused_and_the_server_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), TENANTS);
+    // The trigger: 1,000 terms overflowed a runtime thread's stack and aborted the node.
+    let (st, v) = s.query("ta", &sum_of_ones(1000)).await;
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("deeper than 256"),
+        "{v}"
+    );
+    // As deep as the bound allows still runs.
+    let (st, v) = s.query("ta", &sum_of_ones(250)).await;
+    assert_eq!((st, &v["rows"]), (200, &json!([[250]])), "{v}");
+    // The deepest tree the text bound allows, and a chain of set operations.
+    let (st, v) = s.query("ta", &sum_of_ones(130_000)).await;
+    assert_eq!(st, 400, "{v}");
+    let (st, v) = s.query("ta", &sum_of_ones(140_000)).await;
+    assert!(
+        v["error"].as_str().unwrap().contains("bytes exceeds"),
+        "{st} {v}"
+    );
+    let unions = vec!["SELECT 1"; 2000].join(" UNION ALL ");
+    let (st, v) = s.query("ta", &unions).await;
+    assert!(
+        st == 400 && v["error"].as_str().unwrap().contains("set operations"),
+        "{v}"
+    );
+    assert_eq!(s.count("ta", "SELECT count(*) FROM logs").await, 0);
+    let m = s.metrics().await;
+    assert_eq!(
+        metric(&m, "weir_queries_total{tenant=\"a\",outcome=\"refused\"}"),
+        4,
+        "{m}"
+    );
+
+    // The same statement over Flight SQL (ADBC), and the node still answers there too.
+    let tools = std::env::var("WEIR_TOOLS").unwrap_or_else(|_| "/var/tmp/weir-tools".into());
+    let script = format!(
+        r#"
+from adbc_driver_flightsql import dbapi, DatabaseOptions
+conn = dbapi.connect("{grpc}", db_kwargs={{DatabaseOptions.AUTHORIZATION_HEADER.value: "Bearer ta"}})
+cur = conn.cursor()
+try:
+    cur.execute("{deep}")
+    print("deep: ran")
+except Exception as e:
+    print("deep: refused" if "deeper than 256" in str(e) else "deep: other " + str(e))
+cur = conn.cursor()
+cur.execute("SELECT 41 + 1 AS x")
+print("after:", cur.fetch_arrow_table().to_pylist())
+"#,
+        grpc = s.grpc,
+        deep = sum_of_ones(1000)
+    );
+    let out = std::process::Command::new(format!("{tools}/venv/bin/python"))
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("deep: refused") && stdout.contains("after: [{'x': 42}]"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.stop();
+}
+
+#[tokio::test]
+async fn memory_time_and_answer_size_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        &format!(
+            "{TENANTS}\n[query]\ntimeout_secs = 3\nquery_memory_mb = 64\ntenant_memory_mb = 128\nmemory_mb = 256\nmax_result_rows = 1000\n"
+        ),
+    );
+    // A function that would build 1.1 GiB inside itself is refused before it does.
+    let (st, v) = s
+        .query("ta", "SELECT length(repeat('x', 1100*1024*1024))")
+        .await;
+    assert_eq!(st, 422, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("limit of 64.0 MiB"),
+        "{v}"
+    );
+    // String aggregation grows within the query's memory and stops at it.
+    let (st, v) = s
+        .query(
+            "ta",
+            "SELECT length(string_agg(repeat('x', 10000), ',')) FROM generate_series(1, 20000)",
+        )
+        .await;
+    assert_eq!(st, 422, "{v}");
+    // A query that would run for minutes, and an unbounded recursive CTE, are stopped.
+    for sql in [
+        "SELECT sum(value) FROM generate_series(1, 100000000000)",
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r",
+    ] {
+        let t = Instant::now();
+        let (st, v) = s.query("ta", sql).await;
+        assert_eq!(st, 422, "{sql}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("longer than 3 s"),
+            "{v}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{sql} took {:?}",
+            t.elapsed()
+        );
+    }
+    // Answers stop at the row cap: JSON says so, Arrow IPC is refused.
+    let (st, v) = s
+        .query("ta", "SELECT value FROM generate_series(1, 5000)")
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["rows"].as_array().unwrap().len(), 1000);
+    assert_eq!(v["truncated"], json!(true));
+    assert!(
+        v["error"].as_str().unwrap().contains("max_result_rows"),
+        "{v}"
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/query", s.base))
+        .bearer_auth("ta")
+        .header("accept", "application/vnd.apache.arrow.stream")
+        .json(&json!({"sql": "SELECT value FROM generate_series(1, 5000)"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let (st, v) = s
+        .query("ta", "SELECT value FROM generate_series(1, 1000)")
+        .await;
+    assert_eq!((st, v["rows"].as_array().unwrap().len()), (200, 1000));
+    assert!(v.get("truncated").is_none(), "{v}");
+    let m = s.metrics().await;
+    assert_eq!(
+        metric(&m, "weir_queries_total{tenant=\"a\",outcome=\"timeout\"}"),
+        2,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "weir_queries_total{tenant=\"a\",outcome=\"too_expensive\"}"
+        ),
+        3,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "weir_queries_total{tenant=\"a\",outcome=\"truncated\"}"),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "weir_query_memory_bytes"),
+        0,
+        "every pool was returned: {m}"
+    );
+    s.stop();
+}
+
+#[tokio::test]
+async fn concurrency_is_limited_per_tenant_and_abandoned_queries_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        &format!("{TENANTS}\n[query]\ntimeout_secs = 60\nmax_concurrent_per_tenant = 1\n"),
+    );
+    let slow = "SELECT sum(value) FROM generate_series(1, 100000000000)";
+    // A client that gives up after half a second: its query must stop too.
+    let gave_up = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap()
+        .post(format!("{}/api/v1/query", s.base))
+        .bearer_auth("ta")
+        .json(&json!({ "sql": slow }))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client timed out");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = s.metrics().await;
+        if metric(&m, "weir_queries_total{tenant=\"a\",outcome=\"cancelled\"}") == 1
+            && metric(&m, "weir_queries_running") == 0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned query still runs:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // One slow query holds tenant a's only slot: a's next one gets 429, b is served.
+    let base = s.base.clone();
+    let holder = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{base}/api/v1/query"))
+            .bearer_auth("ta")
+            .json(&json!({ "sql": slow }))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(&s.metrics().await, "weir_queries_running") == 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/query", s.base))
+        .bearer_auth("ta")
+        .json(&json!({"sql": "SELECT 1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(s.count("tb", "SELECT 7").await, 7);
+    let _ = holder.await;
+    s.stop();
+}
+
+/// Write raw bytes and read what comes back until the server closes or `wait` passes.
+fn raw(addr: &str, bytes: &[u8], wait: Duration) -> (String, Duration) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(wait)).unwrap();
+    c.write_all(bytes).unwrap();
+    let t = Instant::now();
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    (String::from_utf8_lossy(&out).into_owned(), t.elapsed())
+}
+
+#[tokio::test]
+async fn connections_are_authenticated_before_their_body_and_timed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        &format!(
+            "{TENANTS}\n[http]\nheader_timeout_secs = 1\nbody_timeout_secs = 2\nmax_connections = 8\n[metrics]\ntoken = \"scrape\"\n"
+        ),
+    );
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    // 16 MiB announced, no token: refused on the head, the body never read.
+    let (answer, took) = raw(
+        &addr,
+        b"POST /api/v1/logs HTTP/1.1\r\nhost: x\r\ncontent-length: 16777216\r\n\r\n{\"a\":1}",
+        Duration::from_secs(5),
+    );
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // A head that never ends, and an idle connection, are closed after the header timeout.
+    let (answer, took) = raw(
+        &addr,
+        b"POST /api/v1/logs HTTP/1.1\r\nhost: x\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(took < Duration::from_secs(5), "{took:?} {answer}");
+    let (_, took) = raw(&addr, b"", Duration::from_secs(10));
+    assert!(took < Duration::from_secs(5), "idle: {took:?}");
+    // A body that trickles in is cut at the body timeout.
+    let (answer, took) = raw(
+        &addr,
+        b"POST /api/v1/logs HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ta\r\ncontent-length: 100\r\n\r\n{\"a\"",
+        Duration::from_secs(10),
+    );
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    // Every connection slot held by a silent client: others wait in the backlog, and
+    // are served once the silent ones are cut.
+    let idle: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    let r = reqwest::get(format!("{}/healthz", s.base)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "served while 8 of 8 slots were held: {:?}",
+        t.elapsed()
+    );
+    drop(idle);
+    // /metrics names tenants: the scrape token is required.
+    let r = reqwest::get(format!("{}/metrics", s.base)).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = reqwest::Client::new()
+        .get(format!("{}/metrics", s.base))
+        .bearer_auth("scrape")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let m = r.text().await.unwrap();
+    assert!(
+        metric(&m, "weir_http_refused_total{reason=\"unauthorized\"}") >= 1,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "weir_http_refused_total{reason=\"body_timeout\"}"),
+        1,
+        "{m}"
+    );
+    s.stop();
+}
+
+#[test]
+fn empty_tokens_are_refused_at_startup() {
+    for config in [
+        "[admin]\ntoken = \"\"\n",
+        "[metrics]\ntoken = \" \"\n",
+        "[tenants.a]\ntokens = [\"\"]\n",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("weir.toml"), config).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["serve", "--config"])
+            .arg(dir.path().join("weir.toml"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{config}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("empty"), "{config}: {err}");
+    }
+}
