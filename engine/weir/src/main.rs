@@ -11,12 +11,14 @@ mod bench;
 mod body_limit;
 mod cli;
 mod flight;
+mod gate;
 mod ingest;
+mod listener;
+mod queries;
 mod samples;
 mod series;
 mod server;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -96,7 +98,15 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Serve(args) => rt.block_on(serve(args)),
+        Command::Serve(args) => {
+            let config = load_config(&args)?;
+            // Queries run on their own threads (see `queries`); the runtime is dropped
+            // outside the main one, after it.
+            let query_rt = queries::runtime(config.query.threads)?;
+            let r = rt.block_on(serve(config, query_rt.handle().clone()));
+            query_rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            r
+        }
         Command::Bench(args) => rt.block_on(bench::run(args)),
         Command::Plugin(cmd) => rt.block_on(cli::plugin(cmd)),
         Command::Pipeline(cmd) => rt.block_on(cli::pipeline(cmd)),
@@ -127,10 +137,10 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     Ok(cfg)
 }
 
-async fn serve(args: ServeArgs) -> Result<()> {
+async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
     // Before anything is printed or bound: see `shutdown_signal`.
     let shutdown = shutdown_signal().context("install signal handlers")?;
-    let config = Arc::new(load_config(&args)?);
+    let config = Arc::new(config);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
     let metrics_registry = Registry::default();
@@ -235,7 +245,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 .map(|(n, l)| (n.clone(), series::hash_of(n, l))),
         );
     }
+    let queries = Arc::new(queries::QueryService::new(
+        store.clone(),
+        &config.query,
+        query_rt,
+        &metrics_registry,
+    ));
     let state = Arc::new(server::AppState {
+        queries: queries.clone(),
         series,
         config: config.clone(),
         log: dyn_log.clone(),
@@ -262,7 +279,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let (stop_grpc, grpc_stopped) = tokio::sync::watch::channel(false);
     let grpc_task = {
         let service = arrow_flight::flight_service_server::FlightServiceServer::new(
-            flight::FlightSql::new(config.clone(), store.clone()),
+            flight::FlightSql::new(config.clone(), store.clone(), queries),
         );
         let mut rx = grpc_stopped.clone();
         let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
@@ -295,24 +312,19 @@ async fn serve(args: ServeArgs) -> Result<()> {
             metrics: worker_metrics,
         }));
         let mut rx = admin_stopped.clone();
+        let limits = config.http.clone();
         Some(tokio::spawn(async move {
-            let _ = axum::serve(admin_listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.changed().await;
-                })
-                .await;
+            listener::serve(admin_listener, app, &limits, async move {
+                let _ = rx.changed().await;
+            })
+            .await;
         }))
     } else {
         tracing::info!("no [admin] token configured: the admin API is not served");
         None
     };
 
-    axum::serve(
-        listener,
-        server::router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    listener::serve(listener, server::router(state), &config.http, shutdown).await;
     let _ = stop_admin.send(true);
     if let Some(t) = admin_task {
         let _ = t.await;

@@ -1,23 +1,24 @@
 //! The data-plane HTTP server: ingest, query, metrics, health.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
-use weir_core::config::DEFAULT_TENANT;
 use weir_core::metrics::{Counter, Family, Gauge, Registry};
 use weir_core::partition::partition_for;
 use weir_core::{Batch, Config};
 use weir_store::{HotStore, QueryError};
+
+use crate::gate::Tenant;
 use weir_transport::{Log, LogError};
 
 use crate::ingest::{decode_body, parse_body, BodyError};
@@ -38,6 +39,8 @@ pub struct AppState {
     /// permits): bounds ingest memory whatever the number of connections.
     pub inflight: Semaphore,
     pub m: Metrics,
+    /// Queries: admission, their own runtime, streamed answers.
+    pub queries: Arc<crate::queries::QueryService>,
 }
 
 pub struct Metrics {
@@ -51,9 +54,20 @@ pub struct Metrics {
     hot_rows: Arc<Family<Gauge>>,
     hot_bytes: Arc<Family<Gauge>>,
     hot_evicted: Arc<Family<Gauge>>,
+    refused: Arc<Family<Counter>>,
 }
 
 impl Metrics {
+    /// A request without a valid token, refused before its body was read.
+    pub fn unauthorized(&self) {
+        self.refused.with(&[("reason", "unauthorized")]).inc();
+    }
+
+    /// A request whose body did not arrive in time.
+    pub fn body_timeout(&self) {
+        self.refused.with(&[("reason", "body_timeout")]).inc();
+    }
+
     pub fn new(r: &Registry) -> Self {
         Metrics {
             accepted: r.counter(
@@ -87,23 +101,46 @@ impl Metrics {
                 "weir_hot_evicted_rows",
                 "Rows evicted from the hot store by its memory bound.",
             ),
+            refused: r.counter(
+                "weir_http_refused_total",
+                "Requests refused before their handler (reason: unauthorized, body_timeout).",
+            ),
         }
     }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.ingest.max_body_bytes;
-    Router::new()
+    // Layers run outside in: the token first (no body read without one), then the
+    // announced size, then the body within its deadline (see `crate::gate`).
+    let api = Router::new()
         .route("/api/v1/logs", post(ingest_logs))
         .route("/api/v1/metrics", post(ingest_metrics))
         .route("/api/v1/query", post(query))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::gate::read_body,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             limit,
             crate::body_limit::refuse_announced_over,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::gate::authenticate,
+        ));
+    let metrics_route =
+        Router::new()
+            .route("/metrics", get(metrics))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::gate::metrics_auth,
+            ));
+    Router::new()
+        .merge(api)
+        .merge(metrics_route)
+        .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
 }
 
@@ -154,32 +191,6 @@ impl From<LogError> for ApiError {
     }
 }
 
-/// The tenant of a request: its bearer token's, or `default` in open mode (no tenants
-/// configured), which only loopback clients may use.
-fn tenant_of(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<String, ApiError> {
-    if state.config.open_mode() {
-        if !peer.ip().is_loopback() {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "no tenants are configured: only loopback clients are accepted",
-            ));
-        }
-        return Ok(DEFAULT_TENANT.to_owned());
-    }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match token.and_then(|t| state.config.tenant_for_token(t)) {
-        Some(t) => Ok(t.to_owned()),
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing or unknown bearer token",
-        )),
-    }
-}
-
 #[derive(Deserialize)]
 pub struct IngestParams {
     stream: Option<String>,
@@ -202,33 +213,33 @@ enum Payload {
 
 async fn ingest_logs(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
     Query(params): Query<IngestParams>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    ingest(state, peer, params, headers, body, Payload::Logs).await
+    ingest(state, tenant, params, headers, body, Payload::Logs).await
 }
 
 async fn ingest_metrics(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
     Query(params): Query<IngestParams>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    ingest(state, peer, params, headers, body, Payload::Metrics).await
+    ingest(state, tenant, params, headers, body, Payload::Metrics).await
 }
 
 async fn ingest(
     state: Arc<AppState>,
-    peer: SocketAddr,
+    tenant: String,
     params: IngestParams,
     headers: HeaderMap,
     body: Bytes,
     what: Payload,
 ) -> Response {
-    let res = ingest_inner(&state, peer, params, &headers, body, what).await;
+    let res = ingest_inner(&state, tenant, params, &headers, body, what).await;
     let status = match &res {
         Ok(_) => StatusCode::OK,
         Err(e) => e.status,
@@ -251,13 +262,12 @@ async fn ingest(
 
 async fn ingest_inner(
     state: &AppState,
-    peer: SocketAddr,
+    tenant: String,
     params: IngestParams,
     headers: &HeaderMap,
     body: Bytes,
     what: Payload,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_of(state, headers, peer)?;
     let stream = match what {
         Payload::Metrics => weir_core::names::METRICS_STREAM.to_owned(),
         Payload::Logs => params.stream.unwrap_or_else(|| "default".into()),
@@ -395,11 +405,24 @@ pub struct QueryBody {
 
 async fn query(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    closed: Option<Extension<crate::listener::Closed>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let res = query_inner(&state, peer, &headers, body).await;
+    // A client that goes away before the first rows cancels the query (dropping it
+    // aborts its task); after them, the dropped body does.
+    let gone = async move {
+        match closed {
+            Some(Extension(c)) => c.wait().await,
+            None => std::future::pending().await,
+        }
+    };
+    let res = tokio::select! {
+        r = query_inner(&state, tenant, &headers, body) => r,
+        // Dropping the query counts it as cancelled.
+        _ = gone => return StatusCode::NO_CONTENT.into_response(),
+    };
     let status = match &res {
         Ok(_) => StatusCode::OK,
         Err(e) => e.status,
@@ -415,47 +438,81 @@ async fn query(
     }
 }
 
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::Sql(m) | QueryError::Refused(m) | QueryError::Execution(m) => {
+                ApiError::new(StatusCode::BAD_REQUEST, m)
+            }
+            QueryError::TooExpensive(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m),
+            QueryError::TenantBusy(m) => ApiError::busy(m),
+            QueryError::NodeBusy(m) => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: m,
+                retry_after: true,
+            },
+            QueryError::Store(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+}
+
+/// The answer streams as it is computed (see `crate::queries`): errors before the first
+/// rows get their status; a failure after them ends the body early (incomplete).
 async fn query_inner(
     state: &AppState,
-    peer: SocketAddr,
+    tenant: String,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_of(state, headers, peer)?;
     let q: QueryBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("expected {{\"sql\": \"...\"}}: {e}"),
         )
     })?;
-    let result = state
-        .store
-        .query(&tenant, &q.sql)
-        .await
-        .map_err(|e| match e {
-            QueryError::Sql(m) | QueryError::Execution(m) => {
-                ApiError::new(StatusCode::BAD_REQUEST, m)
-            }
-            QueryError::Store(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        })?;
     let wants_arrow = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/vnd.apache.arrow.stream"));
-    let internal = |e: QueryError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    if wants_arrow {
-        let bytes = result.to_arrow_ipc().map_err(internal)?;
-        Ok((
-            [(header::CONTENT_TYPE, "application/vnd.apache.arrow.stream")],
-            bytes,
-        )
-            .into_response())
+    let (answer, content_type) = if wants_arrow {
+        let a = state
+            .queries
+            .run(
+                &tenant,
+                q.sql,
+                weir_store::query_answer::IpcEncoder::default(),
+            )
+            .await?;
+        (a, "application/vnd.apache.arrow.stream")
     } else {
-        Ok(Json(result.to_json().map_err(internal)?).into_response())
-    }
+        let a = state
+            .queries
+            .run(
+                &tenant,
+                q.sql,
+                weir_store::query_answer::JsonEncoder::default(),
+            )
+            .await?;
+        (a, "application/json")
+    };
+    let crate::queries::Answer { first, rest, guard } = answer;
+    let rest = futures::stream::unfold((rest, guard), |(mut rx, guard)| async move {
+        let item = rx.recv().await?;
+        Some((
+            item.map_err(|e| std::io::Error::other(e.to_string())),
+            (rx, guard),
+        ))
+    });
+    let body = futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(rest);
+    Ok((
+        [(header::CONTENT_TYPE, content_type)],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state.queries.observe();
     for p in 0..state.log.partitions() {
         let s = state.log.stats(p);
         let ps = p.to_string();
