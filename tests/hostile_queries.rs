@@ -362,3 +362,132 @@ fn empty_tokens_are_refused_at_startup() {
         assert!(err.contains("empty"), "{config}: {err}");
     }
 }
+
+/// Median of `n` timed calls of `f`.
+async fn median<F, Fut>(n: usize, mut f: F) -> Duration
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        f(i).await;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    times[n / 2]
+}
+
+/// The issue's neighbour test: tenant `a` sends CPU-heavy, deep and memory-bomb SQL,
+/// poison records, and feeds a plugin that loops forever on the one partition both
+/// tenants share; tenant `b`'s ingest and query latencies stay within twice their
+/// unattacked values (plus 30 ms, the timer and scheduling noise of a loaded 2-core VM).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_tenant_leaves_its_neighbour_within_twice_its_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("hostile.wasm");
+    std::fs::write(
+        &wasm,
+        weir_builtins::fixture("weir-fixture-hostile").unwrap(),
+    )
+    .unwrap();
+    let config = format!(
+        r#"{TENANTS}
+[tenants.a.streams.looping]
+plugins = [{{ plugin = "file:{}", config = {{ mode = "loop" }} }}]
+[log]
+partitions = 1
+[plugins]
+deadline_ms = 500
+[query]
+timeout_secs = 2
+"#,
+        wasm.display()
+    );
+    let s = Server::start(dir.path(), &config);
+    let line = |i: usize| format!("{{\"level\":\"info\",\"message\":\"b {i}\",\"n\":{i}}}\n");
+    let batch = |i: usize| (0..100).map(|j| line(i * 100 + j)).collect::<String>();
+    let ingest_b = |i: usize| {
+        let (s, body) = (&s, batch(i));
+        async move {
+            let (st, v) = s.ingest("tb", "app", body).await;
+            assert_eq!(st, 200, "{v}");
+        }
+    };
+    let query_b = |_| {
+        let s = &s;
+        async move {
+            let (st, v) = s
+                .query(
+                    "tb",
+                    "SELECT count(*), max(message) FROM logs WHERE level = 'info'",
+                )
+                .await;
+            assert_eq!(st, 200, "{v}");
+        }
+    };
+    // Warm up, then the unattacked latencies.
+    median(5, ingest_b).await;
+    let ingest_alone = median(21, |i| ingest_b(i + 100)).await;
+    let query_alone = median(21, query_b).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut attackers = Vec::new();
+    let attacks = [
+        "SELECT sum(value) FROM generate_series(1, 100000000000)".to_owned(),
+        "SELECT count(*) FROM generate_series(1, 100000000000) a WHERE a.value % 7 = 3".to_owned(),
+        sum_of_ones(5000),
+        "SELECT length(repeat('x', 1100*1024*1024))".to_owned(),
+    ];
+    for sql in attacks {
+        let (base, stop) = (s.base.clone(), stop.clone());
+        attackers.push(tokio::spawn(async move {
+            let c = reqwest::Client::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = c
+                    .post(format!("{base}/api/v1/query"))
+                    .bearer_auth("ta")
+                    .json(&json!({ "sql": sql }))
+                    .send()
+                    .await;
+            }
+        }));
+    }
+    let (base, stop2) = (s.base.clone(), stop.clone());
+    attackers.push(tokio::spawn(async move {
+        let c = reqwest::Client::new();
+        let poison = "{\"x\":1e400}\n{\"s\":\"\\ud800\"}\n{\"level\":\"a\",\"level\":\"b\"}\n{\"ts\":1e300}\n";
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            for stream in ["looping", "app"] {
+                let _ = c
+                    .post(format!("{base}/api/v1/logs?stream={stream}"))
+                    .bearer_auth("ta")
+                    .body(poison.repeat(50))
+                    .send()
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ingest_attacked = median(21, |i| ingest_b(i + 200)).await;
+    let query_attacked = median(21, query_b).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for a in attackers {
+        let _ = a.await;
+    }
+    let bound = |alone: Duration| (alone * 2).max(alone + Duration::from_millis(30));
+    eprintln!(
+        "ingest p50 {ingest_alone:?} -> {ingest_attacked:?}, query p50 {query_alone:?} -> {query_attacked:?}"
+    );
+    assert!(
+        ingest_attacked <= bound(ingest_alone),
+        "ingest p50 {ingest_alone:?} alone, {ingest_attacked:?} attacked"
+    );
+    assert!(
+        query_attacked <= bound(query_alone),
+        "query p50 {query_alone:?} alone, {query_attacked:?} attacked"
+    );
+    s.stop();
+}

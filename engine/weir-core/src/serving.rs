@@ -9,6 +9,7 @@ use serde::Deserialize;
 /// ```toml
 /// [query]
 /// threads = 2                 # the query runtime's worker threads (0: one per core)
+/// partitions = 1              # parallel partitions within one query (see below)
 /// timeout_secs = 30           # wall-clock limit of one query, planning to last row
 /// max_sql_bytes = 262144      # longest SQL text
 /// max_expr_depth = 256        # deepest expression / set-operation nesting
@@ -25,6 +26,11 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, default)]
 pub struct QueryConfig {
     pub threads: usize,
+    /// DataFusion's target partitions. Work a query spreads over partitions runs in
+    /// tasks outside the fair turns between tenants (`weir_store::query_fair`), so the
+    /// default keeps each query on one partition; a single-tenant node may raise it to
+    /// its cores for faster large scans.
+    pub partitions: usize,
     pub timeout_secs: u64,
     pub max_sql_bytes: usize,
     pub max_expr_depth: usize,
@@ -42,6 +48,7 @@ impl Default for QueryConfig {
     fn default() -> Self {
         QueryConfig {
             threads: 0,
+            partitions: 1,
             timeout_secs: 30,
             max_sql_bytes: 256 << 10,
             max_expr_depth: 256,
@@ -61,6 +68,7 @@ impl QueryConfig {
     pub fn check(&self) -> Result<(), String> {
         let positive = [
             ("timeout_secs", self.timeout_secs as usize),
+            ("partitions", self.partitions),
             ("max_sql_bytes", self.max_sql_bytes),
             ("max_expr_depth", self.max_expr_depth),
             ("max_relations", self.max_relations),

@@ -27,7 +27,8 @@
 //! - [`state`]: stateful plugins' state, committed with the position it belongs to.
 //! - [`query`]: DataFusion SQL over one tenant's tables, planned within limits and
 //!   streamed; [`query_shape`] (the SQL front door: text, depth and relation bounds),
-//!   [`query_memory`] (node, tenant and query memory), `query_funcs` (functions whose
+//!   [`query_memory`] (node, tenant and query memory), [`query_fair`] (fair turns on the
+//!   query threads between tenants), `query_funcs` (functions whose
 //!   output outgrows their input, bounded by that memory), [`query_governor`] (admission:
 //!   concurrency per tenant and node), [`query_answer`] (JSON or Arrow IPC encoded batch
 //!   by batch, within row and byte caps).
@@ -44,6 +45,7 @@ pub mod janitor;
 pub mod metric_rows;
 pub mod query;
 pub mod query_answer;
+pub mod query_fair;
 mod query_funcs;
 pub mod query_governor;
 pub mod query_memory;

@@ -149,10 +149,18 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// The limits one query runs under (from `[query]`, see `weir_core::serving`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueryLimits {
     pub shape: ShapeLimits,
     pub caps: Caps,
+    /// DataFusion's target partitions (`[query] partitions`).
+    pub partitions: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits::from_config(&weir_core::serving::QueryConfig::default())
+    }
 }
 
 impl QueryLimits {
@@ -167,6 +175,7 @@ impl QueryLimits {
                 max_rows: q.max_result_rows,
                 max_bytes: q.max_result_mb << 20,
             },
+            partitions: q.partitions,
         }
     }
 }
@@ -247,7 +256,7 @@ impl HotStore {
             .build_arc()
             .map_err(|e| QueryError::Execution(e.to_string()))?;
         let config = SessionConfig::new()
-            .with_target_partitions(2)
+            .with_target_partitions(limits.partitions)
             .with_information_schema(false);
         let mut ctx = SessionContext::new_with_config_rt(config, runtime);
         datafusion_functions_json::register_all(&mut ctx)
@@ -456,7 +465,7 @@ impl HotStore {
 type ColdFiles = [(String, Arc<crate::cold::ColdFile>)];
 
 impl HotStore {
-    /// Hot batches as a table scanned by two partitions (both cores).
+    /// Hot batches as a table scanned by the session's partitions.
     fn hot_scan(
         &self,
         ctx: &SessionContext,
@@ -464,9 +473,11 @@ impl HotStore {
         hot: &[RecordBatch],
     ) -> Result<DataFrame, QueryError> {
         let exec = |e: datafusion::error::DataFusionError| QueryError::Execution(e.to_string());
-        let mut parts = vec![Vec::new(), Vec::new()];
+        // As many partitions as the session runs (`[query] partitions`).
+        let n = ctx.state().config().target_partitions().max(1);
+        let mut parts = vec![Vec::new(); n];
         for (i, b) in hot.iter().enumerate() {
-            parts[i % 2].push(b.clone());
+            parts[i % n].push(b.clone());
         }
         let mem = MemTable::try_new(schema, parts).map_err(exec)?;
         ctx.read_table(Arc::new(mem)).map_err(exec)

@@ -18,6 +18,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use weir_core::metrics::{Counter, Family, Gauge, Histogram, Registry};
 use weir_store::query_answer::{Budget, Encoder};
+use weir_store::query_fair::FairGate;
 use weir_store::query_governor::QueryGovernor;
 use weir_store::{HotStore, QueryError};
 
@@ -27,6 +28,7 @@ pub type Chunk = Result<Bytes, QueryError>;
 pub struct QueryService {
     store: Arc<HotStore>,
     governor: QueryGovernor,
+    gate: Arc<FairGate>,
     runtime: tokio::runtime::Handle,
     total: Arc<Family<Counter>>,
     running: Arc<Family<Gauge>>,
@@ -71,6 +73,7 @@ impl QueryService {
         QueryService {
             store,
             governor: QueryGovernor::new(config),
+            gate: FairGate::new(threads(config.threads)),
             runtime,
             total: r.counter(
                 "weir_queries_total",
@@ -111,7 +114,7 @@ impl QueryService {
             let deadline = tokio::time::Instant::now() + this.governor.timeout;
             let work = produce(
                 &this.store,
-                &tenant_owned,
+                (&this.gate, tenant_owned.as_str()),
                 &sql,
                 &limits,
                 &admission.pool,
@@ -179,9 +182,12 @@ impl QueryService {
         let tenant_owned = tenant.to_owned();
         let task = self.runtime.spawn(async move {
             let limits = this.governor.limits;
-            let plan = this
-                .store
-                .plan_query(&tenant_owned, &sql, &limits, &admission.pool);
+            let plan = async {
+                let _turn = this.gate.turn(&tenant_owned).await;
+                this.store
+                    .plan_query(&tenant_owned, &sql, &limits, &admission.pool)
+                    .await
+            };
             match tokio::time::timeout(this.governor.timeout, plan).await {
                 Ok(r) => r.map(|p| p.schema.clone()),
                 Err(_) => Err(QueryError::TooExpensive(format!(
@@ -225,7 +231,7 @@ impl QueryService {
 /// the answer was cut by a cap.
 async fn produce(
     store: &HotStore,
-    tenant: &str,
+    (gate, tenant): (&Arc<FairGate>, &str),
     sql: &str,
     limits: &weir_store::QueryLimits,
     pool: &Arc<weir_store::query_memory::QueryPool>,
@@ -233,13 +239,21 @@ async fn produce(
     tx: &mpsc::Sender<Chunk>,
 ) -> Result<bool, QueryError> {
     let arrow = |e: datafusion::arrow::error::ArrowError| QueryError::Execution(e.to_string());
-    let planned = store.plan_query(tenant, sql, limits, pool).await?;
-    let mut running = planned.execute().await?;
+    // Each step takes a fair turn on the query threads (see `query_fair`).
+    let planned = {
+        let _turn = gate.turn(tenant).await;
+        store.plan_query(tenant, sql, limits, pool).await?
+    };
+    let mut running = {
+        let _turn = gate.turn(tenant).await;
+        planned.execute().await?
+    };
     let mut pending = enc.start(&running.schema).map_err(arrow)?;
     let mut budget = Budget::new(limits.caps);
     let mut cut = None;
     let mut sent_any = false;
-    while let Some(batch) = running.stream.next().await {
+    let mut batches = gate.gate(tenant, &mut running.stream);
+    while let Some(batch) = batches.next().await {
         let batch = batch.map_err(|e| QueryError::from_datafusion(e, pool))?;
         let (batch, rows_cut) = budget.take_rows(batch);
         let bytes = enc.batch(&batch).map_err(arrow)?;
@@ -257,6 +271,7 @@ async fn produce(
             sent_any = true;
         }
     }
+    drop(batches);
     drop(running);
     match enc.finish(cut.as_deref()) {
         Ok(end) => pending.extend_from_slice(&end),
@@ -285,17 +300,30 @@ async fn send(tx: &mpsc::Sender<Chunk>, bytes: Vec<u8>) -> Result<(), QueryError
         .map_err(|_| QueryError::Execution("the client went away".into()))
 }
 
-/// The query runtime: `threads` workers (0: one per core) with big stacks.
+/// The query runtime: `threads` workers (0: one per core) with big stacks, at a lower
+/// scheduling priority than the threads that serve ingest.
 pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let threads = if threads == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        threads
-    };
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+        .worker_threads(self::threads(threads))
         .thread_name("weir-query")
         .thread_stack_size(weir_store::query_shape::QUERY_STACK_BYTES)
+        // Under contention for the cores, ingest and processing come first: on Linux the
+        // nice value is per thread, so this lowers only the query threads.
+        .on_thread_start(|| {
+            // SAFETY: setpriority only changes this thread's scheduling priority.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+            }
+        })
         .enable_all()
         .build()
+}
+
+/// Query threads for `[query] threads` (0: one per core).
+fn threads(configured: usize) -> usize {
+    if configured == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        configured
+    }
 }
