@@ -219,3 +219,159 @@ mod tests {
         assert_eq!(check("EXPLAIN SELECT 1", &l), Ok(()));
     }
 }
+
+/// The front door against arbitrary input: it never panics, and its depth bound is a
+/// threshold (a statement passes every bound from its depth on and none below).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use datafusion::prelude::SessionContext;
+    use proptest::prelude::*;
+
+    const WORDS: &[&str] = &[
+        "SELECT",
+        "FROM",
+        "logs",
+        "WHERE",
+        "(",
+        ")",
+        "+",
+        "-",
+        "*",
+        "/",
+        "AND",
+        "OR",
+        "NOT",
+        "UNION",
+        "ALL",
+        "JOIN",
+        "ON",
+        "1",
+        "'x'",
+        ",",
+        "CASE",
+        "WHEN",
+        "THEN",
+        "END",
+        "::",
+        "int",
+        "[",
+        "]",
+        "IN",
+        "count(*)",
+        "json_get_str(record, 'a')",
+        "\u{0}",
+        "é",
+        ";",
+        "EXPLAIN",
+        "WITH",
+        "r",
+        "AS",
+        "COPY",
+        "TO",
+        "'/tmp/x'",
+    ];
+
+    fn front_door(sql: &str, limits: &ShapeLimits) -> Result<(), String> {
+        check_text(sql, limits)?;
+        let state = SessionContext::new().state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let stmt = state
+            .sql_to_statement(sql, &dialect)
+            .map_err(|e| e.to_string())?;
+        check_statement(&stmt, limits)
+    }
+
+    /// An expression and its depth in sqlparser's tree.
+    fn expr() -> impl Strategy<Value = (String, usize)> {
+        let leaf = prop_oneof![
+            Just("1".to_owned()),
+            Just("'a'".to_owned()),
+            Just("ts".to_owned())
+        ]
+        .prop_map(|s| (s, 1));
+        leaf.prop_recursive(12, 64, 2, |inner| {
+            prop_oneof![
+                (
+                    inner.clone(),
+                    inner.clone(),
+                    prop_oneof![Just("+"), Just("AND"), Just("=")]
+                )
+                    .prop_map(|((a, da), (b, db), op)| (
+                        format!("{a} {op} {b}"),
+                        (da + 1).max(db + 1)
+                    )),
+                inner.clone().prop_map(|(a, d)| (format!("({a})"), d + 1)),
+                inner
+                    .clone()
+                    .prop_map(|(a, d)| (format!("abs({a})"), d + 1)),
+                inner.prop_map(|(a, d)| (format!("- {a}"), d + 1)),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        #[test]
+        fn token_soup_never_panics(words in proptest::collection::vec(proptest::sample::select(WORDS), 0..60)) {
+            let sql = words.join(" ");
+            let _ = front_door(&sql, &ShapeLimits { max_expr_depth: 8, max_relations: 4, ..Default::default() });
+        }
+
+        #[test]
+        fn bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let sql = String::from_utf8_lossy(&bytes);
+            let _ = front_door(&sql, &ShapeLimits::default());
+        }
+    }
+
+    #[test]
+    fn the_depth_bound_is_a_threshold() {
+        // Operators re-associate when parsed, so a generated expression's depth is not
+        // its parsed tree's: find the tree's depth as the smallest bound it passes, and
+        // check that every bound below it refuses and every bound from it on passes.
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases: 300,
+            ..ProptestConfig::default()
+        });
+        runner
+            .run(&(expr(), 1usize..12), |((e, _), bound)| {
+                let sql = format!("SELECT {e}");
+                let limits = ShapeLimits {
+                    max_expr_depth: bound,
+                    ..Default::default()
+                };
+                let open = ShapeLimits {
+                    max_expr_depth: MAX_TEST_DEPTH,
+                    ..Default::default()
+                };
+                let depth = (1..MAX_TEST_DEPTH)
+                    .find(|d| {
+                        front_door(
+                            &sql,
+                            &ShapeLimits {
+                                max_expr_depth: *d,
+                                ..open
+                            },
+                        )
+                        .is_ok()
+                    })
+                    .expect("generated expressions are shallow");
+                let r = front_door(&sql, &limits);
+                prop_assert_eq!(
+                    r.is_ok(),
+                    depth <= bound,
+                    "{} (depth {}) with bound {}: {:?}",
+                    sql,
+                    depth,
+                    bound,
+                    r
+                );
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    const MAX_TEST_DEPTH: usize = 200;
+}
