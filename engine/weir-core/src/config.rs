@@ -447,6 +447,50 @@ pub struct PluginLimits {
     /// ...for this many seconds, then tries one call again.
     #[serde(default = "d_quarantine_secs")]
     pub quarantine_secs: u64,
+    /// Log lines (stdout, stderr and `host.log` together) one instance may write per
+    /// second; beyond it lines are dropped and counted.
+    #[serde(default = "d_log_lines")]
+    pub log_lines_per_sec: u32,
+    /// Lines an instance may write at once after a quiet spell.
+    #[serde(default = "d_log_burst")]
+    pub log_burst_lines: u32,
+    /// Longest log line kept, in bytes (the rest is cut).
+    #[serde(default = "d_log_line_bytes")]
+    pub log_line_bytes: usize,
+    /// Wall-clock time one upload's compilation may take (the compiler process is
+    /// killed after it and the upload refused with 422).
+    #[serde(default = "d_compile_ms")]
+    pub compile_timeout_ms: u64,
+    /// Address space of the compiler process, in MiB.
+    #[serde(default = "d_compile_mb")]
+    pub compile_memory_mb: u64,
+    /// Compilations running at once, all tenants together (an upload beyond it gets 503).
+    #[serde(default = "d_compiles")]
+    pub max_concurrent_compiles: usize,
+    /// Compilations one tenant may run at once.
+    #[serde(default = "d_tenant_compiles")]
+    pub max_compiles_per_tenant: usize,
+}
+fn d_log_lines() -> u32 {
+    20
+}
+fn d_log_burst() -> u32 {
+    100
+}
+fn d_log_line_bytes() -> usize {
+    4096
+}
+fn d_compile_ms() -> u64 {
+    60_000
+}
+fn d_compile_mb() -> u64 {
+    2048
+}
+fn d_compiles() -> usize {
+    2
+}
+fn d_tenant_compiles() -> usize {
+    1
 }
 fn d_quarantine_after() -> u32 {
     3
@@ -498,6 +542,13 @@ impl Default for PluginLimits {
             rollback_min_calls: d_rollback_min(),
             quarantine_after: d_quarantine_after(),
             quarantine_secs: d_quarantine_secs(),
+            log_lines_per_sec: d_log_lines(),
+            log_burst_lines: d_log_burst(),
+            log_line_bytes: d_log_line_bytes(),
+            compile_timeout_ms: d_compile_ms(),
+            compile_memory_mb: d_compile_mb(),
+            max_concurrent_compiles: d_compiles(),
+            max_compiles_per_tenant: d_tenant_compiles(),
         }
     }
 }
@@ -621,6 +672,16 @@ impl Config {
         }
         if self.plugins.memory_mb == 0 || self.plugins.deadline_ms == 0 {
             return bad("plugins.memory_mb and plugins.deadline_ms must be positive".into());
+        }
+        let p = &self.plugins;
+        if p.log_burst_lines == 0
+            || p.log_line_bytes == 0
+            || p.compile_timeout_ms == 0
+            || p.compile_memory_mb < 64
+            || p.max_concurrent_compiles == 0
+            || p.max_compiles_per_tenant == 0
+        {
+            return bad("plugins: log_burst_lines, log_line_bytes, compile_timeout_ms, max_concurrent_compiles and max_compiles_per_tenant must be positive, compile_memory_mb at least 64".into());
         }
         for tenant in self.tenants.keys() {
             let l = self.plugin_limits(tenant);

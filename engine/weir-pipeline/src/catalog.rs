@@ -10,7 +10,11 @@ use weir_agg::Definition;
 use weir_core::aggregation::AggregationConfig;
 use weir_core::config::PluginRef;
 use weir_core::Config;
-use weir_plugin_host::{CompiledPlugin, HostError, Limits, PluginHost, PluginInstance};
+use weir_plugin_host::{
+    ChildCompiler, CompileLimits, CompiledPlugin, HostError, Limits, PluginHost, PluginInstance,
+};
+
+use crate::compiles::{CompileSlots, SlotWait};
 
 use weir_core::metrics::{Counter, Family, Registry};
 
@@ -22,6 +26,9 @@ use crate::PipelineError;
 pub enum UploadError {
     #[error("plugin of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
+    /// Too many compilations are running (the tenant's or everyone's): retry later.
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}")]
     Invalid(#[from] HostError),
     #[error("{0}")]
@@ -35,9 +42,15 @@ pub struct Catalog {
     registry: Arc<PluginRegistry>,
     /// By `builtin:NAME`, `file:PATH` or `sha256:HEX` (uploaded versions).
     compiled: Mutex<HashMap<String, CompiledPlugin>>,
-    /// Held while compiling, so workers that need the same plugin at once compile it
-    /// once (the others wait and find it in `compiled`).
-    compiling: Mutex<()>,
+    /// One lock per plugin being compiled, so callers that need the same plugin at once
+    /// compile it once (the others wait and find it in `compiled`), while different
+    /// plugins compile side by side.
+    compiling: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Bounds compilations at once, per tenant and in all.
+    slots: CompileSlots,
+    /// Compiles uploads in a child process under limits, when set.
+    child: Option<ChildCompiler>,
+    log_dropped: Arc<Family<Counter>>,
     /// Compiled machine code by sha256, kept across restarts (`DATA_DIR/plugin-cache`).
     cache_dir: Option<std::path::PathBuf>,
     /// Live instances per tenant (for `max_instances`).
@@ -103,12 +116,22 @@ impl Catalog {
         metrics: &Registry,
         cache_dir: Option<std::path::PathBuf>,
     ) -> Result<Catalog, HostError> {
+        let slots = CompileSlots::new(
+            config.plugins.max_concurrent_compiles,
+            config.plugins.max_compiles_per_tenant,
+        );
         Ok(Catalog {
             host: PluginHost::new()?,
             config,
             registry,
             compiled: Mutex::new(HashMap::new()),
-            compiling: Mutex::new(()),
+            compiling: Mutex::new(HashMap::new()),
+            slots,
+            child: None,
+            log_dropped: metrics.counter(
+                "weir_plugin_log_lines_dropped_total",
+                "Plugin log lines (stdout, stderr, host.log) dropped by the per-instance rate limit.",
+            ),
             cache_dir,
             instances: Mutex::new(HashMap::new()),
             rollouts: Mutex::new(HashMap::new()),
@@ -206,6 +229,27 @@ impl Catalog {
         }
     }
 
+    /// Compile uploaded plugins in a child process: `exe` run with the hidden compile
+    /// subcommand, under `[plugins] compile_timeout_ms` and `compile_memory_mb`.
+    pub fn with_child_compiler(mut self, exe: std::path::PathBuf) -> Self {
+        let p = &self.config.plugins;
+        self.child = Some(ChildCompiler {
+            exe,
+            limits: CompileLimits {
+                timeout: Duration::from_millis(p.compile_timeout_ms),
+                memory_bytes: p.compile_memory_mb << 20,
+            },
+        });
+        self
+    }
+
+    /// The sandbox limits of `tenant`'s instances, counting their dropped log lines.
+    fn limits(&self, tenant: &str) -> Limits {
+        let mut l = Limits::from_config(&self.config.plugin_limits(tenant));
+        l.log.dropped = Some(self.log_dropped.with(&[("tenant", tenant)]));
+        l
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -237,7 +281,15 @@ impl Catalog {
             });
         }
         let sha = weir_plugin_host::sha256_hex(bytes);
-        let compiled = self.compile_once(&format!("sha256:{sha}"), name, bytes)?;
+        let compiled = self.compile_once(
+            &format!("sha256:{sha}"),
+            name,
+            bytes,
+            Some((tenant, SlotWait::No)),
+        )?;
+        // It must be able to start within the tenant's limits (memories, tables, core
+        // instances), or no pipeline could ever run it.
+        compiled.check_instantiable(&self.limits(tenant))?;
         let meta =
             self.registry
                 .add_version(tenant, name, compiled.world(), &sha, bytes, now_ms)?;
@@ -324,7 +376,7 @@ impl Catalog {
                 compiled.world()
             )));
         }
-        let limits = Limits::from_config(&self.config.plugin_limits(tenant));
+        let limits = self.limits(tenant);
         compiled
             .instantiate(tenant, "{}", &limits)
             .map_err(|source| PipelineError::Host {
@@ -405,44 +457,71 @@ impl Catalog {
             .active(tenant, name)
             .map_err(|e| PipelineError::Uploaded(e.to_string()))?;
         let key = format!("sha256:{}", meta.sha256);
-        let compiled =
-            self.compile_once(&key, name, &bytes)
-                .map_err(|source| PipelineError::Host {
+        let compiled = self
+            .compile_once(&key, name, &bytes, Some((tenant, SlotWait::Yes)))
+            .map_err(|e| match e {
+                UploadError::Invalid(source) => PipelineError::Host {
                     spec: name.into(),
                     source,
-                })?;
+                },
+                other => PipelineError::Uploaded(other.to_string()),
+            })?;
         Ok((compiled, meta.version))
     }
 
     /// The compiled plugin for `key`, compiling it (once, whoever asks at the same time;
-    /// from the on-disk cache when there) on first use.
+    /// from the on-disk cache when there) on first use. A tenant's upload (`tenant` set)
+    /// takes one of the compile slots (waiting for one or not, as `wait` says) and
+    /// compiles in the child process when one is configured; builtins and the
+    /// operator's `file:` plugins compile here.
     fn compile_once(
         &self,
         key: &str,
         name: &str,
         bytes: &[u8],
-    ) -> Result<CompiledPlugin, HostError> {
+        tenant: Option<(&str, SlotWait)>,
+    ) -> Result<CompiledPlugin, UploadError> {
         if let Some(p) = self.compiled.lock().get(key) {
             return Ok(p.clone());
         }
-        let _only_one = self.compiling.lock();
-        if let Some(p) = self.compiled.lock().get(key) {
-            return Ok(p.clone());
-        }
-        let started = std::time::Instant::now();
-        let compiled = self
-            .host
-            .compile_cached(name, bytes, self.cache_dir.as_deref())?;
-        tracing::info!(
-            plugin = key,
-            name,
-            ms = started.elapsed().as_millis() as u64,
-            "plugin compiled"
-        );
-        self.compiled
+        let lock = self
+            .compiling
             .lock()
-            .insert(key.to_owned(), compiled.clone());
-        Ok(compiled)
+            .entry(key.to_owned())
+            .or_default()
+            .clone();
+        let result = (|| {
+            let _only_one = lock.lock();
+            if let Some(p) = self.compiled.lock().get(key) {
+                return Ok(p.clone());
+            }
+            let _slot = match tenant {
+                Some((t, wait)) => Some(self.slots.acquire(t, wait).map_err(UploadError::Busy)?),
+                None => None,
+            };
+            let started = std::time::Instant::now();
+            let child = tenant.and(self.child.as_ref());
+            let compiled = self
+                .host
+                .compile_with(name, bytes, self.cache_dir.as_deref(), child)?;
+            tracing::info!(
+                plugin = key,
+                name,
+                ms = started.elapsed().as_millis() as u64,
+                "plugin compiled"
+            );
+            self.compiled
+                .lock()
+                .insert(key.to_owned(), compiled.clone());
+            Ok(compiled)
+        })();
+        // Forget the lock once nobody else holds it (the next caller finds the plugin in
+        // `compiled`, or compiles again after a failure).
+        let mut compiling = self.compiling.lock();
+        if Arc::strong_count(&lock) == 2 {
+            compiling.remove(key);
+        }
+        result
     }
 
     /// The compiled plugin for `builtin:NAME` or `file:PATH`, compiling on first use.
@@ -468,10 +547,13 @@ impl Catalog {
             } else {
                 return Err(PipelineError::BadSpec(spec.into()));
             };
-        self.compile_once(spec, &name, &bytes)
-            .map_err(|source| PipelineError::Host {
-                spec: spec.into(),
-                source,
+        self.compile_once(spec, &name, &bytes, None)
+            .map_err(|e| match e {
+                UploadError::Invalid(source) => PipelineError::Host {
+                    spec: spec.into(),
+                    source,
+                },
+                other => PipelineError::Uploaded(other.to_string()),
             })
     }
 
@@ -596,7 +678,7 @@ impl Catalog {
             .config
             .as_ref()
             .map_or_else(|| "{}".to_owned(), |c| c.to_string());
-        let mut limits = Limits::from_config(&self.config.plugin_limits(tenant));
+        let mut limits = self.limits(tenant);
         limits.wasi = r.wasi.clone().unwrap_or_default();
         let instance = compiled
             .instantiate(tenant, &config, &limits)
@@ -639,7 +721,12 @@ impl Catalog {
                 .version_bytes(tenant, name, version)
                 .map_err(|e| e.to_string())?;
             let compiled = self
-                .compile_once(&format!("sha256:{}", meta.sha256), name, &bytes)
+                .compile_once(
+                    &format!("sha256:{}", meta.sha256),
+                    name,
+                    &bytes,
+                    Some((tenant, SlotWait::Yes)),
+                )
                 .map_err(|e| e.to_string())?;
             let instance = compiled
                 .instantiate(tenant, config, limits)

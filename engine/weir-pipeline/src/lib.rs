@@ -16,6 +16,7 @@
 //! replays exactly the entries whose rows were not committed.
 
 pub mod catalog;
+mod compiles;
 pub mod registry;
 pub mod worker;
 

@@ -3,16 +3,19 @@
 use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime::{Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::aggregator_bindings::{Aggregator, State as AggWit};
 use crate::bindings::weir::plugin::host::{self, Level};
 use crate::bindings::weir::plugin::types::PluginError;
 use crate::bindings::Transform;
+use crate::limiter::{MemLimiter, MemoryLimitHit};
+use crate::logbudget::SharedLog;
 use crate::migration::{schema_of, stamp};
 use crate::migration_bindings::Migration;
 use crate::stateful_bindings::{State as WitState, StatefulTransform};
+use crate::waits::{CallDeadline, WaitPastDeadline};
 use crate::{CallError, CompiledPlugin, HostError, Limits, PluginState, Pre};
 
 /// A live instance's bindings, by world.
@@ -25,13 +28,20 @@ pub(crate) enum Live {
     Aggregator(Aggregator, u32),
 }
 
-/// Per-store host state: the empty WASI context, the memory limiter and log tags.
+/// Per-store host state: the empty WASI context, the memory limiter, the deadline of
+/// the call in progress and the instance's log budget.
 pub struct State {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: MemLimiter,
-    tenant: String,
-    plugin: String,
+    pub(crate) deadline: CallDeadline,
+    log: SharedLog,
+}
+
+impl State {
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
 }
 
 impl WasiView for State {
@@ -45,57 +55,35 @@ impl WasiView for State {
 
 impl host::Host for State {
     fn log(&mut self, level: Level, message: String) {
-        let (tenant, plugin) = (&self.tenant, &self.plugin);
-        let message: String = message.chars().take(4096).collect();
-        match level {
+        let max = self.log.max_line_bytes();
+        let message = &message[..floor_char_boundary(&message, max)];
+        self.log.line(|tenant, plugin| match level {
             Level::Trace | Level::Debug => tracing::debug!(tenant, plugin, "{message}"),
             Level::Info => tracing::info!(tenant, plugin, "{message}"),
             Level::Warn => tracing::warn!(tenant, plugin, "{message}"),
             Level::Error => tracing::error!(tenant, plugin, "{message}"),
-        }
+        });
     }
+}
+
+/// The largest index `<= max` that is a char boundary of `s`.
+fn floor_char_boundary(s: &str, max: usize) -> usize {
+    if max >= s.len() {
+        return s.len();
+    }
+    (0..=max)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
 }
 
 impl crate::bindings::weir::plugin::types::Host for State {}
 
-/// Caps linear memory (and table growth) of one store.
-struct MemLimiter {
-    max_bytes: usize,
-    hit: bool,
-}
-
-#[derive(Debug)]
-struct MemoryLimitHit;
-
-impl std::fmt::Display for MemoryLimitHit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("memory limit reached")
-    }
-}
-impl std::error::Error for MemoryLimitHit {}
-
-impl ResourceLimiter for MemLimiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
-            self.hit = true;
-            return Err(wasmtime::Error::new(MemoryLimitHit));
-        }
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
-    }
+/// Give the guest its deadline for the call about to start: the epoch deadline for Wasm
+/// code and the same instant for waits inside host calls ([`crate::waits`]).
+fn arm(store: &mut Store<State>, limits: &Limits) {
+    store.set_epoch_deadline(limits.deadline_ticks());
+    store.data_mut().deadline = CallDeadline(Instant::now() + limits.deadline);
 }
 
 /// One live plugin instance. Not shared: each worker owns its instances.
@@ -165,7 +153,7 @@ impl PluginInstance {
         let Live::Stateful(b) = live else {
             return Ok(());
         };
-        store.set_epoch_deadline(self.limits.deadline_ticks());
+        arm(store, &self.limits);
         let wit = WitState {
             format: state.format,
             data: state.data.clone(),
@@ -200,31 +188,69 @@ impl PluginInstance {
         &self.plugin
     }
 
-    fn start(&self) -> Result<(Store<State>, Live), HostError> {
+    /// A store for this instance: its WASI context, memory budget and log budget.
+    fn store(&self) -> Store<State> {
+        let log = SharedLog::new(self.limits.log.clone(), &self.tenant, self.plugin.name());
         let state = State {
             // No preopens, no args, no network ever; env, stdio, clocks and randomness
             // only as granted.
-            wasi: crate::wasi::context(&self.limits.wasi, &self.tenant, self.plugin.name()),
+            wasi: crate::wasi::context(&self.limits.wasi, &log),
             table: ResourceTable::new(),
-            limiter: MemLimiter {
-                max_bytes: self.limits.memory_bytes,
-                hit: false,
-            },
-            tenant: self.tenant.clone(),
-            plugin: self.plugin.name().to_owned(),
+            limiter: MemLimiter::new(self.limits.memory_bytes),
+            deadline: CallDeadline(Instant::now() + self.limits.deadline),
+            log,
         };
         let mut store = Store::new(self.plugin.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
-        store.set_epoch_deadline(self.limits.deadline_ticks());
-        let inst = |e: wasmtime::Error| HostError::Init(format!("instantiate: {e:#}"));
-        let live = match &self.plugin.pre {
-            Pre::Plain(p) => Live::Plain(p.instantiate(&mut store).map_err(inst)?),
-            Pre::Stateful(p) => Live::Stateful(p.instantiate(&mut store).map_err(inst)?),
-            Pre::Migration(p) => Live::Migration(p.instantiate(&mut store).map_err(inst)?, 0, 0),
-            Pre::Aggregator(p) => Live::Aggregator(p.instantiate(&mut store).map_err(inst)?, 0),
+        arm(&mut store, &self.limits);
+        store
+    }
+
+    /// Instantiate the component in `store` (start functions run, no export is called).
+    fn instantiate_in(&self, store: &mut Store<State>) -> Result<Live, HostError> {
+        let limit = self.limits.memory_bytes;
+        let inst = |e: wasmtime::Error| {
+            match e.downcast_ref::<MemoryLimitHit>() {
+            Some(hit) => HostError::Limit(hit.to_string()),
+            None if format!("{e:#}").contains("resource limit exceeded") => {
+                HostError::Limit(format!("{e:#} (at most {} memories, {} tables and {} core instances; {limit} bytes of memory)",
+                    crate::limiter::MAX_MEMORIES, crate::limiter::MAX_TABLES, crate::limiter::MAX_CORE_INSTANCES))
+            }
+            None => HostError::Init(format!("instantiate: {e:#}")),
+        }
         };
-        store.set_epoch_deadline(self.limits.deadline_ticks());
+        Ok(match &self.plugin.pre {
+            Pre::Plain(p) => Live::Plain(p.instantiate(&mut *store).map_err(inst)?),
+            Pre::Stateful(p) => Live::Stateful(p.instantiate(&mut *store).map_err(inst)?),
+            Pre::Migration(p) => Live::Migration(p.instantiate(&mut *store).map_err(inst)?, 0, 0),
+            Pre::Aggregator(p) => Live::Aggregator(p.instantiate(&mut *store).map_err(inst)?, 0),
+        })
+    }
+
+    /// Whether the component can be instantiated within `limits` at all (its memories,
+    /// tables and core instances fit), without calling any of its exports.
+    pub(crate) fn check_instantiable(
+        plugin: &CompiledPlugin,
+        limits: &Limits,
+    ) -> Result<(), HostError> {
+        let probe = PluginInstance {
+            plugin: plugin.clone(),
+            tenant: String::new(),
+            config: String::new(),
+            limits: limits.clone(),
+            live: None,
+            state: None,
+            prev_state: None,
+        };
+        let mut store = probe.store();
+        probe.instantiate_in(&mut store).map(|_| ())
+    }
+
+    fn start(&self) -> Result<(Store<State>, Live), HostError> {
+        let mut store = self.store();
+        let live = self.instantiate_in(&mut store)?;
+        arm(&mut store, &self.limits);
         let init = match &live {
             Live::Plain(b) => b.call_init(&mut store, &self.config),
             Live::Stateful(b) => b.call_init(&mut store, &self.config),
@@ -262,7 +288,7 @@ impl PluginInstance {
         };
         // After a trap, a stateful plugin continues from its last good state.
         if let (Live::Stateful(b), Some(st)) = (&live, &self.state) {
-            store.set_epoch_deadline(self.limits.deadline_ticks());
+            arm(&mut store, &self.limits);
             let wit = WitState {
                 format: st.format,
                 data: st.data.clone(),
@@ -290,7 +316,7 @@ impl PluginInstance {
             );
         }
         let (store, live) = self.live.as_mut().expect("just started");
-        store.set_epoch_deadline(self.limits.deadline_ticks());
+        arm(store, &self.limits);
         store.data_mut().limiter.hit = false;
         let started = Instant::now();
         let mut new_state = None;
@@ -358,6 +384,9 @@ impl PluginInstance {
         if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
             return CallError::Timeout(self.limits.deadline);
         }
+        if e.downcast_ref::<WaitPastDeadline>().is_some() {
+            return CallError::Timeout(self.limits.deadline);
+        }
         if started.elapsed() >= self.limits.deadline && e.to_string().contains("interrupt") {
             return CallError::Timeout(self.limits.deadline);
         }
@@ -380,7 +409,7 @@ impl PluginInstance {
         let Live::Aggregator(b, format) = live else {
             return Err(CallError::Rejected("not an aggregator plugin".into()));
         };
-        store.set_epoch_deadline(self.limits.deadline_ticks());
+        arm(store, &self.limits);
         store.data_mut().limiter.hit = false;
         let started = Instant::now();
         match f(b, store, *format) {

@@ -15,8 +15,12 @@
 //!
 //! Sandbox: no WASI capability is granted unless the stage's [`WasiGrants`] say so
 //! ([`wasi`]: env, stdio to the log, real clocks, real randomness; never files or
-//! sockets); linear memory is capped per instance by a `ResourceLimiter`;
-//! every call has an epoch deadline; output is capped relative to input. After a trap
+//! sockets); all linear memories and tables of an instance share one byte cap, and
+//! their numbers are bounded ([`limiter`]); every call has a deadline — the epoch
+//! deadline for Wasm code, and the same deadline for waits inside WASI host calls
+//! ([`waits`]); log output is rate-limited per instance ([`logbudget`]); output is
+//! capped relative to input. Uploads can be compiled in a child process under time and
+//! memory limits ([`isolate`]). After a trap
 //! the instance is discarded and a fresh one is made from the `InstancePre` (about 10
 //! µs) on the next call, so one bad batch never poisons the next.
 
@@ -65,7 +69,11 @@ pub mod aggregator_bindings {
 }
 
 mod instance;
+pub mod isolate;
+pub mod limiter;
+pub mod logbudget;
 pub mod migration;
+pub mod waits;
 mod wasi;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,6 +87,8 @@ use wasmtime::{Config, Engine};
 pub use weir_core::config::WasiGrants;
 
 pub use instance::{PluginInstance, State};
+pub use isolate::{ChildCompiler, CompileLimits};
+pub use logbudget::LogLimits;
 
 /// An aggregator plugin's accumulator (`state` of the `aggregator` world).
 pub type AggState = PluginState;
@@ -119,6 +129,13 @@ pub enum HostError {
     UnsupportedVersion(String),
     #[error("plugin init failed: {0}")]
     Init(String),
+    /// The component needs more than the sandbox allows to even start: memory, or more
+    /// memories, tables or core instances than an instance may have.
+    #[error("component exceeds the sandbox's limits: {0}")]
+    Limit(String),
+    /// Compiling the component went over the compile time or memory limit.
+    #[error("component refused: {0}")]
+    CompileLimit(String),
     #[error("engine error: {0}")]
     Engine(String),
 }
@@ -159,6 +176,8 @@ pub struct Limits {
     pub max_output_ratio: usize,
     /// WASI capabilities granted (none by default).
     pub wasi: WasiGrants,
+    /// Rate limits of the instance's stdout, stderr and `host.log` lines.
+    pub log: LogLimits,
 }
 
 impl Default for Limits {
@@ -168,6 +187,7 @@ impl Default for Limits {
             deadline: Duration::from_secs(2),
             max_output_ratio: 4,
             wasi: WasiGrants::default(),
+            log: LogLimits::default(),
         }
     }
 }
@@ -179,6 +199,12 @@ impl Limits {
             deadline: Duration::from_millis(c.deadline_ms),
             max_output_ratio: c.max_output_ratio as usize,
             wasi: WasiGrants::default(),
+            log: LogLimits {
+                lines_per_sec: c.log_lines_per_sec,
+                burst: c.log_burst_lines,
+                max_line_bytes: c.log_line_bytes,
+                dropped: None,
+            },
         }
     }
 
@@ -215,16 +241,23 @@ pub struct PluginHost {
     _ticker: Ticker,
 }
 
+/// The engine settings of every host (and of the compiler child: machine code is loaded
+/// only by an engine with the same settings).
+pub fn engine_config() -> Config {
+    let mut cfg = Config::new();
+    cfg.epoch_interruption(true);
+    cfg.wasm_component_model(true);
+    cfg.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    cfg
+}
+
 impl PluginHost {
     pub fn new() -> Result<PluginHost, HostError> {
-        let mut cfg = Config::new();
-        cfg.epoch_interruption(true);
-        cfg.wasm_component_model(true);
-        cfg.cranelift_opt_level(wasmtime::OptLevel::Speed);
-        let engine = Engine::new(&cfg).map_err(|e| HostError::Engine(e.to_string()))?;
+        let engine = Engine::new(&engine_config()).map_err(|e| HostError::Engine(e.to_string()))?;
         let mut linker: Linker<State> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| HostError::Engine(e.to_string()))?;
+        waits::add_to_linker(&mut linker).map_err(|e| HostError::Engine(e.to_string()))?;
         bindings::Transform::add_to_linker::<_, HasSelf<State>>(&mut linker, |s| s)
             .map_err(|e| HostError::Engine(e.to_string()))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -264,19 +297,37 @@ impl PluginHost {
         wasm: &[u8],
         cache_dir: Option<&std::path::Path>,
     ) -> Result<CompiledPlugin, HostError> {
+        self.compile_with(name, wasm, cache_dir, None)
+    }
+
+    /// Like [`PluginHost::compile_cached`]; with `child`, a component not in the cache is
+    /// compiled by a child process under the child's limits ([`isolate`]) instead of in
+    /// this process, and its machine code is written to the cache (a temporary
+    /// directory when there is none).
+    pub fn compile_with(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        cache_dir: Option<&std::path::Path>,
+        child: Option<&ChildCompiler>,
+    ) -> Result<CompiledPlugin, HostError> {
         check_preamble(wasm)?;
         let sha256 = sha256_hex(wasm);
         let cached = cache_dir.map(|d| d.join(format!("{sha256}.cwasm")));
         // SAFETY: the file is one this host wrote (under the data dir it owns) with
-        // `Component::serialize`; wasmtime checks it was built for this engine's
-        // version and settings and refuses it otherwise.
+        // `Component::serialize` or `Engine::precompile_component` (in a child of the
+        // same binary); wasmtime checks it was built for this engine's version and
+        // settings and refuses it otherwise.
         let loaded = cached
             .as_ref()
             .filter(|p| p.is_file())
             .and_then(|p| unsafe { Component::deserialize_file(&self.engine, p) }.ok());
-        let component = match loaded {
-            Some(c) => c,
-            None => {
+        let component = match (loaded, child) {
+            (Some(c), _) => c,
+            (None, Some(child)) => {
+                self.compile_in_child(child, wasm, cached.as_deref(), &sha256)?
+            }
+            (None, None) => {
                 let c = Component::new(&self.engine, wasm)
                     .map_err(|e| HostError::Compile(format!("{e:#}")))?;
                 if let Some(path) = &cached {
@@ -294,6 +345,46 @@ impl PluginHost {
                 c
             }
         };
+        self.link(name, sha256, component)
+    }
+
+    /// Compile in a child into `cached` (or a temporary file) and load the result.
+    fn compile_in_child(
+        &self,
+        child: &ChildCompiler,
+        wasm: &[u8],
+        cached: Option<&std::path::Path>,
+        sha256: &str,
+    ) -> Result<Component, HostError> {
+        let engine = |e: std::io::Error| HostError::Engine(e.to_string());
+        let (path, _tmp_dir) = match cached {
+            Some(p) => {
+                if let Some(dir) = p.parent() {
+                    std::fs::create_dir_all(dir).map_err(engine)?;
+                }
+                (p.to_owned(), None)
+            }
+            None => {
+                let dir = std::env::temp_dir()
+                    .join(format!("weir-compile-{}-{sha256}", std::process::id()));
+                std::fs::create_dir_all(&dir).map_err(engine)?;
+                (dir.join("plugin.cwasm"), Some(TempDir(dir)))
+            }
+        };
+        child.compile(wasm, &path)?;
+        // SAFETY: as in `compile_with`: written by a child of this binary with the same
+        // engine settings; wasmtime refuses a file built for another engine.
+        unsafe { Component::deserialize_file(&self.engine, &path) }
+            .map_err(|e| HostError::Compile(format!("load the compiled component: {e:#}")))
+    }
+
+    /// Check the world and version of a compiled component and link it.
+    fn link(
+        &self,
+        name: &str,
+        sha256: String,
+        component: Component,
+    ) -> Result<CompiledPlugin, HostError> {
         // A component built against another version of the contract imports
         // `weir:plugin/...@OTHER`: name the version instead of a link error.
         for (import, _) in component.component_type().imports(&self.engine) {
@@ -335,8 +426,17 @@ pub fn sha256_hex(wasm: &[u8]) -> String {
     hex::encode(Sha256::digest(wasm))
 }
 
+/// A directory removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Tell core modules and garbage from components before compiling.
-fn check_preamble(wasm: &[u8]) -> Result<(), HostError> {
+pub(crate) fn check_preamble(wasm: &[u8]) -> Result<(), HostError> {
     if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
         return Err(HostError::NotWasm);
     }
@@ -412,6 +512,14 @@ impl CompiledPlugin {
         limits: &Limits,
     ) -> Result<PluginInstance, HostError> {
         PluginInstance::new(self.clone(), tenant, config, limits.clone())
+    }
+
+    /// Whether the component can start within `limits`: its memories, tables and core
+    /// instances are created (and start functions run) without calling `init`. An
+    /// upload that cannot start is refused at the door with
+    /// [`HostError::Limit`].
+    pub fn check_instantiable(&self, limits: &Limits) -> Result<(), HostError> {
+        PluginInstance::check_instantiable(self, limits)
     }
 }
 

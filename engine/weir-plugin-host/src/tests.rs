@@ -20,6 +20,7 @@ fn limits() -> Limits {
         deadline: Duration::from_millis(200),
         max_output_ratio: 4,
         wasi: WasiGrants::default(),
+        log: LogLimits::default(),
     }
 }
 
@@ -325,4 +326,224 @@ fn compiled_code_is_cached_on_disk_and_a_bad_cache_file_is_replaced() {
     assert_eq!(run(&host()), first);
     assert!(std::fs::metadata(&file).unwrap().len() > 1000);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+include!("../../../tests/fixtures/wat/components.rs");
+
+fn wat_component(host: &PluginHost, text: &str) -> Result<CompiledPlugin, HostError> {
+    let wasm = wat::parse_str(text).expect("valid WAT");
+    host.compile("wat", &wasm)
+}
+
+#[test]
+fn a_handwritten_component_passes_batches_through() {
+    let h = host();
+    let p = wat_component(&h, &memories_component(0, 1, 0)).unwrap();
+    assert_eq!(p.world(), TRANSFORM_WORLD);
+    let mut i = p.instantiate("t", "{}", &limits()).unwrap();
+    assert_eq!(i.process(BATCH).unwrap(), BATCH);
+}
+
+#[test]
+fn memories_share_one_cap_at_instantiation() {
+    // Three memories of 12 MiB each: each alone is under the 32 MiB cap, together not.
+    let h = host();
+    let p = wat_component(&h, &memories_component(3, 192, 0)).unwrap();
+    let e = p.check_instantiable(&limits()).unwrap_err();
+    assert!(matches!(e, HostError::Limit(_)), "{e:?}");
+    assert!(
+        e.to_string().contains("memory limit of 33554432 bytes"),
+        "{e}"
+    );
+    let e = p.instantiate("t", "{}", &limits()).err().unwrap();
+    assert!(
+        e.to_string().contains("memory limit of 33554432 bytes"),
+        "{e}"
+    );
+    // Two of them fit.
+    let p = wat_component(&h, &memories_component(2, 192, 0)).unwrap();
+    p.check_instantiable(&limits()).unwrap();
+    assert_eq!(
+        p.instantiate("t", "{}", &limits())
+            .unwrap()
+            .process(BATCH)
+            .unwrap(),
+        BATCH
+    );
+}
+
+#[test]
+fn memories_growing_together_trap_at_the_cap() {
+    // Three memories of one page, each grown by 12 MiB per call: the first call fits
+    // (about 36 MiB would not: 3 x 12 MiB + the main memory > 32 MiB).
+    let h = host();
+    let p = wat_component(&h, &memories_component(3, 1, 192)).unwrap();
+    p.check_instantiable(&limits()).unwrap();
+    let mut i = p.instantiate("t", "{}", &limits()).unwrap();
+    assert_eq!(i.process(BATCH), Err(CallError::MemoryLimit(32 << 20)));
+    // Two memories grown by 12 MiB: 24 MiB fits once, and the second call goes over.
+    let p = wat_component(&h, &memories_component(2, 1, 192)).unwrap();
+    let mut i = p.instantiate("t", "{}", &limits()).unwrap();
+    assert_eq!(i.process(BATCH).unwrap(), BATCH);
+    assert_eq!(i.process(BATCH), Err(CallError::MemoryLimit(32 << 20)));
+}
+
+#[test]
+fn too_many_memories_are_refused() {
+    let h = host();
+    let many = crate::limiter::MAX_MEMORIES; // plus the main one
+    let p = wat_component(&h, &memories_component(many, 1, 0)).unwrap();
+    let e = p.check_instantiable(&limits()).unwrap_err();
+    assert!(matches!(e, HostError::Limit(_)), "{e:?}");
+    assert!(e.to_string().contains("at most 8 memories"), "{e}");
+}
+
+#[test]
+fn sleeping_in_block_fails_at_the_deadline() {
+    let h = host();
+    let p = hostile(&h);
+    for mode in ["sleep", "poll"] {
+        let mut i = p
+            .instantiate("t", &format!(r#"{{"mode":"{mode}"}}"#), &limits())
+            .unwrap();
+        let t = Instant::now();
+        assert_eq!(
+            i.process(BATCH),
+            Err(CallError::Timeout(Duration::from_millis(200))),
+            "{mode}"
+        );
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(190) && took < Duration::from_secs(3),
+            "{mode}: stopped after {took:?}, not near its 200 ms deadline"
+        );
+        // The instance is rebuilt and stopped again: nothing stays blocked.
+        assert!(matches!(i.process(BATCH), Err(CallError::Timeout(_))));
+    }
+}
+
+#[test]
+fn sockets_and_name_lookup_are_denied() {
+    let h = host();
+    let p = hostile(&h);
+    let all = Limits {
+        wasi: WasiGrants {
+            env: Default::default(),
+            stdio: true,
+            clocks: true,
+            random: true,
+        },
+        ..limits()
+    };
+    for l in [limits(), all] {
+        let mut i = p.instantiate("t", r#"{"mode":"net"}"#, &l).unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&i.process(BATCH).unwrap()).unwrap();
+        for k in ["tcp", "listen", "udp", "dns"] {
+            let got = report[k].as_str().unwrap();
+            assert!(got.starts_with("error"), "{k}: {report}");
+        }
+        // Refused by WASI itself (access denied), not by a peer that is not there.
+        let tcp = report["tcp"].as_str().unwrap().to_lowercase();
+        assert!(
+            tcp.contains("denied") || tcp.contains("not permitted") || tcp.contains("permission"),
+            "{report}"
+        );
+    }
+}
+
+#[test]
+fn stdout_flood_is_rate_limited_and_the_batch_still_works() {
+    let h = host();
+    let p = hostile(&h);
+    let dropped = Arc::new(weir_core::metrics::Counter::default());
+    let l = Limits {
+        wasi: WasiGrants {
+            stdio: true,
+            ..WasiGrants::default()
+        },
+        log: LogLimits {
+            lines_per_sec: 1,
+            burst: 10,
+            max_line_bytes: 100,
+            dropped: Some(dropped.clone()),
+        },
+        ..limits()
+    };
+    let mut i = p.instantiate("t", r#"{"mode":"chatty"}"#, &l).unwrap();
+    assert_eq!(i.process(BATCH).unwrap(), BATCH);
+    // 1000 lines in one call: the burst of 10 gets through (perhaps one more token).
+    let n = dropped.get();
+    assert!((989..=990).contains(&n), "{n} lines dropped");
+}
+
+mod validator {
+    //! The upload validator (preamble, wasmtime's validation and compile, the world
+    //! check, a trial instantiation) on arbitrary and mutated input: never a panic,
+    //! always a typed refusal or a plugin that runs within its limits.
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::LazyLock;
+
+    static HOST: LazyLock<PluginHost> = LazyLock::new(|| PluginHost::new().unwrap());
+    static VALID: LazyLock<Vec<u8>> =
+        LazyLock::new(|| wat::parse_str(memories_component(1, 1, 1)).unwrap());
+
+    /// Validate like an upload does; what a refusal may be.
+    fn validate(bytes: &[u8]) -> Result<(), HostError> {
+        let p = HOST.compile("fuzz", bytes)?;
+        p.check_instantiable(&limits())?;
+        // Whatever it does, a call ends in output or a typed call error.
+        if let Ok(mut i) = p.instantiate("t", "{}", &limits()) {
+            let _ = i.process(BATCH);
+        }
+        Ok(())
+    }
+
+    fn typed(r: Result<(), HostError>) -> Result<(), TestCaseError> {
+        match r {
+            Ok(())
+            | Err(HostError::NotWasm)
+            | Err(HostError::CoreModule)
+            | Err(HostError::Compile(_))
+            | Err(HostError::WrongWorld(_))
+            | Err(HostError::UnsupportedVersion(_))
+            | Err(HostError::Init(_))
+            | Err(HostError::Limit(_)) => Ok(()),
+            Err(e) => Err(TestCaseError::fail(format!("unexpected refusal: {e:?}"))),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_get_a_typed_refusal(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let r = validate(&bytes);
+            prop_assert!(r.is_err(), "random bytes accepted");
+            typed(r)?;
+        }
+
+        #[test]
+        fn arbitrary_bytes_after_a_component_preamble(body in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let mut bytes = b"\0asm\x0d\0\x01\0".to_vec();
+            bytes.extend_from_slice(&body);
+            typed(validate(&bytes))?;
+        }
+
+        #[test]
+        fn mutated_components_never_panic(
+            flips in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 1..6),
+            cut in proptest::option::of(any::<proptest::sample::Index>()),
+        ) {
+            let mut bytes = VALID.clone();
+            for (at, b) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] = b;
+            }
+            if let Some(c) = cut {
+                bytes.truncate(c.index(bytes.len()));
+            }
+            typed(validate(&bytes))?;
+        }
+    }
 }

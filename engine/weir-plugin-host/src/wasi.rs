@@ -1,10 +1,17 @@
 //! The WASI context of an instance: nothing beyond what its [`WasiGrants`] allow.
 //!
-//! Never granted: preopened directories, sockets, arguments, stdin. By grant: the
-//! environment variables listed; stdout/stderr lines forwarded to the server's log
-//! (tagged with tenant and plugin; discarded otherwise); the real clocks (otherwise
-//! frozen at the Unix epoch); unpredictable randomness (otherwise a fixed sequence, so a
-//! replayed batch produces the same output).
+//! Never granted: preopened directories, sockets (TCP, UDP and name lookup are denied
+//! explicitly, so creating a socket fails with `access-denied`), arguments, stdin (a
+//! closed stream). By grant: the environment variables listed; stdout/stderr lines
+//! forwarded to the server's log (tagged with tenant and plugin, rate-limited by the
+//! instance's [`SharedLog`]; discarded otherwise); the real clocks (otherwise frozen at
+//! the Unix epoch); unpredictable randomness (otherwise a fixed sequence, so a replayed
+//! batch produces the same output). One `get-random-bytes` call returns at most
+//! [`MAX_RANDOM_BYTES`] (the host allocates them outside the guest's memory cap).
+//!
+//! Nothing here can make a call wait: stdin is closed, stdout/stderr are always ready.
+//! The only waits are on pollables (clocks), and [`crate::waits`] bounds those by the
+//! call's deadline.
 
 use std::time::Duration;
 
@@ -14,16 +21,25 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder};
 use weir_core::config::WasiGrants;
 
-/// A WASI context with exactly `grants`.
-pub(crate) fn context(grants: &WasiGrants, tenant: &str, plugin: &str) -> WasiCtx {
+use crate::logbudget::SharedLog;
+
+/// Most bytes one `wasi:random` call may ask for.
+pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
+/// A WASI context with exactly `grants`; granted stdout/stderr lines go through `log`.
+pub(crate) fn context(grants: &WasiGrants, log: &SharedLog) -> WasiCtx {
     let mut b = WasiCtxBuilder::new();
+    b.allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(|_, _| Box::pin(async { false }))
+        .max_random_size(MAX_RANDOM_BYTES);
     let env: Vec<(&String, &String)> = grants.env.iter().collect();
     b.envs(&env);
     if grants.stdio {
         for stream in ["stdout", "stderr"] {
             let log = LogStream {
-                tenant: tenant.into(),
-                plugin: plugin.into(),
+                log: log.clone(),
                 stream,
             };
             if stream == "stdout" {
@@ -70,8 +86,7 @@ impl HostMonotonicClock for Frozen {
 /// Guest stdout or stderr, forwarded line by line to the server's log.
 #[derive(Clone)]
 struct LogStream {
-    tenant: String,
-    plugin: String,
+    log: SharedLog,
     stream: &'static str,
 }
 
@@ -84,8 +99,10 @@ impl IsTerminal for LogStream {
 impl StdoutStream for LogStream {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
         Box::new(LogWriter {
+            max_line: self.log.max_line_bytes(),
             to: self.clone(),
             line: Vec::new(),
+            cut: 0,
         })
     }
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
@@ -94,30 +111,51 @@ impl StdoutStream for LogStream {
     }
 }
 
-/// Longest line kept; the rest of a longer line is cut.
-const MAX_LINE: usize = 4096;
-
 struct LogWriter {
     to: LogStream,
+    /// Longest line kept; the rest of a longer line is cut (and the cut counted).
+    max_line: usize,
     line: Vec<u8>,
+    cut: usize,
 }
 
 impl LogWriter {
     fn emit(&mut self) {
         let text = String::from_utf8_lossy(&self.line);
-        let (tenant, plugin, stream) = (&self.to.tenant, &self.to.plugin, self.to.stream);
-        tracing::info!(tenant, plugin, stream, "{}", text.trim_end());
+        let (stream, cut) = (self.to.stream, self.cut);
+        self.to.log.line(|tenant, plugin| {
+            if cut > 0 {
+                tracing::info!(
+                    tenant,
+                    plugin,
+                    stream,
+                    cut_bytes = cut,
+                    "{}",
+                    text.trim_end()
+                );
+            } else {
+                tracing::info!(tenant, plugin, stream, "{}", text.trim_end());
+            }
+        });
         self.line.clear();
+        self.cut = 0;
     }
 }
 
 impl OutputStream for LogWriter {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        for &c in bytes.iter() {
-            if c == b'\n' {
-                self.emit();
-            } else if self.line.len() < MAX_LINE {
-                self.line.push(c);
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            match memchr_nl(rest) {
+                Some(i) => {
+                    self.push(&rest[..i]);
+                    self.emit();
+                    rest = &rest[i + 1..];
+                }
+                None => {
+                    self.push(rest);
+                    rest = &[];
+                }
             }
         }
         Ok(())
@@ -130,9 +168,22 @@ impl OutputStream for LogWriter {
     }
 }
 
+impl LogWriter {
+    fn push(&mut self, part: &[u8]) {
+        let room = self.max_line.saturating_sub(self.line.len());
+        let keep = part.len().min(room);
+        self.line.extend_from_slice(&part[..keep]);
+        self.cut += part.len() - keep;
+    }
+}
+
+fn memchr_nl(b: &[u8]) -> Option<usize> {
+    b.iter().position(|&c| c == b'\n')
+}
+
 impl Drop for LogWriter {
     fn drop(&mut self) {
-        if !self.line.is_empty() {
+        if !self.line.is_empty() || self.cut > 0 {
             self.emit();
         }
     }

@@ -3,6 +3,13 @@
 //! - `PUT /admin/v1/tenants/{tenant}/plugins/{name}` (body: a Wasm component): validated
 //!   (a component, the `weir:plugin/transform@0.1.0` world, compiles, fits the size
 //!   limit) and stored as the next version → `{"name","version","world","sha256"}`.
+//!   Compiled in a child process under `[plugins] compile_timeout_ms` and
+//!   `compile_memory_mb`, then instantiated once (no export called) under the tenant's
+//!   memory cap. 400: not a component, wrong world, does not compile; 413: too large;
+//!   422: valid but over a sandbox limit (compile time or memory, memory or memories,
+//!   tables, core instances to start); 503 + `Retry-After`: the tenant's
+//!   (`max_compiles_per_tenant`) or everyone's (`max_concurrent_compiles`)
+//!   compilations are all busy.
 //!   The first version of a plugin becomes active; later ones wait for `activate`.
 //! - `GET .../plugins`, `GET .../plugins/{name}`: versions and the active one.
 //! - `POST .../plugins/{name}/activate` `{"version":N}`: takes effect on every partition
@@ -48,6 +55,7 @@ use weir_core::config::PluginRef;
 use weir_core::Batch;
 use weir_core::Config;
 use weir_pipeline::{Catalog, PipelineDoc, RegistryError, UploadError, WorkerMetrics};
+use weir_plugin_host::HostError;
 use weir_store::HotStore;
 use weir_transport::Log;
 
@@ -190,6 +198,20 @@ async fn upload(
         .into_response(),
         Ok(Err(e @ UploadError::TooLarge { .. })) => {
             err(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
+        Ok(Err(e @ UploadError::Busy(_))) => {
+            let mut r = err(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            r
+        }
+        // Valid WebAssembly that needs more than the sandbox gives: time or memory to
+        // compile, memory or memories/tables/instances to start.
+        Ok(Err(UploadError::Invalid(e @ (HostError::Limit(_) | HostError::CompileLimit(_))))) => {
+            err(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
+        Ok(Err(UploadError::Invalid(HostError::Engine(e)))) => {
+            err(StatusCode::INTERNAL_SERVER_ERROR, e)
         }
         Ok(Err(UploadError::Invalid(e))) => err(StatusCode::BAD_REQUEST, e.to_string()),
         Ok(Err(UploadError::Registry(e))) => registry_err(e),

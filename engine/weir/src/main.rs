@@ -54,6 +54,16 @@ enum Command {
     /// Set or show a stream's plugin pipeline through the admin API.
     #[command(subcommand)]
     Pipeline(cli::PipelineCommand),
+    /// Internal: compile a plugin from stdin under limits (run by `weir serve`).
+    #[command(name = weir_plugin_host::isolate::SUBCOMMAND, hide = true)]
+    CompilePlugin {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        memory_bytes: u64,
+        #[arg(long)]
+        cpu_secs: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -94,6 +104,19 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Command::CompilePlugin {
+        out,
+        memory_bytes,
+        cpu_secs,
+    } = &cli.command
+    {
+        // Before any runtime thread exists: the child caps itself and compiles.
+        std::process::exit(weir_plugin_host::isolate::child_main(
+            out,
+            *memory_bytes,
+            *cpu_secs,
+        ));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -110,6 +133,7 @@ fn main() -> Result<()> {
         Command::Bench(args) => rt.block_on(bench::run(args)),
         Command::Plugin(cmd) => rt.block_on(cli::plugin(cmd)),
         Command::Pipeline(cmd) => rt.block_on(cli::pipeline(cmd)),
+        Command::CompilePlugin { .. } => unreachable!("handled above"),
     }
 }
 
@@ -219,7 +243,9 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
             &metrics_registry,
             Some(config.data_dir.join("plugin-cache")),
         )
-        .context("start the plugin host")?,
+        .context("start the plugin host")?
+        // Uploads compile in a child process of this binary, under limits.
+        .with_child_compiler(std::env::current_exe().context("find the weir executable")?),
     );
     catalog
         .check_config()

@@ -7,6 +7,15 @@
 //! at the same place is not missed. IPv6 candidates (hex, colons, dots) are validated by
 //! `std::net::Ipv6Addr`. Custom rules are separate regexes. Overlapping matches resolve
 //! to the earliest, then longest.
+//!
+//! JSON numbers are checked by [`Detector::number_kind`], with stricter rules than
+//! digits inside text (a bare number is far more often an id, a count or a timestamp):
+//! only non-negative integers of 11 to 19 digits are candidates; a card when it has 13–19
+//! digits, a card network's leading digit (2221–2720, 3, 4, 5 or 6) and a valid Luhn
+//! checksum; a phone when its digits are an E.164 number without the `+` for one of the
+//! countries of [`PHONE_COUNTRIES`], with that country's length (so millisecond
+//! timestamps, 13 digits starting with 1, are never phones). A 9-digit number is never
+//! taken for an SSN.
 
 use regex::Regex;
 use regex_automata::meta::Regex as MultiRegex;
@@ -101,6 +110,9 @@ pub struct Detector {
     custom: Vec<(String, Regex)>,
     /// Scratch list reused across calls.
     found: Vec<Span>,
+    /// Whether JSON numbers are checked for cards and for phones.
+    number_cards: bool,
+    number_phones: bool,
 }
 
 impl Detector {
@@ -147,6 +159,8 @@ impl Detector {
             ipv6,
             custom,
             found: Vec::new(),
+            number_cards: kinds.contains(&Kind::Card),
+            number_phones: kinds.contains(&Kind::Phone),
         })
     }
 
@@ -156,6 +170,27 @@ impl Detector {
             Kind::Custom(i) => &self.custom[i].0,
             k => k.name(),
         }
+    }
+
+    /// Whether any kind applies to JSON numbers (cards or phones are enabled).
+    pub fn checks_numbers(&self) -> bool {
+        self.number_cards || self.number_phones
+    }
+
+    /// The kind of PII the JSON number `text` is, if any (see the module docs): `text`
+    /// is the number exactly as written; only plain non-negative integers can match.
+    pub fn number_kind(&self, text: &[u8]) -> Option<Kind> {
+        if !(11..=19).contains(&text.len()) || !text.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let s = std::str::from_utf8(text).ok()?;
+        if self.number_cards && numeric_card(s) {
+            return Some(Kind::Card);
+        }
+        if self.number_phones && numeric_phone(s) {
+            return Some(Kind::Phone);
+        }
+        None
     }
 
     /// All PII spans in `s`, sorted and non-overlapping.
@@ -285,6 +320,49 @@ fn valid(kind: Kind, text: &str) -> bool {
         }
         _ => true,
     }
+}
+
+/// Country codes and the total digit counts (code included) of their phone numbers, for
+/// numbers written as JSON numbers (E.164 without the `+`).
+pub const PHONE_COUNTRIES: &[(&str, &[usize])] = &[
+    ("1", &[11]),      // North America: 1 + area code + 7 digits
+    ("44", &[12]),     // United Kingdom
+    ("33", &[11]),     // France
+    ("49", &[12, 13]), // Germany
+    ("34", &[11]),     // Spain
+    ("39", &[11, 12]), // Italy
+    ("31", &[11]),     // Netherlands
+    ("61", &[11]),     // Australia
+    ("81", &[11, 12]), // Japan
+    ("86", &[13]),     // China
+    ("91", &[12]),     // India
+    ("52", &[12]),     // Mexico
+    ("55", &[12, 13]), // Brazil
+];
+
+/// A card number written as plain digits: length, network prefix, Luhn.
+fn numeric_card(d: &str) -> bool {
+    let prefix_ok = match d.as_bytes()[0] {
+        b'3' | b'4' | b'5' | b'6' => true,
+        b'2' => d[..4]
+            .parse::<u32>()
+            .is_ok_and(|p| (2221..=2720).contains(&p)),
+        _ => false,
+    };
+    (13..=19).contains(&d.len()) && prefix_ok && luhn(d)
+}
+
+/// A phone number written as plain digits with its country code.
+fn numeric_phone(d: &str) -> bool {
+    PHONE_COUNTRIES.iter().any(|(cc, lens)| {
+        d.starts_with(cc)
+            && lens.contains(&d.len())
+            && match *cc {
+                // The area code of a North American number starts with 2-9.
+                "1" => matches!(d.as_bytes()[1], b'2'..=b'9'),
+                _ => d.as_bytes()[cc.len()] != b'0',
+            }
+    })
 }
 
 /// The Luhn checksum over the digits of `s`.

@@ -18,6 +18,12 @@
 //! is the first 16 hex digits of HMAC-SHA256(hash_key, value); `drop` removes the field
 //! (or array element) that contains PII.
 //!
+//! JSON numbers are checked too, for cards and phones only, by stricter rules than text
+//! ([`Detector::number_kind`]): `{"card":4111111111111111}` becomes
+//! `{"card":"[REDACTED:card]"}` — a masked or hashed number becomes a JSON string (the
+//! hash is over the number's digits, so it equals the hash of the same digits written
+//! as a string without separators).
+//!
 //! Layout: [`detect`] finds PII spans in a string; [`Redactor`] applies the action to
 //! records; the crate root exports the plugin when built for `wasm32`.
 
@@ -107,30 +113,82 @@ impl Redactor {
         }
         let mut out = String::with_capacity(s.len() + 16);
         let mut at = 0;
-        for sp in &self.spans {
+        for i in 0..self.spans.len() {
+            let sp = self.spans[i];
             out.push_str(&s[at..sp.start]);
-            let name = self.detector.kind_name(sp.kind);
-            match self.action {
-                Action::Hash => {
-                    let mac = hmac::hmac_sha256(&self.hash_key, &s.as_bytes()[sp.start..sp.end]);
-                    out.push('[');
-                    out.push_str(name);
-                    out.push(':');
-                    for b in &mac[..8] {
-                        out.push_str(&format!("{b:02x}"));
-                    }
-                    out.push(']');
-                }
-                Action::Mask | Action::Drop => {
-                    out.push_str("[REDACTED:");
-                    out.push_str(name);
-                    out.push(']');
-                }
-            }
+            self.replacement(sp.kind, &s.as_bytes()[sp.start..sp.end], &mut out);
             at = sp.end;
         }
         out.push_str(&s[at..]);
         Some(out)
+    }
+
+    /// What replaces `value`, a match of `kind`: `[REDACTED:KIND]` or `[KIND:HEX16]`.
+    fn replacement(&self, kind: Kind, value: &[u8], out: &mut String) {
+        let name = self.detector.kind_name(kind);
+        match self.action {
+            Action::Hash => {
+                let mac = hmac::hmac_sha256(&self.hash_key, value);
+                out.push('[');
+                out.push_str(name);
+                out.push(':');
+                for b in &mac[..8] {
+                    out.push_str(&format!("{b:02x}"));
+                }
+                out.push(']');
+            }
+            Action::Mask | Action::Drop => {
+                out.push_str("[REDACTED:");
+                out.push_str(name);
+                out.push(']');
+            }
+        }
+    }
+
+    /// The replacement of the JSON number `text` when it is PII (see
+    /// [`Detector::number_kind`]).
+    pub fn redact_number(&self, text: &[u8]) -> Option<String> {
+        let kind = self.detector.number_kind(text)?;
+        let mut out = String::with_capacity(24);
+        self.replacement(kind, text, &mut out);
+        Some(out)
+    }
+
+    /// Redact the PII numbers among the bytes `b[from..to]`, which hold no string:
+    /// structure, whitespace, literals and numbers. Copies up to each replaced number.
+    fn redact_numbers_between(
+        &self,
+        b: &[u8],
+        from: usize,
+        to: usize,
+        copied: &mut usize,
+        out: &mut Vec<u8>,
+    ) {
+        let mut i = from;
+        while i < to {
+            if !b[i].is_ascii_digit() {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < to && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            // A whole integer: not after a sign, a decimal point or an exponent, and
+            // not followed by a fraction or an exponent.
+            let before_ok = start == 0 || !matches!(b[start - 1], b'-' | b'+' | b'.' | b'e' | b'E');
+            let after_ok = i >= b.len() || !matches!(b[i], b'.' | b'e' | b'E');
+            if !(before_ok && after_ok) {
+                continue;
+            }
+            if let Some(red) = self.redact_number(&b[start..i]) {
+                out.extend_from_slice(&b[*copied..start]);
+                out.push(b'"');
+                out.extend_from_slice(red.as_bytes());
+                out.push(b'"');
+                *copied = i;
+            }
+        }
     }
 
     /// Whether [`Redactor::redact_json_line`] applies: every string field, and an
@@ -139,14 +197,19 @@ impl Redactor {
         self.fields.is_none() && self.action != Action::Drop
     }
 
-    /// Redact every string value of one JSON text, copying everything else byte for
-    /// byte (keys, numbers, order, spacing). `line` must be valid JSON.
+    /// Redact every string value and PII number of one JSON text, copying everything
+    /// else byte for byte (keys, other numbers, order, spacing). `line` must be valid
+    /// JSON.
     pub fn redact_json_line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
         let b = line;
         let mut i = 0;
         let mut copied = 0;
+        let numbers = self.detector.checks_numbers();
         while let Some(q) = memchr::memchr(b'"', &b[i..]) {
             let start = i + q;
+            if numbers {
+                self.redact_numbers_between(b, i, start, &mut copied, out);
+            }
             let mut j = start + 1;
             let mut escaped = false;
             loop {
@@ -185,6 +248,9 @@ impl Redactor {
                 serde_json::to_writer(&mut *out, &red).map_err(|e| e.to_string())?;
                 copied = end;
             }
+        }
+        if numbers {
+            self.redact_numbers_between(b, i, b.len(), &mut copied, out);
         }
         out.extend_from_slice(&b[copied..]);
         Ok(())
@@ -230,6 +296,19 @@ impl Redactor {
                 }
                 None => false,
             },
+            Value::Number(n) => {
+                let Some(red) = n
+                    .as_u64()
+                    .and_then(|u| self.redact_number(u.to_string().as_bytes()))
+                else {
+                    return false;
+                };
+                if self.action == Action::Drop {
+                    return true;
+                }
+                *v = Value::String(red);
+                false
+            }
             Value::Array(items) => {
                 let mut i = 0;
                 while i < items.len() {

@@ -92,7 +92,7 @@ fn nested_fields_and_arrays() {
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(
         v,
-        json!({"msg":"user [REDACTED:email]","n":4111111111111111u64,"user":{"ips":["[REDACTED:ipv4]","x"],"name":"Ann"}})
+        json!({"msg":"user [REDACTED:email]","n":"[REDACTED:card]","user":{"ips":["[REDACTED:ipv4]","x"],"name":"Ann"}})
     );
 }
 
@@ -174,6 +174,9 @@ fn streaming_path_equals_tree_path() {
         r#"{"esc":"quote \" and a@b.io\n","key \"a@b.io\"":"v","arr":[{"k":"555-123-4567"}],"e":""}"#,
         r#"{ "spaced" : "10.0.0.1" , "t" : true , "z" : null }"#,
         r#"{"unicode":"caf\u00e9 ann@example.com \ud83d\ude00","plain":"no pii"}"#,
+        r#"{"card":4111111111111111,"phone":15551234567,"ts":1732871234567,"f":4111111111111111.0,"neg":-15551234567,"a":[5500000000000004, 2, 447911123456]}"#,
+        r#"{ "n" : 15551234567 }"#,
+        r#"15551234567"#,
     ];
     for action in [json!({}), json!({"action":"hash","hash_key":"k"})] {
         for line in lines {
@@ -181,6 +184,11 @@ fn streaming_path_equals_tree_path() {
             assert!(fast.0.streams());
             let mut a = Vec::new();
             fast.0.redact_json_line(line.as_bytes(), &mut a).unwrap();
+            if !line.starts_with('{') {
+                // A bare value (not a record): the fast path alone.
+                assert!(String::from_utf8_lossy(&a).starts_with("\"["), "{line}");
+                continue;
+            }
             let mut slow = PiiRedact::new(&action).unwrap();
             let mut rec = weir_plugin_sdk::Record::parse(line.as_bytes()).unwrap();
             slow.0.apply(&mut rec);
@@ -197,4 +205,106 @@ fn streaming_keeps_order_and_layout() {
     assert_eq!(out, b"{\"z\":1, \"a\":\"[REDACTED:email]\"}\n");
     assert!(run_native(&mut p, b"[1]\n").is_err());
     assert!(run_native(&mut p, b"{\"a\":\n").is_err());
+}
+
+/// Labelled JSON numbers: what each must become (None: left as it is).
+const NUMBERS: &[(&str, Option<&str>)] = &[
+    // Cards: 13-19 digits, a network's leading digits, Luhn-valid.
+    ("4111111111111111", Some("card")),
+    ("5500000000000004", Some("card")),
+    ("378282246310005", Some("card")),
+    ("6011111111111117", Some("card")),
+    ("2223003122003222", Some("card")),
+    ("4222222222222", Some("card")),
+    ("4111111111111112", None), // fails Luhn
+    ("1234567812345670", None), // Luhn-valid, no card network starts with 1
+    ("9111111111111111", None),
+    // Phones: E.164 digits of a listed country, with its length.
+    ("15551234567", Some("phone")),
+    ("447911123456", Some("phone")),
+    ("33612345678", Some("phone")),
+    ("8613800138000", Some("phone")),
+    ("11551234567", None),  // North American area codes do not start with 1
+    ("440791112345", None), // a national 0 after the country code
+    ("15551234", None),     // too short
+    // Common numbers that are not PII.
+    ("1732871234567", None),       // a timestamp in milliseconds
+    ("1732871234", None),          // in seconds
+    ("1732871234567890", None),    // in microseconds
+    ("1732871234567890123", None), // in nanoseconds
+    ("123456789", None),           // 9 digits: never an SSN
+    ("2147483647", None),
+    ("18446744073709551615", None),
+    ("0", None),
+    ("200", None),
+];
+
+#[test]
+fn labelled_numbers() {
+    let mut r = Redactor::from_config(Config::default()).unwrap();
+    for &(n, want) in NUMBERS {
+        let got = r.redact_number(n.as_bytes());
+        let want = want.map(|k| format!("[REDACTED:{k}]"));
+        assert_eq!(got, want, "{n}");
+        // The same through a whole record, on both paths.
+        let line = format!("{{\"v\":{n},\"s\":\"x\"}}");
+        let expect = match &want {
+            Some(m) => json!({"v": m, "s": "x"}),
+            None => serde_json::from_str(&line).unwrap(),
+        };
+        let mut fast = Vec::new();
+        r.redact_json_line(line.as_bytes(), &mut fast).unwrap();
+        let fast: serde_json::Value = serde_json::from_slice(&fast).unwrap();
+        assert_eq!(fast, expect, "{n}");
+        let mut rec = weir_plugin_sdk::Record::parse(line.as_bytes()).unwrap();
+        r.apply(&mut rec);
+        assert_eq!(serde_json::Value::Object(rec.0), expect, "{n}");
+    }
+}
+
+#[test]
+fn numbers_in_the_issue_are_masked_and_fractions_signs_exponents_are_not() {
+    let mut p = PiiRedact::new(&json!({})).unwrap();
+    let out = run_native(
+        &mut p,
+        b"{\"card\":4111111111111111,\"phone\":15551234567}\n{\"a\":4111111111111111.5,\"b\":-15551234567,\"c\":15551234567e0,\"d\":[15551234567]}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "{\"card\":\"[REDACTED:card]\",\"phone\":\"[REDACTED:phone]\"}\n{\"a\":4111111111111111.5,\"b\":-15551234567,\"c\":15551234567e0,\"d\":[\"[REDACTED:phone]\"]}\n"
+    );
+}
+
+#[test]
+fn numbers_follow_kinds_fields_and_actions() {
+    // Only the kinds chosen.
+    let mut p = PiiRedact::new(&json!({"kinds": ["email"]})).unwrap();
+    let out = run_native(&mut p, b"{\"c\":4111111111111111}\n").unwrap();
+    assert_eq!(out, b"{\"c\":4111111111111111}\n");
+    // Listed fields only (the tree path).
+    let mut p = PiiRedact::new(&json!({"fields": ["user.card"]})).unwrap();
+    let out = run_native(
+        &mut p,
+        br#"{"user":{"card":4111111111111111},"other":4111111111111111}"#,
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        v,
+        json!({"user":{"card":"[REDACTED:card]"},"other":4111111111111111u64})
+    );
+    // Drop removes the field.
+    let mut p = PiiRedact::new(&json!({"action":"drop"})).unwrap();
+    let out = run_native(&mut p, br#"{"c":4111111111111111,"n":7}"#).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v, json!({"n":7}));
+    // Hash: the same as the digits written as a string.
+    let cfg = json!({"action":"hash","hash_key":"k"});
+    let mut p = PiiRedact::new(&cfg).unwrap();
+    let n = run_native(&mut p, br#"{"c":4111111111111111}"#).unwrap();
+    let s = run_native(&mut p, br#"{"c":"4111111111111111"}"#).unwrap();
+    assert_eq!(n, s);
+    let v: serde_json::Value = serde_json::from_slice(&n).unwrap();
+    assert!(v["c"].as_str().unwrap().starts_with("[card:"), "{v}");
 }
