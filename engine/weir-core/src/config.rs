@@ -674,7 +674,7 @@ impl Config {
         }
         // Every duration of the file within 100 years: none may overflow a deadline or a
         // cutoff computed from it.
-        let ms = |v: u64| v / 1000 + u64::from(v % 1000 != 0);
+        let ms = |v: u64| v / 1000 + u64::from(!v.is_multiple_of(1000));
         for (name, secs) in [
             ("cold.flush_after_secs", self.cold.flush_after_secs),
             ("cold.janitor_secs", self.cold.janitor_secs),
