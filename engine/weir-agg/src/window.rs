@@ -73,7 +73,8 @@ pub struct Watermark {
 impl Watermark {
     pub fn new(lateness_ms: u64) -> Watermark {
         Watermark {
-            lateness_ms: lateness_ms as i64,
+            // Saturating: a lateness past i64 closes nothing rather than wrapping.
+            lateness_ms: i64::try_from(lateness_ms).unwrap_or(i64::MAX),
             max_seen: None,
         }
     }
@@ -85,7 +86,7 @@ impl Watermark {
 
     /// Everything before this time is complete (None before any event).
     pub fn value(&self) -> Option<i64> {
-        self.max_seen.map(|m| m - self.lateness_ms)
+        self.max_seen.map(|m| m.saturating_sub(self.lateness_ms))
     }
 
     /// Whether a window ending at `end` is complete.
@@ -99,7 +100,7 @@ impl Watermark {
         windows
             .starts(ts)
             .last()
-            .is_some_and(|s| self.closes(s + windows.size_ms as i64))
+            .is_some_and(|s| self.closes(s.saturating_add(windows.size_ms as i64)))
     }
 
     /// Restore from a checkpoint.

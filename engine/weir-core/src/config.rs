@@ -57,6 +57,47 @@ pub struct Config {
     pub http: crate::serving::HttpConfig,
     #[serde(default)]
     pub metrics: crate::serving::MetricsConfig,
+    #[serde(default)]
+    pub dead_letters: DeadLettersConfig,
+}
+
+/// How long dead letters (and rows the cold flush quarantined) are kept, and how many
+/// bytes of them one tenant may hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLettersConfig {
+    /// Dead letters and quarantined rows older than this are deleted by the janitor.
+    #[serde(default = "d_dead_retention")]
+    pub retention: String,
+    /// Bytes of one tenant's dead letters, in MiB (and, counted apart, of its quarantined
+    /// rows); past it the tenant's oldest are deleted, and counted.
+    #[serde(default = "d_dead_mb")]
+    pub max_mb_per_tenant: u64,
+}
+fn d_dead_retention() -> String {
+    "7d".into()
+}
+fn d_dead_mb() -> u64 {
+    64
+}
+impl Default for DeadLettersConfig {
+    fn default() -> Self {
+        DeadLettersConfig {
+            retention: d_dead_retention(),
+            max_mb_per_tenant: d_dead_mb(),
+        }
+    }
+}
+impl DeadLettersConfig {
+    /// The retention in milliseconds (checked by `Config::validate`).
+    pub fn retention_ms(&self) -> u64 {
+        crate::retention::parse_duration_ms(&self.retention).unwrap_or(7 * 86_400_000)
+    }
+
+    /// The per-tenant cap in bytes.
+    pub fn max_bytes_per_tenant(&self) -> u64 {
+        self.max_mb_per_tenant.saturating_mul(1 << 20)
+    }
 }
 
 /// The cold tier (Parquet files; see `weir_store::cold`) and the janitor.
@@ -713,6 +754,40 @@ impl Config {
         if self.cold.dir.is_some() && self.cold.url.is_some() {
             return bad("cold: set `dir` or `url`, not both".into());
         }
+        // Every duration of the file within 100 years: none may overflow a deadline or a
+        // cutoff computed from it.
+        let ms = |v: u64| v / 1000 + u64::from(!v.is_multiple_of(1000));
+        for (name, secs) in [
+            ("cold.flush_after_secs", self.cold.flush_after_secs),
+            ("cold.janitor_secs", self.cold.janitor_secs),
+            ("log.retention_secs", self.log.retention_secs),
+            (
+                "plugins.rollback_window_secs",
+                self.plugins.rollback_window_secs,
+            ),
+            ("plugins.quarantine_secs", self.plugins.quarantine_secs),
+            ("plugins.deadline_ms", ms(self.plugins.deadline_ms)),
+            (
+                "aggregation.checkpoint_interval_ms",
+                ms(self.aggregation.checkpoint_interval_ms),
+            ),
+        ]
+        .into_iter()
+        .chain(self.tenants.values().filter_map(|tc| {
+            tc.limits
+                .deadline_ms
+                .map(|d| ("tenants.*.limits.deadline_ms", ms(d)))
+        })) {
+            if let Err(e) = crate::retention::check_secs(name, secs) {
+                return bad(e);
+            }
+        }
+        if let Err(e) = crate::retention::parse_duration(&self.dead_letters.retention) {
+            return bad(format!("dead_letters.retention = {e}"));
+        }
+        if self.dead_letters.max_mb_per_tenant == 0 {
+            return bad("dead_letters.max_mb_per_tenant must be at least 1".into());
+        }
         if self.cold.janitor_secs == 0 || self.cold.compact_min_files < 2 {
             return bad(
                 "cold.janitor_secs must be positive and cold.compact_min_files at least 2".into(),
@@ -880,5 +955,69 @@ plugins = [{ plugin = "builtin:pii-redact", config = { action = "hash", fields =
             "[tenants.a]\ntokens=[\"x\"]\n[tenants.a.streams.s]\nplugins=[{plugin=\"pii redact\"}]"
         )
         .is_err());
+    }
+
+    /// Every duration of the file is at most 100 years, and says which key is wrong.
+    #[test]
+    fn durations_past_100_years_are_refused() {
+        for (toml, want) in [
+            (
+                "[cold]\nflush_after_secs = 9223372036854775807",
+                "cold.flush_after_secs",
+            ),
+            ("[cold]\njanitor_secs = 3153600001", "cold.janitor_secs"),
+            (
+                "[log]\nretention_secs = 99999999999999",
+                "log.retention_secs",
+            ),
+            (
+                "[aggregation]\ncheckpoint_interval_ms = 9223372036854775807",
+                "checkpoint_interval_ms",
+            ),
+            (
+                "[plugins]\nquarantine_secs = 9223372036854775807",
+                "plugins.quarantine_secs",
+            ),
+            (
+                "[tenants.a.limits]\ndeadline_ms = 9223372036854775807",
+                "deadline_ms",
+            ),
+            (
+                "[tenants.a.retention]\ncold = \"200000000000d\"",
+                "at most 100 years",
+            ),
+            (
+                "[tenants.a.streams.s.retention]\nrollups = \"36501d\"",
+                "streams.s.rollups",
+            ),
+            (
+                "[dead_letters]\nretention = \"99999999999d\"",
+                "dead_letters.retention",
+            ),
+            (
+                "[dead_letters]\nretention = \"0s\"",
+                "dead_letters.retention",
+            ),
+            ("[dead_letters]\nmax_mb_per_tenant = 0", "max_mb_per_tenant"),
+        ] {
+            let e = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(e.contains(want), "{toml}: {e}");
+        }
+        let c = Config::from_toml(
+            "[cold]\nflush_after_secs = 3153600000\n[dead_letters]\nretention = \"36500d\"",
+        )
+        .unwrap();
+        assert_eq!(
+            c.dead_letters.retention_ms(),
+            crate::retention::MAX_DURATION_MS
+        );
+        assert_eq!(
+            Config::default().dead_letters.retention_ms(),
+            7 * 86_400_000
+        );
+        assert_eq!(
+            Config::default().dead_letters.max_bytes_per_tenant(),
+            64 << 20
+        );
     }
 }

@@ -17,21 +17,74 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// `"500ms"`, `"10s"`, `"1m"`, `"2h"`, `"1d"` → milliseconds (positive).
-pub fn parse_duration_ms(s: &str) -> Option<u64> {
+/// The longest duration any setting takes: 100 years (36500 days). Every duration is
+/// checked against it where it is read, so an age never overflows when it becomes a
+/// cutoff (`now - age`) or a deadline (`now + age`).
+pub const MAX_DURATION_MS: u64 = 36_500 * 86_400_000;
+
+/// Why a duration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error(
+        "{0:?}: expected a positive duration like \"90s\", \"12h\", \"30d\" (units ms, s, m, h, d)"
+    )]
+    Malformed(String),
+    #[error("{0:?}: at most 100 years (36500d)")]
+    TooLong(String),
+}
+
+/// `"500ms"`, `"10s"`, `"1m"`, `"2h"`, `"1d"` → milliseconds: positive and at most
+/// [`MAX_DURATION_MS`].
+pub fn parse_duration(s: &str) -> Result<u64, DurationError> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit())?;
+    let malformed = || DurationError::Malformed(s.to_owned());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(malformed)?;
     let (n, unit) = t.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    let ms = match unit {
+    if n.is_empty() {
+        return Err(malformed());
+    }
+    let unit_ms: u64 = match unit {
         "ms" => 1,
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => return None,
+        _ => return Err(malformed()),
     };
-    n.checked_mul(ms).filter(|v| *v > 0)
+    // Digits only, so a failed parse is a number past u64: too long, not malformed.
+    let n: u64 = n
+        .parse()
+        .map_err(|_| DurationError::TooLong(s.to_owned()))?;
+    match n.checked_mul(unit_ms) {
+        Some(0) => Err(malformed()),
+        Some(ms) if ms <= MAX_DURATION_MS => Ok(ms),
+        _ => Err(DurationError::TooLong(s.to_owned())),
+    }
+}
+
+/// [`parse_duration`], None for anything it refuses.
+pub fn parse_duration_ms(s: &str) -> Option<u64> {
+    parse_duration(s).ok()
+}
+
+/// Whole seconds of a config setting as a duration, checked against [`MAX_DURATION_MS`]
+/// (`name` is the setting's name in errors).
+pub fn check_secs(name: &str, secs: u64) -> Result<(), String> {
+    if secs > MAX_DURATION_MS / 1000 {
+        return Err(format!(
+            "{name} = {secs}: at most 100 years ({} seconds)",
+            MAX_DURATION_MS / 1000
+        ));
+    }
+    Ok(())
+}
+
+/// `now_ms - age_ms`, saturating: the time before which rows of that age are past it.
+/// Never wraps, whatever the age (an age past `i64::MAX` cuts off nothing).
+pub fn cutoff_ms(now_ms: i64, age_ms: u64) -> i64 {
+    now_ms.saturating_sub(i64::try_from(age_ms).unwrap_or(i64::MAX))
 }
 
 /// Retention of one scope (a tenant's streams, or one stream). Unset: inherited.
@@ -94,10 +147,8 @@ fn check_scope(
 ) -> Result<(), String> {
     for (name, v) in [("hot", r.0), ("cold", r.2), ("rollups", r.3)] {
         if let Some(s) = v {
-            if parse_duration_ms(s).is_none() {
-                return Err(format!(
-                    "{scope}{name} = {s:?}: expected a positive duration like \"90s\", \"12h\", \"30d\""
-                ));
+            if let Err(e) = parse_duration(s) {
+                return Err(format!("{scope}{name} = {e}"));
             }
         }
     }
@@ -191,5 +242,56 @@ mod tests {
             assert!(e.contains(want), "{e}");
         }
         assert!(serde_json::from_value::<RetentionDoc>(serde_json::json!({"colt": "1d"})).is_err());
+        // Past the bound (this one wrapped to a negative age and deleted every row).
+        let d: RetentionDoc =
+            serde_json::from_value(serde_json::json!({"cold": "200000000000d"})).unwrap();
+        assert_eq!(
+            d.check().unwrap_err(),
+            "cold = \"200000000000d\": at most 100 years (36500d)"
+        );
+    }
+
+    #[test]
+    fn durations_are_positive_and_at_most_100_years() {
+        assert_eq!(parse_duration("250ms"), Ok(250));
+        assert_eq!(parse_duration(" 90s "), Ok(90_000));
+        assert_eq!(parse_duration("36500d"), Ok(MAX_DURATION_MS));
+        assert_eq!(parse_duration("3153600000000ms"), Ok(MAX_DURATION_MS));
+        for too_long in [
+            "36501d",
+            "3153600000001ms",
+            "200000000000d",               // wrapped as i64 before
+            "213503982334601d",            // overflowed u64 milliseconds before
+            "18446744073709551615ms",      // u64::MAX
+            "99999999999999999999999999d", // past u64 itself
+        ] {
+            assert_eq!(
+                parse_duration(too_long),
+                Err(DurationError::TooLong(too_long.into())),
+                "{too_long}"
+            );
+            assert_eq!(parse_duration_ms(too_long), None);
+        }
+        for bad in [
+            "", " ", "d", "0s", "0d", "00ms", "-1d", "1.5h", "1w", "1 d", "1dd", "+1d",
+        ] {
+            assert_eq!(
+                parse_duration(bad),
+                Err(DurationError::Malformed(bad.into())),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cutoffs_saturate() {
+        assert_eq!(cutoff_ms(1_000, 400), 600);
+        assert_eq!(cutoff_ms(0, MAX_DURATION_MS), -(MAX_DURATION_MS as i64));
+        assert_eq!(cutoff_ms(i64::MIN + 5, 10), i64::MIN);
+        assert_eq!(cutoff_ms(1_000, u64::MAX), i64::MIN + 1_001);
+        assert!(
+            cutoff_ms(1_900_000_000_000, u64::MAX) < 0,
+            "nothing is cut off"
+        );
     }
 }

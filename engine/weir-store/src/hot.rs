@@ -6,7 +6,11 @@
 //!   of the plugin chain's output, same tenant, stream and ingest time as the entry);
 //!   entries of the `_metrics` stream are metric samples and become `metrics` rows,
 //!   the others `logs` rows;
-//! - `dead_letters`: `(partition, offset)` → JSON of a [`DeadLetter`].
+//! - `dead_letters`: `(partition, offset)` → JSON of a [`DeadLetter`], indexed per
+//!   tenant, bounded in age and bytes (see [`crate::letters`]);
+//! - `quarantine`: segments' rows the cold tier could not take (see
+//!   [`crate::quarantine`]); a stored segment that no longer loads goes there at open
+//!   instead of stopping the server.
 //!
 //! [`HotStore::commit`] writes a worker's segments, dead letters and new position in one
 //! transaction, then publishes the rows in memory. After a crash the store holds exactly
@@ -34,7 +38,6 @@ use crate::state::{ChainState, StageState};
 
 const POSITIONS: TableDefinition<u32, u64> = TableDefinition::new("positions");
 pub(crate) const SEGMENTS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("segments");
-const DEAD: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("dead_letters");
 const STATES: TableDefinition<(u32, &str, &str), &[u8]> = TableDefinition::new("plugin_states");
 
 #[derive(Debug, Error)]
@@ -115,6 +118,45 @@ impl Segment {
 
     pub fn num_rows(&self) -> usize {
         self.rows.num_rows()
+    }
+}
+
+#[cfg(test)]
+impl Segment {
+    /// A `logs` segment of `batch` whatever its lines hold (as a store written by an
+    /// older version, or rows from before a rule, may): a line [`Segment::new`] refuses
+    /// gets the rows of `{}` with its own text as `record`.
+    pub(crate) fn forged(partition: u32, offset: u64, batch: Batch) -> Segment {
+        if let Ok(s) = Segment::new(partition, offset, batch.clone()) {
+            return s;
+        }
+        let lines: Vec<&[u8]> = weir_core::batch::ndjson_lines(&batch.records).collect();
+        let mut clean = Vec::new();
+        for l in &lines {
+            let one = [*l, b"\n"].concat();
+            match segment_rows("x", 0, 0, 0, &one) {
+                Ok(_) => clean.extend_from_slice(l),
+                Err(_) => clean.extend_from_slice(b"{}"),
+            }
+            clean.push(b'\n');
+        }
+        let rows =
+            segment_rows(&batch.stream, partition, offset, batch.ingest_ts_ms, &clean).unwrap();
+        let idx = rows.schema().index_of("record").unwrap();
+        let mut cols = rows.columns().to_vec();
+        cols[idx] = Arc::new(datafusion::arrow::array::StringArray::from_iter_values(
+            lines
+                .iter()
+                .map(|l| String::from_utf8_lossy(l).into_owned()),
+        ));
+        let rows = RecordBatch::try_new(rows.schema(), cols).unwrap();
+        Segment {
+            table: Table::Logs,
+            partition,
+            offset,
+            batch,
+            rows,
+        }
     }
 }
 
@@ -239,6 +281,10 @@ pub struct HotStore {
     pub(crate) retired: Mutex<Vec<Arc<crate::cold::ColdFile>>>,
     /// The last flush failed (the cold tier is not taking rows).
     pub(crate) cold_failing: std::sync::atomic::AtomicBool,
+    /// Dead letters and quarantined rows: bytes per tenant, limits, counts.
+    pub(crate) letters: Mutex<crate::letters::Letters>,
+    /// Cold files this process is writing and has not committed (the sweep leaves them).
+    pub(crate) uploading: Mutex<std::collections::HashSet<String>>,
 }
 
 impl HotStore {
@@ -253,7 +299,6 @@ impl HotStore {
                 let (k, v) = row.map_err(storage_err)?;
                 positions.insert(k.value(), v.value());
             }
-            w.open_table(DEAD).map_err(storage_err)?;
             w.open_table(STATES).map_err(storage_err)?;
             w.open_table(crate::aggregates::CHECKPOINTS)
                 .map_err(storage_err)?;
@@ -262,6 +307,10 @@ impl HotStore {
             w.open_table(crate::aggregates::DEFINITIONS)
                 .map_err(storage_err)?;
             w.open_table(crate::aggregates::ROWS).map_err(storage_err)?;
+        }
+        let letter_bytes = HotStore::load_letters(&w)?;
+        let mut refused: Vec<crate::quarantine::Quarantined> = Vec::new();
+        {
             let segs = w.open_table(SEGMENTS).map_err(storage_err)?;
             for row in segs.iter().map_err(storage_err)? {
                 let (k, v) = row.map_err(storage_err)?;
@@ -271,11 +320,52 @@ impl HotStore {
                     offset,
                     reason,
                 };
-                let batch = Batch::decode(v.value()).map_err(|e| corrupt(e.to_string()))?;
-                let seg = Segment::new(partition, offset, batch)
-                    .map_err(|e| corrupt(format!("line {}: {}", e.line, e.reason)))?;
-                insert_mem(&mut mem, &seg);
+                let decode = || Batch::decode(v.value()).map_err(|e| corrupt(e.to_string()));
+                match Segment::new(partition, offset, decode()?) {
+                    Ok(seg) => insert_mem(&mut mem, &seg),
+                    // Rows stored before a rule that now refuses them: quarantined, so
+                    // that the rest of the store still opens.
+                    Err(e) => {
+                        let batch = decode()?;
+                        refused.push(crate::quarantine::Quarantined {
+                            table: if batch.stream == weir_core::names::METRICS_STREAM {
+                                "metrics".into()
+                            } else {
+                                "logs".into()
+                            },
+                            rows: batch.count,
+                            seqs: Vec::new(),
+                            error: format!(
+                                "a stored segment no longer loads (line {}: {})",
+                                e.line, e.reason
+                            ),
+                            quarantined_at_ms: crate::query::now_ms(),
+                            records: String::from_utf8_lossy(&batch.records).into_owned(),
+                            tenant: batch.tenant,
+                            stream: batch.stream,
+                            partition,
+                            offset,
+                        })
+                    }
+                }
             }
+        }
+        let mut delta = crate::letters::Delta::default();
+        for q in &refused {
+            tracing::warn!(tenant = %q.tenant, partition = q.partition, offset = q.offset,
+                error = %q.error, "stored segment quarantined at open");
+            let json = serde_json::to_vec(q).map_err(storage_err)?;
+            crate::letters::put(
+                &w,
+                &mut delta,
+                crate::letters::Kind::Quarantine,
+                (q.partition, q.offset),
+                &json,
+            )?;
+            w.open_table(SEGMENTS)
+                .map_err(storage_err)?
+                .remove((q.partition, q.offset))
+                .map_err(storage_err)?;
         }
         w.commit().map_err(storage_err)?;
         let store = HotStore {
@@ -291,7 +381,10 @@ impl HotStore {
             retention: RwLock::default(),
             retired: Mutex::default(),
             cold_failing: Default::default(),
+            letters: Mutex::new(crate::letters::Letters::with_bytes(letter_bytes)),
+            uploading: Mutex::default(),
         };
+        store.letters_committed(delta);
         store.load_retention()?;
         store.load_aggregates()?;
         store.evict_over_bound()?;
@@ -335,12 +428,13 @@ impl HotStore {
         let mut outcome = ReplayOutcome::default();
         let mut kept = Vec::with_capacity(segments.len());
         let w = self.db.begin_write().map_err(storage_err)?;
+        let mut delta = crate::letters::Delta::default();
         {
-            let mut dl = w.open_table(DEAD).map_err(storage_err)?;
+            use crate::letters::Kind;
             // Claims the replayed dead letter; false when it is already gone.
             let mut claim = |key: Option<(u32, u64)>| -> Result<bool, StoreError> {
                 let Some(k) = key else { return Ok(true) };
-                let gone = dl.remove(k).map_err(storage_err)?.is_none();
+                let gone = !crate::letters::remove(&w, &mut delta, Kind::Dead, k)?;
                 if gone {
                     outcome.duplicates += 1;
                 } else {
@@ -357,8 +451,10 @@ impl HotStore {
             }
             for (d, _) in dead.iter().zip(&keep_dead).filter(|(_, k)| **k) {
                 let json = serde_json::to_vec(d).map_err(storage_err)?;
-                dl.insert((d.partition, d.offset), json.as_slice())
-                    .map_err(storage_err)?;
+                crate::letters::put(&w, &mut delta, Kind::Dead, (d.partition, d.offset), &json)?;
+            }
+            if !dead.is_empty() {
+                self.cap_letters(&w, &mut delta)?;
             }
             let mut segs = w.open_table(SEGMENTS).map_err(storage_err)?;
             let mut buf = Vec::new();
@@ -382,6 +478,7 @@ impl HotStore {
             pos.insert(partition, next).map_err(storage_err)?;
         }
         w.commit().map_err(storage_err)?;
+        self.letters_committed(delta);
         self.positions.lock().insert(partition, next);
         {
             let mut mem = self.mem.write();
@@ -559,20 +656,20 @@ impl HotStore {
             .unwrap_or_default()
     }
 
-    /// The tenant's dead letters, oldest first.
+    /// The tenant's dead letters, oldest first (read through the tenant's index range:
+    /// no other tenant's are read).
     pub fn dead_letters(&self, tenant: &str) -> Result<Vec<DeadLetter>, StoreError> {
-        let r = self.db.begin_read().map_err(storage_err)?;
-        let t = r.open_table(DEAD).map_err(storage_err)?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(storage_err)? {
-            let (_, v) = row.map_err(storage_err)?;
-            let d: DeadLetter = serde_json::from_slice(v.value()).map_err(storage_err)?;
-            if d.tenant == tenant {
-                out.push(d);
-            }
-        }
-        out.sort_by_key(|d| (d.failed_at_ms, d.partition, d.offset));
-        Ok(out)
+        Ok(self
+            .letters_of(crate::letters::Kind::Dead, tenant)?
+            .iter()
+            .filter_map(|v| match serde_json::from_slice::<DeadLetter>(v) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a dead letter does not decode; skipped");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// Rows held in memory across tenants, and their Arrow size.

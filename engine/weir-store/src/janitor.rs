@@ -7,7 +7,14 @@
 //!    quarter of whose time range is past it without those rows;
 //! 3. compacts: files smaller than `small_bytes` of one tenant, table, stream and day,
 //!    once there are `compact_min_files` of them, become one file;
-//! 4. deletes files replaced or expired once no query holds them.
+//! 4. deletes files replaced or expired once no query holds them (they are in
+//!    `cold_pending` from the commit that replaced them until deleted, so a crash in
+//!    between leaves them to the next start's sweep);
+//! 5. deletes dead letters and quarantined rows past `[dead_letters] retention`.
+//!
+//! One rewrite that fails (a file that does not read back, a failing upload) is logged,
+//! counted in [`JanitorStats::failed_rewrites`] and retried next pass; it never stops
+//! the others.
 //!
 //! A rewrite (steps 2 and 3) writes the new file under a new name, then one redb
 //! transaction swaps the manifest entries, then — under the lock queries read — memory
@@ -41,6 +48,10 @@ pub struct JanitorStats {
     pub deleted_files: usize,
     /// Rows of the `aggregates` table past their stream's rollup retention.
     pub expired_aggregates: u64,
+    /// Dead letters and quarantined rows past their retention.
+    pub expired_letters: u64,
+    /// Rewrites (retention or compaction) that failed this pass, retried next pass.
+    pub failed_rewrites: usize,
 }
 
 /// Read a cold file's rows back in the hot layout ([`crate::rows::logs_schema`] for
@@ -56,10 +67,12 @@ fn hot_layout(batch: &RecordBatch, file: &ColdFile) -> Result<RecordBatch, Store
     let record: ArrayRef = match (&file.columns, batch.column_by_name("record")) {
         (None, Some(r)) => r.clone(),
         (Some(cols), _) => {
+            // Read back from storage: a column of another type is an error, not a panic.
             let text = |name: &str| {
                 batch
                     .column_by_name(name)
-                    .map(|c| c.as_string::<i32>().clone())
+                    .and_then(|c| c.as_string_opt::<i32>())
+                    .cloned()
             };
             let (rest, level, message, trace) = (
                 text("rest"),
@@ -69,8 +82,8 @@ fn hot_layout(batch: &RecordBatch, file: &ColdFile) -> Result<RecordBatch, Store
             );
             let wk = batch
                 .column_by_name("wk")
+                .and_then(|c| c.as_primitive_opt::<UInt8Type>())
                 .ok_or_else(|| storage_err("shredded file without wk"))?
-                .as_primitive::<UInt8Type>()
                 .clone();
             fn get(a: &Option<StringArray>, i: usize) -> Option<&str> {
                 a.as_ref().and_then(|a| (!a.is_null(i)).then(|| a.value(i)))
@@ -81,8 +94,8 @@ fn hot_layout(batch: &RecordBatch, file: &ColdFile) -> Result<RecordBatch, Store
                 .collect();
             let ts = batch
                 .column_by_name("ts")
+                .and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>())
                 .ok_or_else(|| storage_err("shredded file without ts"))?
-                .as_primitive::<TimestampMillisecondType>()
                 .clone();
             let mut b = StringBuilder::new();
             for i in 0..n {
@@ -108,7 +121,8 @@ fn hot_layout(batch: &RecordBatch, file: &ColdFile) -> Result<RecordBatch, Store
         Some(t) => t.clone(),
         None => Arc::new(
             record
-                .as_string::<i32>()
+                .as_string_opt::<i32>()
+                .ok_or_else(|| storage_err(format!("{}: record is not text", file.path)))?
                 .iter()
                 .map(|r| {
                     r.and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
@@ -143,14 +157,21 @@ fn hot_metrics(batch: &RecordBatch) -> Result<RecordBatch, StoreError> {
     use datafusion::arrow::datatypes::{Float64Type, Int64Type};
     let value = batch
         .column_by_name("value")
-        .ok_or_else(|| storage_err("metrics file without value"))?
-        .as_primitive::<Float64Type>();
+        .and_then(|c| c.as_primitive_opt::<Float64Type>())
+        .ok_or_else(|| storage_err("metrics file without value"))?;
     let decoded: Float64Array = match (
         batch.column_by_name("value_int"),
         batch.column_by_name("value_scale"),
     ) {
         (Some(m), Some(k)) => {
-            let (m, k) = (m.as_primitive::<Int64Type>(), k.as_primitive::<UInt8Type>());
+            let (Some(m), Some(k)) = (
+                m.as_primitive_opt::<Int64Type>(),
+                k.as_primitive_opt::<UInt8Type>(),
+            ) else {
+                return Err(storage_err(
+                    "metrics file with mistyped value_int/value_scale",
+                ));
+            };
             (0..batch.num_rows())
                 .map(|i| {
                     Some(if m.is_null(i) {
@@ -201,6 +222,7 @@ impl HotStore {
         }
         stats.expired_rows += self.evicted_rows() - before;
         stats.expired_aggregates = self.expire_aggregates(now_ms)?;
+        stats.expired_letters = self.expire_letters(now_ms)?;
         let Some(cold) = &self.cold else {
             return Ok(stats);
         };
@@ -256,10 +278,18 @@ impl HotStore {
             }
         }
         for (files, cutoff) in rewrites {
-            let (expired, merged) = self.rewrite(&files, cutoff).await?;
-            stats.expired_rows += expired;
-            if merged {
-                stats.compacted_files += files.len();
+            match self.rewrite(&files, cutoff).await {
+                Ok((expired, merged)) => {
+                    stats.expired_rows += expired;
+                    if merged {
+                        stats.compacted_files += files.len();
+                    }
+                }
+                Err(e) => {
+                    stats.failed_rewrites += 1;
+                    tracing::error!(file = %files[0].path, files = files.len(), error = %e,
+                        "a cold rewrite failed; the files stay as they are, retried next pass");
+                }
             }
         }
         // 4. Delete what no query holds any more.
@@ -270,15 +300,20 @@ impl HotStore {
             *retired = held;
             free
         };
+        let mut gone = Vec::new();
         for f in free {
             match cold.store.delete(&cold.object(&f.path)).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => stats.deleted_files += 1,
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                    stats.deleted_files += 1;
+                    gone.push(f.path.clone());
+                }
                 Err(e) => {
                     tracing::warn!(file = %f.path, error = %e, "could not delete a retired cold file; retrying next pass");
                     self.retired.lock().push(f);
                 }
             }
         }
+        self.forget_pending(&gone)?;
         Ok(stats)
     }
 
@@ -287,7 +322,7 @@ impl HotStore {
     fn cutoff(&self, tenant: &str, stream: Option<&str>, rollup: bool, now_ms: i64) -> Option<i64> {
         let e = self.effective_retention(tenant, stream.unwrap_or(""));
         let ms = if rollup { e.rollups_ms } else { e.cold_ms }?;
-        Some(now_ms.saturating_sub(ms as i64))
+        Some(weir_core::retention::cutoff_ms(now_ms, ms))
     }
 
     /// Replace `files` (one tenant, table and stream) by one file of their rows at or
@@ -301,7 +336,9 @@ impl HotStore {
         let Some(cold) = &self.cold else {
             return Ok((0, false));
         };
-        let first = &files[0];
+        let Some(first) = files.first() else {
+            return Ok((0, false));
+        };
         let table = crate::cold::table_of(&first.table);
         // Wholly past retention: nothing to read.
         let all_expired = cutoff.is_some_and(|c| files.iter().all(|f| f.max_ts < c));
@@ -325,8 +362,8 @@ impl HotStore {
                     Some(c) => {
                         let ts = b
                             .column_by_name("ts")
-                            .expect("ts column")
-                            .as_primitive::<TimestampMillisecondType>();
+                            .and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>())
+                            .ok_or_else(|| storage_err(format!("{}: no ts column", f.path)))?;
                         let keep: BooleanArray =
                             ts.iter().map(|t| Some(t.is_some_and(|t| t >= c))).collect();
                         filter_record_batch(&b, &keep).map_err(storage_err)?
@@ -338,7 +375,7 @@ impl HotStore {
         }
         let before: u64 = files.iter().map(|f| f.rows).sum();
         let kept: usize = batches.iter().map(|b| b.num_rows()).sum();
-        let expired = before - kept as u64;
+        let expired = before.saturating_sub(kept as u64);
         if expired == 0 && files.len() == 1 {
             return Ok((0, false));
         }
@@ -353,9 +390,9 @@ impl HotStore {
                 _ => all,
             };
             for (stream, rows) in split_by_stream(&all, first.stream.as_deref())? {
-                let segments = segments_of(&rows);
+                let segments = crate::cold::segments_of(&rows);
                 new.push(
-                    cold.write_file(&first.tenant, table, &stream, &rows, segments)
+                    self.write_file(&first.tenant, table, &stream, &rows, segments)
                         .await?,
                 );
             }
@@ -395,7 +432,7 @@ fn split_by_stream(
 ) -> Result<Vec<(String, RecordBatch)>, StoreError> {
     let col = rows
         .column_by_name("stream")
-        .map(|c| c.as_string::<i32>().clone());
+        .and_then(|c| c.as_string_opt::<i32>().cloned());
     let (Some(col), None) = (col, stream) else {
         let name = stream.unwrap_or(weir_core::names::METRICS_STREAM);
         return Ok(vec![(name.to_owned(), rows.clone())]);
@@ -411,28 +448,6 @@ fn split_by_stream(
             ))
         })
         .collect()
-}
-
-/// Distinct `(partition, offset)` of rows, in order.
-fn segments_of(rows: &RecordBatch) -> Vec<(u32, u64)> {
-    use datafusion::arrow::datatypes::{UInt32Type, UInt64Type};
-    let (Some(p), Some(o)) = (
-        rows.column_by_name("partition"),
-        rows.column_by_name("offset"),
-    ) else {
-        return Vec::new();
-    };
-    let (p, o) = (
-        p.as_primitive::<UInt32Type>(),
-        o.as_primitive::<UInt64Type>(),
-    );
-    let set: std::collections::BTreeSet<(u32, u64)> = p
-        .values()
-        .iter()
-        .copied()
-        .zip(o.values().iter().copied())
-        .collect();
-    set.into_iter().collect()
 }
 
 /// Length of `tenant=T/table=X/STREAM/date=D/` in a file's path (its day).

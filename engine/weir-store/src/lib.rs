@@ -13,6 +13,10 @@
 //!   loses nor duplicates rows), with a memory bound; and the dead-letter table.
 //! - [`janitor`]: retention and compaction passes over both tiers (rewrites swap
 //!   manifest entries in one transaction).
+//! - [`letters`]: dead letters and quarantined rows indexed per tenant, with a
+//!   retention and a per-tenant cap.
+//! - [`quarantine`]: rows the cold flush could not write, kept apart and visible to
+//!   their tenant (SQL table `quarantine`).
 //! - [`retention`]: the retention in effect per tenant and stream (config, or the admin
 //!   API's replacement kept in redb), and the filter queries apply.
 //! - `rollup_route`: aggregations over `metrics` that a rollup answers exactly,
@@ -42,7 +46,9 @@ pub mod cold;
 mod cold_table;
 pub mod hot;
 pub mod janitor;
+pub mod letters;
 pub mod metric_rows;
+pub mod quarantine;
 pub mod query;
 pub mod query_answer;
 pub mod query_fair;
@@ -63,6 +69,8 @@ mod views;
 pub use aggregates::{aggregates_schema, AggRow};
 pub use cold::{ColdFile, FlushStats};
 pub use hot::{DeadLetter, HotStore, ReplayOutcome, Segment, StoreError, Table};
+pub use letters::{LetterCounts, LetterLimits};
+pub use quarantine::Quarantined;
 pub use query::{PlannedQuery, QueryError, QueryLimits, QueryResult, QueryStream};
 pub use rows::InvalidLine;
 pub use state::{ChainState, StageState};

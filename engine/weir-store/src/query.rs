@@ -6,7 +6,8 @@
 //! - `metrics`: metric samples (see [`crate::metric_rows`]);
 //! - `aggregates`: windowed aggregation results (see [`crate::aggregates`]);
 //! - `dead_letters`: batches a plugin failed on (`tenant, stream, partition, offset,
-//!   count, plugin, plugin_sha256, plugin_version, error, ingest_ts, failed_at, records`).
+//!   count, plugin, plugin_sha256, plugin_version, error, ingest_ts, failed_at, records`);
+//! - `quarantine`: rows the cold tier could not write (see [`crate::quarantine`]).
 //!
 //! DDL, DML and other statements are refused, URL tables are not enabled, and the
 //! session's memory is bounded, so a query can neither reach other rows nor the disk
@@ -364,6 +365,12 @@ impl HotStore {
         let dl = MemTable::try_new(dead_letters_schema(), vec![vec![dead_letters_batch(&dead)]])
             .map_err(|e| QueryError::Execution(e.to_string()))?;
         ctx.register_table("dead_letters", Arc::new(dl))
+            .map_err(|e| QueryError::Execution(e.to_string()))?;
+        // Rows the cold tier quarantined (see crate::quarantine), this tenant's only.
+        let q = crate::quarantine::quarantine_batch(&self.quarantined(tenant)?)?;
+        let q = MemTable::try_new(crate::quarantine::quarantine_schema(), vec![vec![q]])
+            .map_err(|e| QueryError::Execution(e.to_string()))?;
+        ctx.register_table("quarantine", Arc::new(q))
             .map_err(|e| QueryError::Execution(e.to_string()))?;
 
         crate::query_funcs::register(&ctx, pool);

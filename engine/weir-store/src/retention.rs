@@ -145,7 +145,7 @@ impl HotStore {
         let since = |cold_ms: Option<u64>| -> Expr {
             match cold_ms {
                 Some(ms) => col(time).gt_eq(lit(ScalarValue::TimestampMillisecond(
-                    Some(now_ms.saturating_sub(ms as i64)),
+                    Some(weir_core::retention::cutoff_ms(now_ms, ms)),
                     Some("UTC".into()),
                 ))),
                 None => lit(true),

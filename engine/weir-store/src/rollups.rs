@@ -83,20 +83,54 @@ struct Window {
     sketch: DDSketch,
 }
 
+/// The start of the `step`-millisecond window holding `ts`: None when it is not an
+/// `i64` (a time within a window of the start of `i64`'s range).
+fn window_start(ts: i64, step: i64) -> Option<i64> {
+    ts.checked_sub(ts.rem_euclid(step))
+}
+
+/// Rows of raw `metrics` rows (hot layout) that no rollup at `secs` can hold, with the
+/// reason: the flush quarantines them instead of failing the file.
+pub(crate) fn unrollable_rows(raw: &RecordBatch, secs: u32) -> Vec<(usize, String)> {
+    let step = i64::from(secs.max(1)) * 1000;
+    let Some(ts) = raw
+        .column_by_name("ts")
+        .and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>())
+    else {
+        return Vec::new();
+    };
+    (0..raw.num_rows())
+        .filter(|i| window_start(ts.value(*i), step).is_none())
+        .map(|i| (i, no_window(ts.value(i), secs)))
+        .collect()
+}
+
+fn no_window(ts: i64, secs: u32) -> String {
+    format!("sample time {ts} ms has no {secs} s rollup window (out of range)")
+}
+
 /// The rollup rows of raw `metrics` rows (hot layout) at `secs` resolution.
-pub fn rollup_rows(raw: &RecordBatch, secs: u32) -> RecordBatch {
-    let col = |n: &str| raw.column_by_name(n).expect("a metrics column");
-    let ts = col("ts").as_primitive::<TimestampMillisecondType>();
-    let value = col("value").as_primitive::<Float64Type>();
-    let (name, labels, series) = (
-        col("name").as_string::<i32>(),
-        col("labels").as_string::<i32>(),
-        col("series").as_string::<i32>(),
-    );
-    let step = secs as i64 * 1000;
+pub fn rollup_rows(raw: &RecordBatch, secs: u32) -> Result<RecordBatch, String> {
+    let col = |n: &str| {
+        raw.column_by_name(n)
+            .ok_or_else(|| format!("metrics rows without {n}"))
+    };
+    let ts = col("ts")?
+        .as_primitive_opt::<TimestampMillisecondType>()
+        .ok_or("metrics ts is not a timestamp")?;
+    let value = col("value")?
+        .as_primitive_opt::<Float64Type>()
+        .ok_or("metrics value is not a float")?;
+    let text = |n: &str| {
+        col(n)?
+            .as_string_opt::<i32>()
+            .ok_or_else(|| format!("metrics {n} is not text"))
+    };
+    let (name, labels, series) = (text("name")?, text("labels")?, text("series")?);
+    let step = i64::from(secs.max(1)) * 1000;
     let mut windows: BTreeMap<(&str, i64), Window> = BTreeMap::new();
     for i in 0..raw.num_rows() {
-        let start = ts.value(i).div_euclid(step) * step;
+        let start = window_start(ts.value(i), step).ok_or_else(|| no_window(ts.value(i), secs))?;
         let v = value.value(i);
         let w = windows
             .entry((series.value(i), start))
@@ -115,27 +149,39 @@ pub fn rollup_rows(raw: &RecordBatch, secs: u32) -> RecordBatch {
         w.max = w.max.max(v);
         w.sketch.add(v);
     }
-    windows_batch(windows)
+    Ok(windows_batch(windows))
 }
 
 /// Partial rollup rows (several per series and window, from separate flushes) merged
 /// into one row per series and window: counts and sums added, sketches merged.
 /// Compaction does this, so rollup tables shrink as they age.
 pub(crate) fn merge_partials(rows: &RecordBatch) -> Result<RecordBatch, String> {
-    let col = |n: &str| rows.column_by_name(n).expect("a rollup column");
-    let ts = col("ts").as_primitive::<TimestampMillisecondType>();
-    let (name, labels, series) = (
-        col("name").as_string::<i32>(),
-        col("labels").as_string::<i32>(),
-        col("series").as_string::<i32>(),
-    );
-    let count = col("count").as_primitive::<Int64Type>();
-    let (sum, min, max) = (
-        col("sum").as_primitive::<Float64Type>(),
-        col("min").as_primitive::<Float64Type>(),
-        col("max").as_primitive::<Float64Type>(),
-    );
-    let sketch = col("sketch").as_binary::<i32>();
+    // Rows read back from storage: every column checked, never assumed.
+    let col = |n: &str| {
+        rows.column_by_name(n)
+            .ok_or_else(|| format!("rollup rows without {n}"))
+    };
+    let ts = col("ts")?
+        .as_primitive_opt::<TimestampMillisecondType>()
+        .ok_or("rollup ts is not a timestamp")?;
+    let text = |n: &str| {
+        col(n)?
+            .as_string_opt::<i32>()
+            .ok_or_else(|| format!("rollup {n} is not text"))
+    };
+    let (name, labels, series) = (text("name")?, text("labels")?, text("series")?);
+    let count = col("count")?
+        .as_primitive_opt::<Int64Type>()
+        .ok_or("rollup count is not an integer")?;
+    let float = |n: &str| {
+        col(n)?
+            .as_primitive_opt::<Float64Type>()
+            .ok_or_else(|| format!("rollup {n} is not a float"))
+    };
+    let (sum, min, max) = (float("sum")?, float("min")?, float("max")?);
+    let sketch = col("sketch")?
+        .as_binary_opt::<i32>()
+        .ok_or("rollup sketch is not binary")?;
     let mut windows: BTreeMap<(&str, i64), Window> = BTreeMap::new();
     for i in 0..rows.num_rows() {
         let part = DDSketch::decode(sketch.value(i)).map_err(|e| e.to_string())?;
@@ -153,7 +199,7 @@ pub(crate) fn merge_partials(rows: &RecordBatch) -> Result<RecordBatch, String> 
             }
             std::collections::btree_map::Entry::Occupied(mut o) => {
                 let w = o.get_mut();
-                w.count += count.value(i);
+                w.count = w.count.saturating_add(count.value(i));
                 w.sum += sum.value(i);
                 w.min = w.min.min(min.value(i));
                 w.max = w.max.max(max.value(i));

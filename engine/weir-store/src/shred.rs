@@ -223,27 +223,49 @@ fn take_str(obj: &mut Map<String, Value>, key: &str) -> Option<String> {
     }
 }
 
+fn records(hot: &RecordBatch) -> Result<&datafusion::arrow::array::StringArray, StoreError> {
+    hot.column_by_name("record")
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or_else(|| storage_err("logs rows without a record column"))
+}
+
+/// A record as the JSON object shredding takes apart; the reason when it cannot be
+/// (a number past f64, a lone surrogate, nesting past serde_json's depth, not an
+/// object): such a row cannot go to a cold file.
+fn parse_record(text: &str) -> Result<Map<String, Value>, String> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(_) => Err("the record is not a JSON object".into()),
+        Err(e) => Err(format!("the record cannot be shredded: {e}")),
+    }
+}
+
+/// Rows of hot `logs` rows that [`shred`] cannot lay out, with the reason (the flush
+/// quarantines them instead of failing the file).
+pub(crate) fn unshreddable_rows(hot: &RecordBatch) -> Vec<(usize, String)> {
+    let Ok(record) = records(hot) else {
+        return Vec::new();
+    };
+    (0..hot.num_rows())
+        .filter_map(|i| parse_record(record.value(i)).err().map(|e| (i, e)))
+        .collect()
+}
+
 /// Lay out hot `logs` rows (see [`crate::rows`]) as a shredded cold batch, and the
 /// columns it chose.
 pub fn shred(hot: &RecordBatch) -> Result<(RecordBatch, Vec<ShredColumn>), StoreError> {
     let n = hot.num_rows();
-    let record = hot
-        .column_by_name("record")
-        .ok_or_else(|| storage_err("logs rows without a record column"))?
-        .as_string::<i32>();
+    let record = records(hot)?;
     let mut objs: Vec<Map<String, Value>> = Vec::with_capacity(n);
     for i in 0..n {
-        match serde_json::from_str::<Value>(record.value(i)) {
-            Ok(Value::Object(o)) => objs.push(o),
-            _ => return Err(storage_err(format!("row {i}: record is not a JSON object"))),
-        }
+        objs.push(parse_record(record.value(i)).map_err(storage_err)?);
     }
     // Well-known fields: taken out with the same precedence `rows` extracts them; a
     // `timestamp` that is `ts` in canonical form too.
     let ts = hot
         .column_by_name("ts")
-        .ok_or_else(|| storage_err("logs rows without ts"))?
-        .as_primitive::<TimestampMillisecondType>();
+        .and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>())
+        .ok_or_else(|| storage_err("logs rows without ts"))?;
     let mut wk = UInt8Builder::with_capacity(n);
     let mut level = StringBuilder::new();
     let mut message = StringBuilder::new();

@@ -32,6 +32,22 @@ pub(crate) fn commit_records(
     .unwrap();
 }
 
+/// Commit raw NDJSON `nd` of `tenant`'s `stream` as the segment at `offset` of
+/// partition 0, bypassing nothing but the checks a client's request would meet first:
+/// what a plugin's output or a store written by an older version can hold.
+pub(crate) fn commit_ndjson(s: &HotStore, tenant: &str, stream: &str, offset: u64, nd: &str) {
+    let b = weir_core::Batch {
+        tenant: tenant.into(),
+        stream: stream.into(),
+        ingest_ts_ms: 1_900_000_000_000,
+        count: nd.lines().count() as u32,
+        records: nd.as_bytes().to_vec(),
+        replay_of: None,
+    };
+    s.commit(0, offset + 1, &[Segment::forged(0, offset, b)], &[], &[])
+        .unwrap();
+}
+
 /// Commit samples `(ts, value, host)` of metric `lat` (label `host`) as the metrics
 /// segment at `offset`.
 pub(crate) fn commit_samples(s: &HotStore, offset: u64, samples: &[(i64, f64, &str)]) {

@@ -211,8 +211,8 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
             .with_cold_at(&location, options)
             .context("open the cold tier")?;
     }
-    // Files a crash left unnamed by the manifest; if the store cannot be listed now
-    // (an object store down), the janitor retries before its first flush.
+    // Files of ours a crash left unnamed by the manifest; if the store cannot be reached
+    // now (an object store down), the janitor retries before its first flush.
     let swept = sweep(&hot).await;
     hot.set_retention_config(
         config
@@ -225,6 +225,10 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
             .collect(),
         (config.cold.flush_after_secs > 0).then_some(config.cold.flush_after_secs * 1000),
     );
+    hot.set_letter_limits(weir_store::LetterLimits {
+        retention_ms: Some(config.dead_letters.retention_ms()),
+        max_bytes_per_tenant: Some(config.dead_letters.max_bytes_per_tenant()),
+    });
     let store = Arc::new(hot);
     spawn_janitor(
         store.clone(),
@@ -383,13 +387,14 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// Delete the cold files no manifest entry names; false if the store could not be
-/// listed (the error is logged).
+/// Delete the cold files this server wrote that no manifest entry names (its pending
+/// uploads and replaced files, never anything else under the prefix); false if the
+/// store could not be reached (the error is logged).
 async fn sweep(store: &HotStore) -> bool {
     match store.sweep_cold_orphans().await {
         Ok(0) => true,
         Ok(n) => {
-            tracing::warn!(files = n, "removed cold files no manifest names");
+            tracing::warn!(files = n, "removed cold files of ours no manifest names");
             true
         }
         Err(e) => {
@@ -432,6 +437,18 @@ fn spawn_janitor(store: Arc<HotStore>, mut swept: bool, every: std::time::Durati
         "weir_cold_errors_total",
         "Failed cold-tier operations (op: sweep, flush, janitor), each retried.",
     );
+    let quarantined = r.counter(
+        "weir_cold_quarantined_rows_total",
+        "Rows the cold tier could not write, moved to the tenant's `quarantine` table.",
+    );
+    let letters_dropped = r.counter(
+        "weir_dead_letters_dropped_total",
+        "Dead letters (kind=dead_letter) and quarantined segments (kind=quarantine) deleted because their tenant was over [dead_letters] max_mb_per_tenant (oldest first).",
+    );
+    let letters_expired = r.counter(
+        "weir_dead_letters_expired_total",
+        "Dead letters and quarantined segments deleted past [dead_letters] retention.",
+    );
     tokio::spawn(async move {
         let mut last_pass = std::time::Instant::now();
         loop {
@@ -443,7 +460,24 @@ fn spawn_janitor(store: Arc<HotStore>, mut swept: bool, every: std::time::Durati
                     continue;
                 }
             }
-            match store.flush_due().await {
+            let flushed = store.flush_due().await;
+            if let Ok(s) = &flushed {
+                for (tenant, n) in &s.quarantined {
+                    quarantined.with(&[("tenant", tenant.as_str())]).add(*n);
+                }
+            }
+            let letters = store.take_letter_counts();
+            for ((kind, tenant), n) in &letters.dropped {
+                letters_dropped
+                    .with(&[("kind", kind.name()), ("tenant", tenant.as_str())])
+                    .add(*n);
+            }
+            for ((kind, tenant), n) in &letters.expired {
+                letters_expired
+                    .with(&[("kind", kind.name()), ("tenant", tenant.as_str())])
+                    .add(*n);
+            }
+            match flushed {
                 Ok(s) if s.files > 0 => {
                     files.with(&[]).add(s.files as u64);
                     rows.with(&[]).add(s.rows);
@@ -470,6 +504,11 @@ fn spawn_janitor(store: Arc<HotStore>, mut swept: bool, every: std::time::Durati
                 .map_or(0, |d| d.as_millis() as i64);
             match store.janitor_pass(now_ms).await {
                 Ok(s) => {
+                    if s.failed_rewrites > 0 {
+                        errors
+                            .with(&[("op", "janitor")])
+                            .add(s.failed_rewrites as u64);
+                    }
                     expired.with(&[]).add(s.expired_rows);
                     compacted.with(&[]).add(s.compacted_files as u64);
                     deleted.with(&[]).add(s.deleted_files as u64);
