@@ -27,7 +27,6 @@
 use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
-use std::fmt;
 use std::hash::BuildHasher;
 
 use crate::time::{TimeValue, FIELDS};

@@ -249,7 +249,7 @@ pub fn parse_text_ms(s: &str) -> Option<i64> {
     }
     let d = |i: usize| -> Option<i64> {
         let c = *b.get(i)?;
-        c.is_ascii_digit().then_some(i64::from(c - b'0'))
+        c.is_ascii_digit().then(|| i64::from(c - b'0'))
     };
     let two = |i: usize| -> Option<i64> { Some(d(i)? * 10 + d(i + 1)?) };
     if b[4] != b'-' || b[7] != b'-' {
@@ -463,6 +463,18 @@ mod tests {
         );
         assert_eq!(text("2199-12-31T23:59:59.999Z").ms, Some(MAX_MS - 1));
         assert!(text("1960-01-01").out_of_range.is_some());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+        /// Any text, and text shaped like a time: never a panic.
+        #[test]
+        fn text_never_panics(s in proptest::prelude::any::<String>(),
+                             t in "[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9:]{0,8}[.0-9]{0,12}[-+Zz0-9: A-Z]{0,7}") {
+            let _ = parse_text_ms(&s);
+            let _ = parse_text_ms(&t);
+        }
     }
 
     #[test]
