@@ -506,7 +506,15 @@ impl Checker {
         let mut run = j; // start of the bytes not yet copied into a key
         let mut escaped = false;
         loop {
-            // The plain run: ASCII other than '"', '\\' and control characters.
+            // The plain run: ASCII other than '"', '\\' and control characters, eight
+            // bytes at a time while no byte of a word needs a look, then one by one.
+            while let Some(w) = b.get(j..j + 8) {
+                let w = u64::from_le_bytes(w.try_into().expect("eight bytes"));
+                if needs_look(w) {
+                    break;
+                }
+                j += 8;
+            }
             while j < b.len() && b[j] >= 0x20 && b[j] < 0x80 && b[j] != b'"' && b[j] != b'\\' {
                 j += 1;
             }
@@ -609,6 +617,18 @@ impl Checker {
             }
         }
     }
+}
+
+/// Whether any byte of the word is '"', '\\', a control character or not ASCII (may
+/// say yes for a word that needs none; never no for one that does).
+fn needs_look(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let quote = has_zero(w ^ (ONES * u64::from(b'"')));
+    let backslash = has_zero(w ^ (ONES * u64::from(b'\\')));
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    (quote | backslash | control | (w & HIGH)) != 0
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
