@@ -684,17 +684,16 @@ fn number(b: &[u8], i: usize) -> Result<usize, RecordError> {
         }
     }
     // Short integers are always in range; others are looked at closely.
-    if j - i > 15 || b[i..j].iter().any(|c| matches!(c, b'e' | b'E')) {
-        if !number_in_range(&b[i..j]) {
-            return err(
-                Rule::NumberRange,
-                i,
-                format!(
-                    "{} is beyond the range of a 64-bit float (about ±1.8e308)",
-                    excerpt(&b[i..j])
-                ),
-            );
-        }
+    let looked_at = j - i > 15 || b[i..j].iter().any(|c| matches!(c, b'e' | b'E'));
+    if looked_at && !number_in_range(&b[i..j]) {
+        return err(
+            Rule::NumberRange,
+            i,
+            format!(
+                "{} is beyond the range of a 64-bit float (about ±1.8e308)",
+                excerpt(&b[i..j])
+            ),
+        );
     }
     Ok(j)
 }
