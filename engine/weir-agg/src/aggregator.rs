@@ -241,7 +241,8 @@ impl Aggregator {
     }
 
     /// Feed one committed entry: event times and the records (NDJSON lines), in order.
-    /// Lines that are not JSON are skipped (committed entries are checked objects).
+    /// Lines that are not JSON, and times outside [`weir_core::time::in_range`], are
+    /// skipped (committed entries are checked objects with times in range).
     pub fn feed<'a>(
         &mut self,
         tenant: &str,
@@ -258,6 +259,12 @@ impl Aggregator {
         }
         self.changed = true;
         for (ts, line) in times.iter().zip(lines) {
+            // Event times come from the rows (`weir_core::time::event_time`), always in
+            // range; one that is not (rows stored before the range was enforced) would
+            // move the watermark to the end of time and is skipped.
+            if !weir_core::time::in_range(*ts) {
+                continue;
+            }
             let Ok(record) = serde_json::from_slice::<Value>(line) else {
                 continue;
             };
@@ -456,6 +463,30 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn times_out_of_range_never_move_the_watermark() {
+        let mut a = Aggregator::new();
+        a.set_definitions(
+            "t",
+            &[("s".into(), def("10s", None, "0s", 100))],
+            &mut NoCustom,
+        );
+        let e = |ts: i64| (ts, json!({"svc": "x", "v": 1}));
+        feed(
+            &mut a,
+            &[e(1_000), e(i64::MAX), e(-1), e(i64::MIN), e(2_000)],
+        );
+        assert!(a.take_pending().is_empty(), "no window closed");
+        let c = a.take_counters();
+        assert_eq!((c[0].2.events, c[0].2.late), (2, 0));
+        feed(&mut a, &[e(3_000), e(10_000)]);
+        let p = a.take_pending();
+        assert_eq!(
+            summary(&p),
+            vec![("w10s".into(), 0, r#"{"svc":"x"}"#.into(), 3, 0, false)]
+        );
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //! - [`names`]: validation of tenant, stream and plugin names.
 //! - [`retention`]: how long rows stay hot and are kept at all, per tenant and stream.
 //! - [`sample`]: realistic sample logs for benchmarks and profiles.
+//! - [`record`]: the record rules every record meets before any stage reads it (one
+//!   pass over the bytes: UTF-8, JSON, an object, numbers, surrogates, depth, keys).
+//! - [`time`]: a record's event time (`timestamp`/`@timestamp`/`ts`/`time`) and its
+//!   accepted range.
 //! - [`serving`]: limits of queries, HTTP connections and the metrics endpoint.
 
 pub mod aggregation;
@@ -18,9 +22,11 @@ pub mod config;
 pub mod metrics;
 pub mod names;
 pub mod partition;
+pub mod record;
 pub mod retention;
 pub mod sample;
 pub mod serving;
+pub mod time;
 
 pub use batch::{Batch, BatchDecodeError};
 pub use config::{Config, ConfigError};

@@ -1,7 +1,8 @@
 //! Processed NDJSON → Arrow rows of the `logs` table.
 //!
 //! Columns: `ts` (the record's own `timestamp`/`@timestamp`/`ts`/`time` — RFC 3339 text or
-//! epoch seconds/milliseconds — else the ingest time), `stream`, `level`, `message`, the
+//! epoch seconds/milliseconds/nanoseconds in the range of [`weir_core::time`] — else the
+//! ingest time), `stream`, `level`, `message`, the
 //! full `record` as JSON text (query it with `json_get_str(record, 'user', 'id')` and
 //! friends), and its provenance: `partition`, `offset` (first offset of the source
 //! entry), `seq` (index in the entry's processed output); `schema` is the record's
@@ -13,15 +14,10 @@ use std::sync::{Arc, OnceLock};
 use datafusion::arrow::array::{
     ArrayRef, RecordBatch, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
 };
-use datafusion::arrow::compute::kernels::cast_utils::string_to_timestamp_nanos;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::Deserialize;
 use weir_core::batch::ndjson_lines;
-
-/// Epoch milliseconds of RFC 3339 text (what `ts` columns accept as text).
-pub fn rfc3339_millis(s: &str) -> Option<i64> {
-    string_to_timestamp_nanos(s).ok().map(|ns| ns / 1_000_000)
-}
+use weir_core::time::{event_time, TimeValue};
 
 /// Schema of the `logs` table.
 pub fn logs_schema() -> SchemaRef {
@@ -97,33 +93,6 @@ enum SchemaValue {
     Other(serde::de::IgnoredAny),
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum TimeValue<'a> {
-    Num(f64),
-    #[serde(borrow)]
-    Text(Cow<'a, str>),
-    #[allow(dead_code)]
-    Other(serde::de::IgnoredAny),
-}
-
-fn to_millis(t: &TimeValue) -> Option<i64> {
-    match t {
-        // Heuristic by magnitude: seconds before ~2286, else milliseconds, else nanos.
-        TimeValue::Num(n) if n.is_finite() && *n >= 0.0 => Some(if *n < 1e10 {
-            (n * 1000.0) as i64
-        } else if *n < 1e14 {
-            *n as i64
-        } else {
-            (n / 1e6) as i64
-        }),
-        TimeValue::Text(s) => string_to_timestamp_nanos(s)
-            .ok()
-            .map(|ns| ns.div_euclid(1_000_000)),
-        _ => None,
-    }
-}
-
 /// A line that is not a JSON object: 1-based line number and reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidLine {
@@ -162,11 +131,15 @@ pub fn segment_rows(
         let known: Known = serde_json::from_slice(line).map_err(|e| invalid(e.to_string()))?;
         let record_text = std::str::from_utf8(line).map_err(|e| invalid(e.to_string()))?;
         let known = Some(known);
+        // A time out of range (plugin output; the door refuses it) counts as absent.
         let t = known.as_ref().and_then(|k| {
-            [&k.timestamp, &k.at_timestamp, &k.ts, &k.time]
-                .into_iter()
-                .flatten()
-                .find_map(to_millis)
+            event_time([
+                k.timestamp.as_ref(),
+                k.at_timestamp.as_ref(),
+                k.ts.as_ref(),
+                k.time.as_ref(),
+            ])
+            .ms
         });
         ts.append_value(t.unwrap_or(ingest_ts_ms));
         streams.append_value(stream);
@@ -209,7 +182,78 @@ pub fn segment_rows(
 mod tests {
     use super::*;
     use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::compute::kernels::cast_utils::string_to_timestamp_nanos;
     use datafusion::arrow::datatypes::TimestampMillisecondType;
+
+    /// Times out of range (the door refuses them; plugin output may carry them) count as
+    /// absent: the next field's time or the ingest time, never an overflow.
+    #[test]
+    fn times_out_of_range_count_as_absent() {
+        let nd = br#"{"ts":1e300}
+{"ts":-5,"time":1795827723}
+{"timestamp":"1960-01-01T00:00:00Z"}
+{"timestamp":"2300-01-01T00:00:00Z","ts":18446744073709551615}
+{"ts":1795827723456}
+"#;
+        let b = segment_rows("app", 0, 0, 99, nd).unwrap();
+        let ts = b.column(0).as_primitive::<TimestampMillisecondType>();
+        let got: Vec<i64> = (0..b.num_rows()).map(|i| ts.value(i)).collect();
+        assert_eq!(got, vec![99, 1_795_827_723_000, 99, 99, 1_795_827_723_456]);
+    }
+
+    /// Weir's own reading of time text agrees with Arrow's (the one it replaced) on
+    /// every form Arrow reads, within the event time range.
+    #[test]
+    fn text_times_agree_with_arrow() {
+        let arrow = |s: &str| {
+            string_to_timestamp_nanos(s)
+                .ok()
+                .map(|ns| ns.div_euclid(1_000_000))
+        };
+        let mut n = 0;
+        for date in [
+            "1970-01-01",
+            "1999-12-31",
+            "2024-02-29",
+            "2026-11-28",
+            "2199-12-31",
+        ] {
+            for sep in ["T", "t", " "] {
+                for time in [
+                    "00:00:00",
+                    "23:59:59",
+                    "23:59:60",
+                    "01:02:03.4",
+                    "01:02:03.456",
+                    "01:02:03.123456789",
+                    "01:02:03.1234567891234",
+                    "010203",
+                    "01:02",
+                    "01:02:03.",
+                    "1:02:03",
+                    "24:00:00",
+                    "01:60:00",
+                ] {
+                    for zone in [
+                        "", "Z", "z", "+02:00", "-0130", " +05", " -23:59", "+24:00", "Zx", " UTC",
+                        "+5:00", "X",
+                    ] {
+                        let s = format!("{date}{sep}{time}{zone}");
+                        let ours = weir_core::time::parse_text_ms(&s);
+                        let theirs = arrow(&s);
+                        if ours.is_some_and(weir_core::time::in_range)
+                            || theirs.is_some_and(weir_core::time::in_range)
+                        {
+                            assert_eq!(ours, theirs, "{s}");
+                            n += 1;
+                        }
+                    }
+                }
+            }
+            assert_eq!(weir_core::time::parse_text_ms(date), arrow(date), "{date}");
+        }
+        assert!(n > 800, "{n}");
+    }
 
     #[test]
     fn extracts_known_fields_and_times() {

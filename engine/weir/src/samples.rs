@@ -2,9 +2,11 @@
 //!
 //! A sample is `{"name","value","ts"?,"labels"?,"kind"?}`: `name` matches
 //! `[A-Za-z_:][A-Za-z0-9_:.]*` (at most 200 characters); `value` is a finite number;
-//! `ts` is RFC 3339 text or epoch seconds, milliseconds or nanoseconds (default: the
-//! time the request was accepted); `labels` maps names matching `[A-Za-z_][A-Za-z0-9_]*`
-//! to strings (at most 64); `kind` is `counter`, `gauge` or `histogram`. Anything else,
+//! `ts` is RFC 3339 text or epoch seconds, milliseconds or nanoseconds within the event
+//! time range of [`weir_core::time`] (default: the time the request was accepted);
+//! `labels` maps names matching `[A-Za-z][A-Za-z0-9_]*` to strings (at most 64; names
+//! starting with `_` are reserved, see [`reserved_label`], and refused before any
+//! series limit is applied); `kind` is `counter`, `gauge` or `histogram`. Anything else,
 //! including unknown fields, rejects that sample with its line number and the reason.
 //! Kept samples are rewritten as `{"name","value","ts":MILLIS,"labels":{sorted},"kind"?}`
 //! so that a series (name + sorted labels) has one spelling.
@@ -13,6 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use weir_core::time::TimeValue;
 
 use crate::ingest::Parsed;
 use crate::series::{Admit, TenantSeries, OVERFLOW_LABEL};
@@ -52,26 +55,21 @@ fn valid_name(s: &str, extra: &[u8]) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || extra.contains(c))
 }
 
-/// Epoch milliseconds of a timestamp: RFC 3339 text, or a number of seconds,
-/// milliseconds or nanoseconds (told apart by magnitude).
+/// Epoch milliseconds of a sample's `ts`: the reading and range of every event time
+/// ([`weir_core::time`]).
 fn millis(v: &Value) -> Result<i64, String> {
-    match v {
-        Value::Number(n) => {
-            let f = n.as_f64().filter(|f| f.is_finite() && *f >= 0.0);
-            let f = f.ok_or("ts must be a non-negative number or RFC 3339 text")?;
-            Ok(if f < 1e10 {
-                (f * 1000.0) as i64
-            } else if f < 1e14 {
-                f as i64
-            } else {
-                (f / 1e6) as i64
-            })
-        }
-        Value::String(s) => {
-            weir_store::rows::rfc3339_millis(s).ok_or_else(|| format!("ts {s:?} is not RFC 3339"))
-        }
-        _ => Err("ts must be a number or RFC 3339 text".into()),
-    }
+    let t = match v {
+        Value::Number(n) => TimeValue::Num(n.as_f64().unwrap_or(f64::NAN)),
+        Value::String(s) => TimeValue::Text(s.as_str().into()),
+        _ => TimeValue::Other,
+    };
+    weir_core::time::sample_time(&t).map_err(|e| e.to_string())
+}
+
+/// Whether a label name is Weir's own: names starting with `_` (`_overflow`, and
+/// Prometheus' `__`-prefixed ones) are reserved.
+pub fn reserved_label(name: &str) -> bool {
+    name.starts_with('_')
 }
 
 /// Check one sample, rewrite its labels by the tenant's policy and admit its series;
@@ -104,6 +102,11 @@ fn normalise(line: &[u8], now_ms: i64, series: &TenantSeries) -> Result<String, 
                 if !valid_name(k, b"") {
                     return Err(format!(
                         "label name {k:?} must match [A-Za-z_][A-Za-z0-9_]*"
+                    ));
+                }
+                if reserved_label(k) {
+                    return Err(format!(
+                        "label name {k:?} is reserved: names starting with '_' are Weir's own (e.g. {OVERFLOW_LABEL})"
                     ));
                 }
                 let v = v
@@ -206,5 +209,139 @@ not json
         assert!(why[3].1.contains("string value"));
         assert!(why[4].1.contains("vaule"));
         assert!(why[5].1.contains("counter, gauge or histogram"));
+    }
+
+    #[test]
+    fn reserved_labels_and_times_out_of_range_are_refused() {
+        let body = br#"{"name":"m","value":1,"labels":{"_overflow":"true"}}
+{"name":"m","value":1,"labels":{"__name__":"x"}}
+{"name":"m","value":1,"ts":1e300}
+{"name":"m","value":1,"ts":-1}
+{"name":"m","value":1,"ts":"2300-01-01T00:00:00Z"}
+{"name":"m","value":1,"ts":"soon"}
+{"name":"m","value":1,"labels":{"a_b":"c"},"ts":"2026-11-28T01:02:03Z"}
+"#;
+        let parsed = crate::ingest::parse_body(body, 1 << 20);
+        let reg = weir_core::metrics::Registry::default();
+        let series = crate::series::SeriesLimits::new(&reg);
+        let policy = weir_core::config::SeriesPolicy {
+            max_series: 1,
+            ..Default::default()
+        };
+        let p = check(parsed, 42, &series.tenant("t", &policy));
+        assert_eq!(
+            std::str::from_utf8(&p.records).unwrap(),
+            "{\"name\":\"m\",\"value\":1.0,\"ts\":1795827723000,\"labels\":{\"a_b\":\"c\"}}\n"
+        );
+        let why: Vec<(usize, &str)> = p
+            .errors
+            .iter()
+            .map(|e| (e.line, e.reason.as_str()))
+            .collect();
+        // The door refuses the numbers out of range; the checker the rest.
+        assert_eq!(
+            why.iter().map(|w| w.0).collect::<Vec<_>>(),
+            vec![3, 4, 5, 1, 2, 6],
+            "{why:?}"
+        );
+        assert!(
+            why[0].1.contains("outside the accepted time range"),
+            "{why:?}"
+        );
+        assert!(why[3].1.contains("\"_overflow\" is reserved"), "{why:?}");
+        assert!(why[4].1.contains("\"__name__\" is reserved"), "{why:?}");
+        assert!(why[5].1.contains("RFC 3339"), "{why:?}");
+        assert!(
+            !reg.render().contains("weir_series_limited_total{"),
+            "refused before the series limit"
+        );
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        fn label_name() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-z][a-z0-9_]{0,6}",
+                Just("_overflow".to_owned()),
+                Just("__name__".to_owned()),
+                "[_A-Za-z0-9 .-]{0,4}",
+            ]
+        }
+
+        fn sample() -> impl Strategy<Value = serde_json::Value> {
+            let name = prop_oneof!["[a-z_:][a-z0-9_:.]{0,10}", any::<String>()];
+            let value = prop_oneof![
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(|f| json!(f)),
+                any::<i64>().prop_map(|i| json!(i)),
+                any::<u64>().prop_map(|i| json!(i)),
+                ".{0,3}".prop_map(|s| json!(s)),
+            ];
+            let ts = prop_oneof![
+                Just(serde_json::Value::Null),
+                (0i64..8_000_000_000_000).prop_map(|t| json!(t)),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(|f| json!(f)),
+                "20[0-9]{2}-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-6][0-9]Z"
+                    .prop_map(|s| json!(s)),
+            ];
+            let labels = prop::collection::btree_map(label_name(), ".{0,3}", 0..4);
+            let kind = prop_oneof![
+                Just(None),
+                Just(Some("counter")),
+                Just(Some("gauge")),
+                Just(Some("summary")),
+            ];
+            (name, value, ts, labels, kind).prop_map(|(name, value, ts, labels, kind)| {
+                let mut s = json!({"name": name, "value": value, "labels": labels});
+                if !ts.is_null() {
+                    s["ts"] = ts;
+                }
+                if let Some(k) = kind {
+                    s["kind"] = json!(k);
+                }
+                s
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 384, ..ProptestConfig::default() })]
+
+            /// Never a panic; every accepted sample reads back, as the metrics rows read
+            /// it, with the name, value, time and labels it was sent with.
+            #[test]
+            fn accepted_samples_round_trip(samples in prop::collection::vec(sample(), 1..6)) {
+                let body: String = samples.iter().map(|s| format!("{s}\n")).collect();
+                let parsed = crate::ingest::parse_body(body.as_bytes(), 1 << 20);
+                let series = crate::series::SeriesLimits::new(&weir_core::metrics::Registry::default());
+                let p = check(parsed, 42, &series.tenant("t", &Default::default()));
+                prop_assert_eq!(p.count as usize + p.rejected, samples.len());
+                let rows = weir_store::metric_rows::segment_metric_rows(0, 0, &p.records).unwrap();
+                prop_assert_eq!(rows.num_rows(), p.count as usize);
+                for (k, (line, n)) in weir_core::batch::ndjson_lines(&p.records)
+                    .zip(&p.line_numbers)
+                    .enumerate()
+                {
+                    let sent = &samples[n - 1];
+                    let got: serde_json::Value = serde_json::from_slice(line).unwrap();
+                    prop_assert_eq!(&got["name"], &sent["name"]);
+                    let (g, w) = (got["value"].as_f64().unwrap(), sent["value"].as_f64().unwrap());
+                    prop_assert!(g == w || ((g - w) / w).abs() < 1e-15, "{} vs {}", g, w);
+                    let ts = got["ts"].as_i64().unwrap();
+                    prop_assert!(weir_core::time::in_range(ts) || ts == 42);
+                    let labels = got["labels"].as_object().unwrap();
+                    prop_assert_eq!(labels, sent["labels"].as_object().unwrap());
+                    prop_assert!(labels.keys().all(|l| !l.starts_with('_')));
+                    let series = rows.column(5).as_any()
+                        .downcast_ref::<datafusion::arrow::array::StringArray>().unwrap();
+                    prop_assert!(series.value(k).starts_with(sent["name"].as_str().unwrap()));
+                }
+            }
+        }
     }
 }

@@ -139,7 +139,9 @@ impl TenantSeries {
     pub fn admit(&self, name: &str, labels: &BTreeMap<String, String>) -> Admit {
         let h = series_hash(name, labels);
         let mut k = self.known.lock().expect("series lock");
-        if k.all.contains(&h) || labels.contains_key(OVERFLOW_LABEL) {
+        // Every series counts, whatever its labels: samples naming a reserved label
+        // (such as `_overflow`) are refused before they get here.
+        if k.all.contains(&h) {
             return Admit::Yes;
         }
         let p = &self.policy;

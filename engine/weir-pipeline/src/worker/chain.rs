@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use weir_core::batch::ndjson_lines;
 use weir_core::metrics::{Counter, Histogram};
+use weir_core::record::Checker;
 use weir_core::Batch;
 use weir_plugin_host::PluginState;
 use weir_store::{ChainState, HotStore, StageState};
@@ -334,7 +335,6 @@ fn run_stages(
     }
     let mut data = std::borrow::Cow::Borrowed(&b.records[..]);
     let mut records_in = u64::from(b.count);
-    let last = stages.len() - 1;
     let policy = &catalog.config().plugins;
     for (n, run) in stages.iter_mut().enumerate() {
         let Running { stage, m, .. } = run;
@@ -404,18 +404,18 @@ fn run_stages(
                 }
             }
         }
-        // The last stage's output is checked when its rows are built.
-        if n < last {
-            if let Some((line, why)) = invalid_output(&out) {
-                m.errors.inc();
-                return Err((
-                    failure(
-                        stage,
-                        format!("output line {line} is not a JSON object: {why}"),
-                    ),
-                    n + 1,
-                ));
-            }
+        // Every stage's output meets the record rules the door applies, so what the
+        // next stage, the rows, the aggregations and the cold tier read is what ingest
+        // would have accepted. A breach fails the entry (dead letter) naming the rule.
+        if let Some((line, why)) = invalid_output(&out) {
+            m.errors.inc();
+            return Err((
+                failure(
+                    stage,
+                    format!("invalid output: line {line} breaks the record rules: {why}"),
+                ),
+                n + 1,
+            ));
         }
         records_in = ndjson_lines(&out).count() as u64;
         m.records_out.add(records_in);
@@ -433,15 +433,11 @@ fn failure(stage: &Stage, error: String) -> Failure {
     }
 }
 
-/// The first output line that is not a JSON object, with the reason.
+/// The first output line that breaks the record rules ([`weir_core::record`]), with
+/// the reason.
 fn invalid_output(out: &[u8]) -> Option<(usize, String)> {
-    for (i, line) in ndjson_lines(out).enumerate() {
-        if line.first() != Some(&b'{') {
-            return Some((i + 1, "not an object".into()));
-        }
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(line) {
-            return Some((i + 1, e.to_string()));
-        }
-    }
-    None
+    let mut checker = Checker::default();
+    ndjson_lines(out)
+        .enumerate()
+        .find_map(|(i, line)| checker.check(line).err().map(|e| (i + 1, e.to_string())))
 }

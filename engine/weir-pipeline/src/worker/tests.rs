@@ -29,9 +29,12 @@ plugins = [{{ plugin = "builtin:logfmt" }}, {{ plugin = "builtin:pii-redact" }}]
 plugins = [{{ plugin = "file:{}", config = {{ mode = "fail-if", marker = "poison" }} }}]
 [tenants.t.streams.loops]
 plugins = [{{ plugin = "file:{}", config = {{ mode = "loop" }} }}]
+[tenants.t.streams.dups]
+plugins = [{{ plugin = "file:{}", config = {{ mode = "tag", field = "level", tag = "x" }} }}]
 [plugins]
 deadline_ms = 100
 "#,
+        hostile.display(),
         hostile.display(),
         hostile.display()
     ))
@@ -62,6 +65,10 @@ deadline_ms = 100
 }
 
 fn append(log: &RedbLog, stream: &str, lines: &[&str]) {
+    append_replay(log, stream, lines, None);
+}
+
+fn append_replay(log: &RedbLog, stream: &str, lines: &[&str], replay_of: Option<(u32, u64)>) {
     let mut records = Vec::new();
     for l in lines {
         records.extend_from_slice(l.as_bytes());
@@ -73,7 +80,7 @@ fn append(log: &RedbLog, stream: &str, lines: &[&str]) {
         ingest_ts_ms: 1,
         count: lines.len() as u32,
         records,
-        replay_of: None,
+        replay_of,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -238,4 +245,45 @@ plugins = [{ plugin = "builtin:logfmt" }]
         .unwrap_err()
         .to_string();
     assert!(over.contains("need 4"), "{over}");
+}
+
+/// Plugin output that breaks the record rules (here a duplicate key the plugin adds)
+/// dead-letters its entry with the rule named; a replay fails the same way once,
+/// replacing its dead letter, and nothing retries it by itself.
+#[test]
+fn plugin_output_breaking_the_record_rules_is_dead_lettered_once() {
+    let r = rig();
+    append(&r.log, "dups", &[r#"{"level":"a","n":1}"#, r#"{"n":2}"#]);
+    append(&r.log, "app", &[r#"{"message":"fine"}"#]);
+    drain(&r);
+    let dl = r.store.dead_letters("t").unwrap();
+    assert_eq!(dl.len(), 1, "{dl:?}");
+    assert_eq!((dl[0].stream.as_str(), dl[0].count), ("dups", 2));
+    assert!(
+        dl[0]
+            .error
+            .contains("invalid output: line 1 breaks the record rules: duplicate key"),
+        "{}",
+        dl[0].error
+    );
+    assert!(dl[0].plugin.starts_with("file:"), "{}", dl[0].plugin);
+    assert_eq!(
+        records(&r.store).len(),
+        1,
+        "the other stream's entry landed"
+    );
+    // A replay of the dead letter: fails again, replaces it, and stops there.
+    let first = (dl[0].partition, dl[0].offset);
+    let lines: Vec<&str> = dl[0].records.lines().collect();
+    append_replay(&r.log, "dups", &lines, Some(first));
+    drain(&r);
+    let dl = r.store.dead_letters("t").unwrap();
+    assert_eq!(dl.len(), 1, "{dl:?}");
+    assert_eq!(dl[0].replay_of, Some(first));
+    assert!(dl[0].error.contains("duplicate key"), "{}", dl[0].error);
+    let end = r.log.end_offset(0);
+    drain(&r);
+    assert_eq!(r.log.end_offset(0), end, "nothing was appended by itself");
+    assert_eq!(r.store.dead_letters("t").unwrap().len(), 1);
+    assert_eq!(records(&r.store).len(), 1);
 }
