@@ -19,7 +19,8 @@
 //! (or array element) that contains PII.
 //!
 //! JSON numbers are checked too, for cards and phones only, by stricter rules than text
-//! ([`Detector::number_kind`]): `{"card":4111111111111111}` becomes
+//! ([`Detector::number_kind`]), and only under a key that names such PII ([`pii_key`]:
+//! `card`, `phone`, `mobile`, `cc`, `tel`, `ssn`, ...; ids and counters never match): `{"card":4111111111111111}` becomes
 //! `{"card":"[REDACTED:card]"}` — a masked or hashed number becomes a JSON string (the
 //! hash is over the number's digits, so it equals the hash of the same digits written
 //! as a string without separators).
@@ -205,9 +206,11 @@ impl Redactor {
         let mut i = 0;
         let mut copied = 0;
         let numbers = self.detector.checks_numbers();
+        // Numbers are PII only under a key that names PII (see `pii_key`).
+        let mut under_pii_key = false;
         while let Some(q) = memchr::memchr(b'"', &b[i..]) {
             let start = i + q;
-            if numbers {
+            if numbers && under_pii_key {
                 self.redact_numbers_between(b, i, start, &mut copied, out);
             }
             let mut j = start + 1;
@@ -232,7 +235,9 @@ impl Redactor {
             i = end;
             let next = b[end..].iter().find(|c| !c.is_ascii_whitespace());
             if next == Some(&b':') {
-                continue; // a key
+                // A key: an escaped one is read as text only if it might name PII.
+                under_pii_key = pii_key(&String::from_utf8_lossy(&b[start + 1..end - 1]));
+                continue;
             }
             let content: std::borrow::Cow<str> = if escaped {
                 serde_json::from_slice::<String>(&b[start..end])
@@ -249,7 +254,7 @@ impl Redactor {
                 copied = end;
             }
         }
-        if numbers {
+        if numbers && under_pii_key {
             self.redact_numbers_between(b, i, b.len(), &mut copied, out);
         }
         out.extend_from_slice(&b[copied..]);
@@ -262,7 +267,7 @@ impl Redactor {
             None => {
                 let mut keys_to_drop = Vec::new();
                 for (k, v) in rec.0.iter_mut() {
-                    if self.value(v) {
+                    if self.value(v, pii_key(k)) {
                         keys_to_drop.push(k.clone());
                     }
                 }
@@ -272,8 +277,9 @@ impl Redactor {
             }
             Some(fields) => {
                 for f in &fields {
+                    // A field named in the config: its numbers are checked too.
                     let drop = match rec.get_mut(f) {
-                        Some(v) => self.value(v),
+                        Some(v) => self.value(v, true),
                         None => false,
                     };
                     if drop {
@@ -286,7 +292,8 @@ impl Redactor {
     }
 
     /// Redact a value recursively; returns true when the value itself must be dropped.
-    fn value(&mut self, v: &mut Value) -> bool {
+    /// `numbers`: whether numbers here may be PII (under a key that names PII).
+    fn value(&mut self, v: &mut Value, numbers: bool) -> bool {
         match v {
             Value::String(s) => match self.redact_str(s) {
                 Some(_) if self.action == Action::Drop => true,
@@ -296,6 +303,7 @@ impl Redactor {
                 }
                 None => false,
             },
+            Value::Number(_) if !numbers => false,
             Value::Number(n) => {
                 let Some(red) = n
                     .as_u64()
@@ -312,7 +320,7 @@ impl Redactor {
             Value::Array(items) => {
                 let mut i = 0;
                 while i < items.len() {
-                    if self.value(&mut items[i]) {
+                    if self.value(&mut items[i], numbers) {
                         items.remove(i);
                     } else {
                         i += 1;
@@ -323,7 +331,7 @@ impl Redactor {
             Value::Object(map) => {
                 let mut drop = Vec::new();
                 for (k, v) in map.iter_mut() {
-                    if self.value(v) {
+                    if self.value(v, pii_key(k)) {
                         drop.push(k.clone());
                     }
                 }
@@ -382,3 +390,25 @@ weir_plugin_sdk::export_transform!(PiiRedact);
 
 #[cfg(test)]
 mod tests;
+
+/// Whether a key names PII that may be written as a number (a card, a phone number, a
+/// social security number). Numbers elsewhere — ids, counters, timestamps — are never
+/// redacted, however card- or phone-like their digits: a 16-digit order id passes the
+/// Luhn check one time in ten.
+pub fn pii_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    const PARTS: &[&str] = &[
+        "card",
+        "phone",
+        "mobile",
+        "msisdn",
+        "ssn",
+        "iban",
+        "creditcard",
+        "telephone",
+    ];
+    const WORDS: &[&str] = &["cc", "pan", "tel", "cell", "fax", "sin", "nin"];
+    PARTS.iter().any(|p| k.contains(p))
+        || k.split(|c: char| !c.is_ascii_alphanumeric())
+            .any(|w| WORDS.contains(&w))
+}
