@@ -491,3 +491,63 @@ timeout_secs = 2
     );
     s.stop();
 }
+
+/// One tenant's pile of pending Flight SQL statements never evicts another tenant's:
+/// tenant b asks `GetFlightInfo` 200 times without fetching, then tenant a fetches the
+/// statement it asked for first (raw Flight calls from pyarrow, as a BI tool's driver
+/// makes them).
+#[tokio::test]
+async fn flight_statements_of_one_tenant_never_evict_another_tenants() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), TENANTS);
+    let tools = std::env::var("WEIR_TOOLS").unwrap_or_else(|_| "/var/tmp/weir-tools".into());
+    let script = format!(
+        r#"
+import pyarrow.flight as fl
+
+def varint(n):
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+
+def field(num, data):
+    return bytes([num << 3 | 2]) + varint(len(data)) + data
+
+def command(sql):
+    inner = field(1, sql.encode())
+    url = b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery"
+    return fl.FlightDescriptor.for_command(field(1, url) + field(2, inner))
+
+def options(token):
+    return fl.FlightCallOptions(headers=[(b"authorization", b"Bearer " + token)])
+
+client = fl.FlightClient("{grpc}")
+mine = client.get_flight_info(command("SELECT 42 AS answer"), options(b"ta"))
+for i in range(200):
+    client.get_flight_info(command("SELECT %d AS x" % i), options(b"tb"))
+try:
+    client.do_get(mine.endpoints[0].ticket, options(b"tb")).read_all()
+    print("b: read a's statement")
+except Exception as e:
+    print("b: refused" if "unknown or expired statement handle" in str(e) else "b: other " + str(e))
+reader = client.do_get(mine.endpoints[0].ticket, options(b"ta"))
+print("a:", reader.read_all().to_pylist())
+"#,
+        grpc = s.grpc
+    );
+    let out = std::process::Command::new(format!("{tools}/venv/bin/python"))
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("a: [{'answer': 42}]") && stdout.contains("b: refused"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.stop();
+}
