@@ -397,12 +397,7 @@ async fn kill9_under_load_keeps_every_acknowledged_event_exactly_once() {
 }
 
 fn hostile_config(dir: &Path, extra: &str) -> String {
-    let wasm = dir.join("hostile.wasm");
-    std::fs::write(
-        &wasm,
-        weir_builtins::fixture("weir-fixture-hostile").unwrap(),
-    )
-    .unwrap();
+    let wasm = support::hostile_wasm(dir);
     let w = wasm.display();
     format!(
         r#"

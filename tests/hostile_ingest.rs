@@ -358,12 +358,7 @@ functions = ["count"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_output_is_held_to_the_same_rules() {
     let dir = tempfile::tempdir().unwrap();
-    let wasm = dir.path().join("hostile.wasm");
-    std::fs::write(
-        &wasm,
-        weir_builtins::fixture("weir-fixture-hostile").unwrap(),
-    )
-    .unwrap();
+    let wasm = support::hostile_wasm(dir.path());
     let w = wasm.display();
     let s = Server::start(
         dir.path(),

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::Server;
+use support::{metric, Server};
 
 const TENANTS: &str = r#"
 [tenants.a]
@@ -20,15 +20,6 @@ tokens = ["tb"]
 
 fn sum_of_ones(n: usize) -> String {
     format!("SELECT {} AS n", vec!["1"; n].join("+"))
-}
-
-/// The value of a counter line of `/metrics` (0 when absent).
-fn metric(text: &str, prefix: &str) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
 }
 
 #[tokio::test]
@@ -68,7 +59,6 @@ async fn deep_and_huge_sql_is_refused_and_the_server_stays_up() {
     );
 
     // The same statement over Flight SQL (ADBC), and the node still answers there too.
-    let tools = std::env::var("WEIR_TOOLS").unwrap_or_else(|_| "/var/tmp/weir-tools".into());
     let script = format!(
         r#"
 from adbc_driver_flightsql import dbapi, DatabaseOptions
@@ -86,10 +76,7 @@ print("after:", cur.fetch_arrow_table().to_pylist())
         grpc = s.grpc,
         deep = sum_of_ones(1000)
     );
-    let out = std::process::Command::new(format!("{tools}/venv/bin/python"))
-        .args(["-c", &script])
-        .output()
-        .unwrap();
+    let out = support::python(&script, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("deep: refused") && stdout.contains("after: [{'x': 42}]"),
@@ -386,12 +373,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_tenant_leaves_its_neighbour_within_twice_its_latency() {
     let dir = tempfile::tempdir().unwrap();
-    let wasm = dir.path().join("hostile.wasm");
-    std::fs::write(
-        &wasm,
-        weir_builtins::fixture("weir-fixture-hostile").unwrap(),
-    )
-    .unwrap();
+    let wasm = support::hostile_wasm(dir.path());
     let config = format!(
         r#"{TENANTS}
 [tenants.a.streams.looping]
@@ -500,7 +482,6 @@ timeout_secs = 2
 async fn flight_statements_of_one_tenant_never_evict_another_tenants() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path(), TENANTS);
-    let tools = std::env::var("WEIR_TOOLS").unwrap_or_else(|_| "/var/tmp/weir-tools".into());
     let script = format!(
         r#"
 import pyarrow.flight as fl
@@ -539,10 +520,7 @@ print("a:", reader.read_all().to_pylist())
 "#,
         grpc = s.grpc
     );
-    let out = std::process::Command::new(format!("{tools}/venv/bin/python"))
-        .args(["-c", &script])
-        .output()
-        .unwrap();
+    let out = support::python(&script, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("a: [{'answer': 42}]") && stdout.contains("b: refused"),

@@ -62,15 +62,6 @@ fn rows_in_files(cold: &Path, tenant: &str) -> i64 {
         .sum()
 }
 
-/// A counter of the server's `/metrics` (0 when not there yet).
-async fn counter(s: &Server, name: &str) -> u64 {
-    s.metrics()
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .map_or(0, |v| v.trim().parse().unwrap())
-}
-
 async fn send(s: &Server, token: &str, from: i64, n: i64) {
     let body: String = (from..from + n)
         .map(|i| {
@@ -101,7 +92,7 @@ where
 async fn no_flush_errors(s: &Server) {
     for _ in 0..6 {
         assert_eq!(
-            counter(s, "weir_cold_errors_total{op=\"flush\"}").await,
+            s.counter("weir_cold_errors_total{op=\"flush\"}").await,
             0,
             "{}",
             s.log()
@@ -157,7 +148,7 @@ async fn poison_rows_in_the_hot_tier_are_quarantined_and_the_rest_flushes() {
         send(&s, "globex-token", r * 10, 10).await;
     }
     wait_for(&s, "first rows not flushed", || async {
-        counter(&s, "weir_cold_rows_total").await >= 100
+        s.counter("weir_cold_rows_total").await >= 100
     })
     .await;
     let partition = |token: &'static str| {
@@ -188,10 +179,10 @@ async fn poison_rows_in_the_hot_tier_are_quarantined_and_the_rest_flushes() {
     let s = Server::start(dir.path(), TENANTS);
     let cold = dir.path().join("data/cold");
     wait_for(&s, "seeded rows not flushed", || async {
-        counter(&s, "weir_cold_rows_total").await >= 100
+        s.counter("weir_cold_rows_total").await >= 100
     })
     .await;
-    assert_eq!(counter(&s, "weir_cold_rows_total").await, 100);
+    assert_eq!(s.counter("weir_cold_rows_total").await, 100);
     assert_eq!(
         s.count("acme-token", "SELECT count(*) FROM logs").await,
         120
@@ -203,7 +194,8 @@ async fn poison_rows_in_the_hot_tier_are_quarantined_and_the_rest_flushes() {
     assert_eq!(rows_in_files(&cold, "acme"), 120);
     assert_eq!(rows_in_files(&cold, "globex"), 80);
     assert_eq!(
-        counter(&s, "weir_cold_quarantined_rows_total{tenant=\"acme\"}").await,
+        s.counter("weir_cold_quarantined_rows_total{tenant=\"acme\"}")
+            .await,
         3
     );
     let (st, v) = s
@@ -238,7 +230,7 @@ async fn poison_rows_in_the_hot_tier_are_quarantined_and_the_rest_flushes() {
         send(&s, "globex-token", 1000 + r * 100, 100).await;
     }
     wait_for(&s, "new rows not flushed", || async {
-        counter(&s, "weir_cold_rows_total").await >= 1100
+        s.counter("weir_cold_rows_total").await >= 1100
     })
     .await;
     assert_eq!(
@@ -276,12 +268,7 @@ async fn poison_rows_in_the_hot_tier_are_quarantined_and_the_rest_flushes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_from_a_plugin_never_stops_the_cold_tier() {
     let dir = tempfile::tempdir().unwrap();
-    let wasm = dir.path().join("hostile.wasm");
-    std::fs::write(
-        &wasm,
-        weir_builtins::fixture("weir-fixture-hostile").unwrap(),
-    )
-    .unwrap();
+    let wasm = support::hostile_wasm(dir.path());
     let raw = serde_json::to_string(&poison_lines()).unwrap();
     let config = format!(
         "{TENANTS}[tenants.acme.streams.app]\nplugins = [{{ plugin = \"file:{}\", config = {{ mode = \"inject\", marker = \"POISON\", raw = {raw} }} }}]\n",
@@ -294,7 +281,7 @@ async fn poison_from_a_plugin_never_stops_the_cold_tier() {
     send(&s, "acme-token", 100, 100).await;
     send(&s, "globex-token", 0, 40).await;
     wait_for(&s, "rows not flushed", || async {
-        counter(&s, "weir_cold_rows_total").await >= 240
+        s.counter("weir_cold_rows_total").await >= 240
     })
     .await;
     let poison_seen = || async {
@@ -316,7 +303,7 @@ async fn poison_from_a_plugin_never_stops_the_cold_tier() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(counter(&s, "weir_cold_rows_total").await, 240);
+    assert_eq!(s.counter("weir_cold_rows_total").await, 240);
     assert_eq!(
         s.count("acme-token", "SELECT count(*) FROM logs").await,
         200
@@ -338,7 +325,8 @@ async fn poison_from_a_plugin_never_stops_the_cold_tier() {
             3
         );
         assert_eq!(
-            counter(&s, "weir_cold_quarantined_rows_total{tenant=\"acme\"}").await,
+            s.counter("weir_cold_quarantined_rows_total{tenant=\"acme\"}")
+                .await,
             3
         );
     }
@@ -360,12 +348,7 @@ async fn poison_from_a_plugin_never_stops_the_cold_tier() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_their_tenants_only() {
     let dir = tempfile::tempdir().unwrap();
-    let wasm = dir.path().join("hostile.wasm");
-    std::fs::write(
-        &wasm,
-        weir_builtins::fixture("weir-fixture-hostile").unwrap(),
-    )
-    .unwrap();
+    let wasm = support::hostile_wasm(dir.path());
     let config = format!(
         "{TENANTS}[tenants.acme.streams.app]\nplugins = [{{ plugin = \"file:{}\", config = {{ mode = \"fail\" }} }}]\n",
         wasm.display()
@@ -444,7 +427,7 @@ async fn a_retention_past_100_years_is_refused_and_deletes_nothing() {
     let s = Server::start(dir.path(), TENANTS);
     send(&s, "acme-token", 0, 200).await;
     wait_for(&s, "rows not flushed", || async {
-        counter(&s, "weir_cold_rows_total").await >= 200
+        s.counter("weir_cold_rows_total").await >= 200
     })
     .await;
     send(&s, "acme-token", 200, 50).await; // and some hot
@@ -483,7 +466,7 @@ async fn a_retention_past_100_years_is_refused_and_deletes_nothing() {
         s.count("acme-token", "SELECT count(*) FROM logs").await,
         250
     );
-    assert_eq!(counter(&s, "weir_retention_expired_rows_total").await, 0);
+    assert_eq!(s.counter("weir_retention_expired_rows_total").await, 0);
     // The bound itself is accepted.
     let (st, v) = admin_call(
         &s,
@@ -512,7 +495,7 @@ async fn the_startup_sweep_deletes_only_files_this_server_wrote() {
     let s = Server::start(dir.path(), TENANTS);
     send(&s, "acme-token", 0, 100).await;
     wait_for(&s, "rows not flushed", || async {
-        counter(&s, "weir_cold_rows_total").await >= 100
+        s.counter("weir_cold_rows_total").await >= 100
     })
     .await;
     s.stop();
@@ -539,7 +522,7 @@ async fn the_startup_sweep_deletes_only_files_this_server_wrote() {
     let s = Server::start(dir.path(), TENANTS);
     send(&s, "acme-token", 100, 100).await;
     wait_for(&s, "rows not flushed", || async {
-        counter(&s, "weir_cold_rows_total").await >= 100
+        s.counter("weir_cold_rows_total").await >= 100
     })
     .await;
     s.stop();

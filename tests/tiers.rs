@@ -178,18 +178,12 @@ async fn rows_move_to_parquet_and_one_query_sees_both_tiers() {
     // Open format: pyarrow and DuckDB (installed by scripts/setup.sh) read the files
     // without Weir and find every row.
     let logs_dir = dir.path().join("data/cold/tenant=acme/table=logs");
-    let tools = std::env::var("WEIR_TOOLS").unwrap_or_else(|_| "/var/tmp/weir-tools".into());
     let script = "import sys, glob, pyarrow.parquet as pq, duckdb\n\
         files = glob.glob(sys.argv[1] + '/**/*.parquet', recursive=True)\n\
         print(sum(pq.read_table(f).num_rows for f in files))\n\
         q = \"SELECT count(*) FILTER (WHERE level = 'error'), count(*) FILTER (WHERE service = 'svc1') FROM read_parquet('\" + sys.argv[1] + \"/**/*.parquet', union_by_name = true)\"\n\
         print(*duckdb.sql(q).fetchone())\n";
-    let out = std::process::Command::new(format!("{tools}/venv/bin/python"))
-        .arg("-c")
-        .arg(script)
-        .arg(&logs_dir)
-        .output()
-        .unwrap();
+    let out = support::python(script, &[logs_dir.as_os_str()]);
     assert!(
         out.status.success(),
         "{}",
@@ -302,15 +296,6 @@ async fn time_range_queries_prune_cold_files() {
     s.stop();
 }
 
-/// A counter of the server's `/metrics` (0 when not there yet).
-async fn counter(s: &Server, name: &str) -> u64 {
-    s.metrics()
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .map_or(0, |v| v.trim().parse().unwrap())
-}
-
 const COMPACTING: &str = r#"
 [cold]
 flush_after_secs = 1
@@ -382,7 +367,7 @@ async fn a_crash_during_a_compaction_loses_and_doubles_nothing() {
         }
         // Before its commit, the compaction is redone after the restart; after it, the
         // restart only removes the small files the manifest no longer names.
-        let redone = counter(&s, "weir_cold_compacted_files_total").await;
+        let redone = s.counter("weir_cold_compacted_files_total").await;
         if fault == "WEIR_FAULT_COMPACT_AFTER_PUT" {
             assert_eq!(redone, 3);
         } else {
@@ -454,11 +439,11 @@ async fn retention_changes_at_runtime_through_the_admin_api() {
     );
     // For good at the next pass.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while counter(&s, "weir_retention_expired_rows_total").await < 300 {
+    while s.counter("weir_retention_expired_rows_total").await < 300 {
         assert!(Instant::now() < deadline, "not expired:\n{}", s.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(counter(&s, "weir_retention_expired_rows_total").await, 300);
+    assert_eq!(s.counter("weir_retention_expired_rows_total").await, 300);
     assert!(parquet_files(&dir.path().join("data/cold")).len() <= files_before);
     let (st, _) = support::admin_call(&s, "DELETE", path, "admin-secret", vec![]).await;
     assert_eq!(st, 200);
@@ -497,7 +482,6 @@ async fn an_adbc_flight_sql_client_queries_both_tiers_of_its_tenant_only() {
     send_logs(&s, 1000, 500).await; // and some still hot
     s.wait_count("acme-token", "SELECT count(*) FROM logs", 1500)
         .await;
-    let tools = std::env::var("WEIR_TOOLS").unwrap_or_else(|_| "/var/tmp/weir-tools".into());
     let script = r#"
 import sys
 from adbc_driver_flightsql import dbapi, DatabaseOptions
@@ -523,12 +507,7 @@ for token in ["wrong-token"]:
     except Exception as e:
         print("bad token:", "token" in str(e).lower() or "unauthenticated" in str(e).lower())
 "#;
-    let out = std::process::Command::new(format!("{tools}/venv/bin/python"))
-        .arg("-c")
-        .arg(script)
-        .arg(&s.grpc)
-        .output()
-        .unwrap();
+    let out = support::python(script, &[s.grpc.as_ref()]);
     assert!(
         out.status.success(),
         "{}",
@@ -684,17 +663,16 @@ impl S3Server {
 
     /// Rows of a Parquet object, read by pyarrow through boto3 (no Weir involved).
     fn parquet_rows(&self, bucket: &str, key: &str) -> String {
-        let tools = std::env::var("WEIR_TOOLS").unwrap_or_else(|_| "/var/tmp/weir-tools".into());
         // (os._exit: pyarrow next to boto3 can abort in its exit handlers)
         let script = "import sys, io, boto3, pyarrow.parquet as pq\n\
             s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\n\
             body = s3.get_object(Bucket=sys.argv[2], Key=sys.argv[3])['Body'].read()\n\
             print(pq.read_table(io.BytesIO(body)).num_rows, flush=True)\n\
             import os; os._exit(0)\n";
-        let out = std::process::Command::new(format!("{tools}/venv/bin/python"))
-            .args(["-c", script, &self.endpoint, bucket, key])
-            .output()
-            .unwrap();
+        let out = support::python(
+            script,
+            &[self.endpoint.as_ref(), bucket.as_ref(), key.as_ref()],
+        );
         assert!(
             out.status.success(),
             "{}",
@@ -753,7 +731,7 @@ async fn the_cold_tier_on_s3_compatible_storage() {
         wait_flushed(&s, (r as u64 + 1) * 500).await;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while counter(&s, "weir_cold_compacted_files_total").await < 3 {
+    while s.counter("weir_cold_compacted_files_total").await < 3 {
         assert_eq!(
             s.count("acme-token", "SELECT count(*) FROM logs").await,
             1500
@@ -762,7 +740,7 @@ async fn the_cold_tier_on_s3_compatible_storage() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while counter(&s, "weir_cold_deleted_files_total").await < 3 {
+    while s.counter("weir_cold_deleted_files_total").await < 3 {
         assert!(
             Instant::now() < deadline,
             "small files not deleted:\n{}",
@@ -833,7 +811,7 @@ async fn an_object_store_failure_keeps_rows_hot_until_it_recovers() {
     let s = Server::start(dir.path(), &config);
     send_logs(&s, 0, 500).await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while counter(&s, "weir_cold_errors_total{op=\"sweep\"}").await < 2 {
+    while s.counter("weir_cold_errors_total{op=\"sweep\"}").await < 2 {
         assert!(
             Instant::now() < deadline,
             "no failure counted:\n{}",
@@ -864,7 +842,7 @@ async fn an_object_store_failure_keeps_rows_hot_until_it_recovers() {
             // Backpressure from the hot store's bound, not a worker that lags behind on
             // a loaded machine (the log's lag bound answers 429 too): retry until hot
             // rows reach the bound.
-            429 if counter(&s, "weir_hot_bytes").await >= 1 << 20 => break,
+            429 if s.counter("weir_hot_bytes").await >= 1 << 20 => break,
             429 => tokio::time::sleep(Duration::from_millis(200)).await,
             _ => panic!("{st}: {v}"),
         }
@@ -875,12 +853,12 @@ async fn an_object_store_failure_keeps_rows_hot_until_it_recovers() {
         );
     }
     assert_eq!(
-        counter(&s, "weir_hot_evicted_rows").await,
+        s.counter("weir_hot_evicted_rows").await,
         0,
         "nothing evicted"
     );
     // Held near twice the bound (plus the commit that crossed it), not growing.
-    let held = counter(&s, "weir_hot_bytes").await;
+    let held = s.counter("weir_hot_bytes").await;
     assert!((1 << 20..3 << 20).contains(&held), "hot bytes {held}");
     s3.create_bucket("late").await;
     wait_flushed(&s, accepted as u64).await;

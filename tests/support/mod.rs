@@ -250,3 +250,44 @@ pub async fn admin_call(
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }
+
+/// The value of one series in `/metrics` text: the lines naming exactly `series` (name
+/// and labels as rendered), summed; 0 when absent.
+pub fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+impl Server {
+    /// One series of the server's `/metrics` (0 when not there yet).
+    pub async fn counter(&self, series: &str) -> u64 {
+        metric(&self.metrics().await, series)
+    }
+}
+
+/// Run `script` with the Python of the test tools (`scripts/setup.sh`: pyarrow, DuckDB,
+/// ADBC, boto3) and these arguments.
+pub fn python(script: &str, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let tools = std::env::var("WEIR_TOOLS").unwrap_or_else(|_| "/var/tmp/weir-tools".into());
+    Command::new(format!("{tools}/venv/bin/python"))
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The hostile test plugin (`tests/fixtures/hostile`) written to `dir`, for a config's
+/// `file:` reference.
+pub fn hostile_wasm(dir: &Path) -> PathBuf {
+    let wasm = dir.join("hostile.wasm");
+    std::fs::write(
+        &wasm,
+        weir_builtins::fixture("weir-fixture-hostile").unwrap(),
+    )
+    .unwrap();
+    wasm
+}
