@@ -193,7 +193,6 @@ pub struct PlannedQuery {
 pub struct QueryStream {
     pub schema: SchemaRef,
     pub stream: SendableRecordBatchStream,
-    pub pool: Arc<QueryPool>,
     _snapshot: Vec<crate::cold::Tiers>,
 }
 
@@ -208,7 +207,6 @@ impl PlannedQuery {
         Ok(QueryStream {
             schema: self.schema,
             stream,
-            pool: self.pool,
             _snapshot: self.snapshot,
         })
     }
@@ -541,10 +539,6 @@ impl HotStore {
 }
 
 impl QueryResult {
-    pub fn num_rows(&self) -> usize {
-        self.batches.iter().map(|b| b.num_rows()).sum()
-    }
-
     /// `{"columns":[...],"rows":[[...]]}`: values as JSON, timestamps as RFC 3339 text
     /// (the encoding the server streams, see [`crate::query_answer`]).
     pub fn to_json(&self) -> Result<Value, QueryError> {

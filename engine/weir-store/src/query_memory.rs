@@ -109,10 +109,6 @@ impl QueryBudget {
     pub fn tenant_used(&self, tenant: &str) -> usize {
         self.tenants.lock().get(tenant).map_or(0, |s| s.used())
     }
-
-    pub fn query_limit(&self) -> usize {
-        self.query_limit
-    }
 }
 
 /// The memory pool of one query (see the module docs).
