@@ -10,6 +10,7 @@ mod admin;
 mod bench;
 mod body_limit;
 mod cli;
+mod door;
 mod flight;
 mod gate;
 mod ingest;

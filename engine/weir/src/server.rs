@@ -14,19 +14,14 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use weir_core::metrics::{Counter, Family, Gauge, Registry};
-use weir_core::partition::partition_for;
-use weir_core::{Batch, Config};
+use weir_core::Config;
 use weir_store::{HotStore, QueryError};
 
 use crate::gate::Tenant;
 use weir_transport::{Log, LogError};
 
-use crate::ingest::{decode_body, parse_body, BodyError};
-
-/// Most records in one log entry; larger requests become several entries of one append.
-const ENTRY_RECORDS: usize = 4096;
-/// Most NDJSON bytes in one log entry.
-const ENTRY_BYTES: usize = 4 << 20;
+use crate::door::Target;
+use crate::ingest::{decode_body, BodyError};
 
 pub struct AppState {
     /// Cardinality control of metric series (see [`crate::series`]).
@@ -58,6 +53,25 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Records rejected at ingest.
+    pub fn rejected(&self, tenant: &str, n: usize) {
+        if n > 0 {
+            self.rejected.with(&[("tenant", tenant)]).add(n as u64);
+        }
+    }
+
+    /// Records acknowledged durable.
+    pub fn accepted(&self, tenant: &str, n: u32) {
+        self.accepted.with(&[("tenant", tenant)]).add(u64::from(n));
+    }
+
+    /// One answered request of `route`.
+    pub fn request(&self, route: &str, status: StatusCode) {
+        self.requests
+            .with(&[("route", route), ("status", status.as_str())])
+            .inc();
+    }
+
     /// A request without a valid token, refused before its body was read.
     pub fn unauthorized(&self) {
         self.refused.with(&[("reason", "unauthorized")]).inc();
@@ -152,14 +166,17 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             message: message.into(),
             retry_after: false,
         }
     }
-    fn busy(message: impl Into<String>) -> Self {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn busy(message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::TOO_MANY_REQUESTS,
             message: message.into(),
@@ -197,18 +214,11 @@ pub struct IngestParams {
     key: Option<String>,
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-/// What a body holds.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Payload {
-    Logs,
-    Metrics,
 }
 
 async fn ingest_logs(
@@ -218,7 +228,12 @@ async fn ingest_logs(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    ingest(state, tenant, params, headers, body, Payload::Logs).await
+    let target = Target::logs(
+        tenant,
+        params.stream.unwrap_or_else(|| "default".into()),
+        params.key,
+    );
+    ingest(state, target, headers, body, "logs").await
 }
 
 async fn ingest_metrics(
@@ -228,138 +243,78 @@ async fn ingest_metrics(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    ingest(state, tenant, params, headers, body, Payload::Metrics).await
+    let target = Ok(Target::metrics(tenant, params.key));
+    ingest(state, target, headers, body, "metrics").await
 }
 
 async fn ingest(
     state: Arc<AppState>,
-    tenant: String,
-    params: IngestParams,
+    target: Result<Target, ApiError>,
     headers: HeaderMap,
     body: Bytes,
-    what: Payload,
+    route: &str,
 ) -> Response {
-    let res = ingest_inner(&state, tenant, params, &headers, body, what).await;
+    let res = match target {
+        Ok(t) => ingest_inner(&state, &t, &headers, body).await,
+        Err(e) => Err(e),
+    };
     let status = match &res {
         Ok(_) => StatusCode::OK,
         Err(e) => e.status,
     };
-    let route = if what == Payload::Logs {
-        "logs"
-    } else {
-        "metrics"
-    };
-    state
-        .m
-        .requests
-        .with(&[("route", route), ("status", status.as_str())])
-        .inc();
+    state.m.request(route, status);
     match res {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn ingest_inner(
-    state: &AppState,
-    tenant: String,
-    params: IngestParams,
-    headers: &HeaderMap,
-    body: Bytes,
-    what: Payload,
-) -> Result<Response, ApiError> {
-    let stream = match what {
-        Payload::Metrics => weir_core::names::METRICS_STREAM.to_owned(),
-        Payload::Logs => params.stream.unwrap_or_else(|| "default".into()),
-    };
-    if what == Payload::Logs && !weir_core::names::is_valid_name(&stream) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "stream must be 1-64 characters of [A-Za-z0-9_.-]",
-        ));
-    }
-    if what == Payload::Logs && weir_core::names::is_reserved_stream(&stream) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "stream names starting with '_' are reserved (metrics go to /api/v1/metrics)",
-        ));
-    }
+/// The ingest bytes of a request, counted per tenant.
+pub fn count_body(state: &AppState, tenant: &str, bytes: usize) {
     state
         .m
         .ingest_bytes
-        .with(&[("tenant", &tenant)])
-        .add(body.len() as u64);
-    // Reserve memory for the body, compressed and decoded, before touching it.
-    let kib = (body.len() / 1024 + 1).min(u32::MAX as usize) as u32;
-    let _permit = state
-        .inflight
-        .try_acquire_many(kib.saturating_mul(2))
-        .map_err(|_| ApiError::busy("too many bytes in flight; retry later"))?;
+        .with(&[("tenant", tenant)])
+        .add(bytes as u64);
+}
+
+/// Decompress a body per its `Content-Encoding` within the decoded-size limit.
+pub fn decoded_body<'a>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &'a [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>, ApiError> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
-    let decoded = decode_body(encoding, &body, state.config.ingest.max_decoded_bytes).map_err(
-        |e| match e {
-            BodyError::TooLarge => ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "decoded body exceeds the limit",
-            ),
-            BodyError::UnsupportedEncoding(enc) => ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("unsupported Content-Encoding {enc:?}: use gzip or zstd"),
-            ),
-            BodyError::BadEncoding(why) => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("cannot decode body: {why}"),
-            ),
-        },
-    )?;
-    let ts = now_ms();
-    let mut parsed = parse_body(&decoded, state.config.ingest.max_record_bytes);
+    decode_body(encoding, body, state.config.ingest.max_decoded_bytes).map_err(|e| match e {
+        BodyError::TooLarge => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "decoded body exceeds the limit",
+        ),
+        BodyError::UnsupportedEncoding(enc) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("unsupported Content-Encoding {enc:?}: use gzip or zstd"),
+        ),
+        BodyError::BadEncoding(why) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("cannot decode body: {why}"),
+        ),
+    })
+}
+
+async fn ingest_inner(
+    state: &AppState,
+    target: &Target,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    count_body(state, &target.tenant, body.len());
+    // Reserve memory for the body, compressed and decoded, before touching it.
+    let _permit = crate::door::reserve(state, body.len())?;
+    let decoded = decoded_body(state, headers, &body)?;
+    let parsed = crate::door::admit(state, target, &decoded, now_ms()).await?;
     drop(decoded);
-    if what == Payload::Metrics {
-        let policy = state.config.series_policy(&tenant);
-        parsed = crate::samples::check(parsed, ts, &state.series.tenant(&tenant, &policy));
-    }
-    state
-        .m
-        .rejected
-        .with(&[("tenant", &tenant)])
-        .add(parsed.rejected as u64);
-    if parsed.count > 0 {
-        let partition = partition_for(
-            &tenant,
-            &stream,
-            params.key.as_deref(),
-            state.log.partitions(),
-        );
-        let items: Vec<(u32, Batch)> = split_entries(&parsed.records)
-            .map(|(count, records)| {
-                (
-                    partition,
-                    Batch {
-                        tenant: tenant.clone(),
-                        stream: stream.clone(),
-                        ingest_ts_ms: ts,
-                        count,
-                        records: records.to_vec(),
-                        replay_of: None,
-                    },
-                )
-            })
-            .collect();
-        let wait = state.log.append(items)?;
-        match wait.await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_) => return Err(LogError::Closed.into()),
-        }
-        state
-            .m
-            .accepted
-            .with(&[("tenant", &tenant)])
-            .add(u64::from(parsed.count));
-    }
     let mut body = json!({
         "accepted": parsed.count,
         "rejected": parsed.rejected,
@@ -369,33 +324,6 @@ async fn ingest_inner(
         body["errors_truncated"] = json!(true);
     }
     Ok((StatusCode::OK, Json(body)).into_response())
-}
-
-/// Split validated NDJSON into entries of at most [`ENTRY_RECORDS`] records and
-/// [`ENTRY_BYTES`] bytes (a single larger record stands alone).
-fn split_entries(records: &[u8]) -> impl Iterator<Item = (u32, &[u8])> {
-    let mut rest = records;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let mut end = 0;
-        let mut count = 0u32;
-        while end < rest.len() && (count as usize) < ENTRY_RECORDS {
-            let nl = rest[end..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(rest.len(), |i| end + i + 1);
-            if count > 0 && nl > ENTRY_BYTES {
-                break;
-            }
-            end = nl;
-            count += 1;
-        }
-        let (head, tail) = rest.split_at(end);
-        rest = tail;
-        Some((count, head))
-    })
 }
 
 #[derive(Deserialize)]
@@ -563,20 +491,5 @@ mod tests {
             status(LogError::Storage("x".into())).status(),
             StatusCode::INTERNAL_SERVER_ERROR
         );
-    }
-
-    #[test]
-    fn entries_split_by_count_and_size() {
-        let recs = b"{}\n".repeat(ENTRY_RECORDS * 2 + 1);
-        let parts: Vec<u32> = split_entries(&recs).map(|(n, _)| n).collect();
-        assert_eq!(parts, vec![ENTRY_RECORDS as u32, ENTRY_RECORDS as u32, 1]);
-        let big = format!("{{\"a\":\"{}\"}}\n", "x".repeat(ENTRY_BYTES));
-        let two = format!("{big}{{}}\n");
-        let parts: Vec<(u32, usize)> = split_entries(two.as_bytes())
-            .map(|(n, b)| (n, b.len()))
-            .collect();
-        assert_eq!(parts, vec![(1, big.len()), (1, 3)]);
-        let total: usize = split_entries(&recs).map(|(_, b)| b.len()).sum();
-        assert_eq!(total, recs.len());
     }
 }
