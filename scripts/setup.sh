@@ -16,6 +16,7 @@ DUCKDB=1.4.2
 ADBC_FLIGHTSQL=1.13.0
 MOTO=5.2.5               # an S3-compatible server for the object-storage tests
 ZIGLANG=0.17.1
+OTEL=1.45.2              # the OpenTelemetry Python SDK and OTLP exporters (OTLP ingest tests)
 COMPONENTIZE_JS=0.23.0
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
@@ -45,9 +46,11 @@ fi
 # Python: componentize-py and zig for plugins; pyarrow and duckdb, the independent
 # readers the cold-tier tests check Weir's Parquet files with; the ADBC Flight SQL
 # driver the Flight SQL test queries the server with; moto's S3 server, the object
-# store the S3 cold-tier test writes to.
+# store the S3 cold-tier test writes to; the OpenTelemetry SDK with its OTLP gRPC and
+# HTTP exporters, the real client of the OTLP ingest tests.
 frozen=$("$TOOLS/venv/bin/pip" freeze 2>/dev/null || true)
-for pin in "componentize-py==$COMPONENTIZE_PY" "ziglang==$ZIGLANG" "pyarrow==$PYARROW" "duckdb==$DUCKDB" "adbc-driver-flightsql==$ADBC_FLIGHTSQL" "moto[server]==$MOTO"; do
+for pin in "componentize-py==$COMPONENTIZE_PY" "ziglang==$ZIGLANG" "pyarrow==$PYARROW" "duckdb==$DUCKDB" "adbc-driver-flightsql==$ADBC_FLIGHTSQL" "moto[server]==$MOTO" \
+    "opentelemetry-sdk==$OTEL" "opentelemetry-exporter-otlp-proto-grpc==$OTEL" "opentelemetry-exporter-otlp-proto-http==$OTEL"; do
   if ! grep -qx "${pin/\[*\]/}" <<<"$frozen"; then
     "$TOOLS/venv/bin/pip" install --quiet "$pin"
   fi

@@ -388,6 +388,18 @@ pub struct IngestConfig {
     /// Largest single record: a longer line is rejected on its own.
     #[serde(default = "d_max_record")]
     pub max_record_bytes: usize,
+    /// How long the log remembers an `Idempotency-Key` (seconds).
+    #[serde(default = "d_idempotency_ttl")]
+    pub idempotency_ttl_secs: u64,
+    /// Most `Idempotency-Key`s remembered per tenant; its oldest are forgotten first.
+    #[serde(default = "d_idempotency_keys")]
+    pub idempotency_keys_per_tenant: u64,
+}
+fn d_idempotency_ttl() -> u64 {
+    24 * 3600
+}
+fn d_idempotency_keys() -> u64 {
+    100_000
 }
 fn d_max_body() -> usize {
     16 << 20
@@ -404,6 +416,8 @@ impl Default for IngestConfig {
             max_body_bytes: d_max_body(),
             max_decoded_bytes: d_max_decoded(),
             max_record_bytes: d_max_record(),
+            idempotency_ttl_secs: d_idempotency_ttl(),
+            idempotency_keys_per_tenant: d_idempotency_keys(),
         }
     }
 }
@@ -761,6 +775,10 @@ impl Config {
             ("cold.flush_after_secs", self.cold.flush_after_secs),
             ("cold.janitor_secs", self.cold.janitor_secs),
             ("log.retention_secs", self.log.retention_secs),
+            (
+                "ingest.idempotency_ttl_secs",
+                self.ingest.idempotency_ttl_secs,
+            ),
             (
                 "plugins.rollback_window_secs",
                 self.plugins.rollback_window_secs,

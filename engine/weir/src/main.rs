@@ -15,6 +15,7 @@ mod flight;
 mod gate;
 mod ingest;
 mod listener;
+mod otlp;
 mod queries;
 mod samples;
 mod series;
@@ -179,6 +180,8 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
                 retention_bytes: config.log.retention_bytes,
                 retention: std::time::Duration::from_secs(config.log.retention_secs),
                 max_lag_bytes: config.log.max_lag_bytes,
+                key_ttl: std::time::Duration::from_secs(config.ingest.idempotency_ttl_secs),
+                keys_per_tenant: config.ingest.idempotency_keys_per_tenant,
                 ..Default::default()
             },
         )
@@ -302,7 +305,7 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
     // Tests and scripts read this line to find the port.
     println!("weir: http listening on {addr}");
     tracing::info!(%addr, data_dir = %config.data_dir.display(), partitions = config.log.partitions, "weir serving");
-    // The gRPC listener serves Arrow Flight SQL (OTLP over gRPC is not served yet).
+    // The gRPC listener serves Arrow Flight SQL and OTLP logs and metrics.
     let grpc_listener = TcpListener::bind(&config.listen.grpc)
         .await
         .with_context(|| format!("bind {}", config.listen.grpc))?;
@@ -312,11 +315,14 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
         let service = arrow_flight::flight_service_server::FlightServiceServer::new(
             flight::FlightSql::new(config.clone(), store.clone(), queries),
         );
+        let (otlp_logs, otlp_metrics) = otlp::grpc::Otlp::services(state.clone());
         let mut rx = grpc_stopped.clone();
         let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
         tokio::spawn(async move {
             if let Err(e) = tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(otlp_logs)
+                .add_service(otlp_metrics)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = rx.changed().await;
                 })
