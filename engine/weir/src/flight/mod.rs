@@ -1,33 +1,42 @@
 //! Arrow Flight SQL on the gRPC listener (`[listen] grpc`), so standard clients (ADBC,
-//! JDBC, pyarrow.flight) run SQL against the same tables as `POST /api/v1/query`.
+//! JDBC, pyarrow.flight) and the BI tools on top of them run SQL against the same
+//! tables as `POST /api/v1/query`, browse those tables and run prepared statements.
 //!
 //! Authentication is the tenant's bearer token in the `authorization` metadata
-//! (`Bearer TOKEN`; ADBC: `adbc.flight.sql.authorization_header`); with no tenants
-//! configured, loopback clients are the default tenant. A query only ever sees its
-//! tenant's tables (it runs through `HotStore::query`).
+//! (`Bearer TOKEN`; ADBC: `adbc.flight.sql.authorization_header`) on every call; with
+//! no tenants configured, loopback clients are the default tenant. A query or listing
+//! only ever sees its tenant's tables (the session `HotStore` builds for it).
 //!
-//! Flow: `GetFlightInfo(CommandStatementQuery)` plans the query (its schema, no rows)
-//! and keeps the statement under a handle bound to the tenant; `DoGet(TicketStatementQuery)`
-//! runs it once, through the same admission, runtime, limits and caps as HTTP queries
-//! (`crate::queries`), streaming batches as they come. Unfetched statements are dropped
-//! after [`RESULT_TTL`]; each tenant has at most [`MAX_PENDING`] waiting (its own oldest
-//! go first), so no tenant's calls evict another's.
+//! - Statements: `GetFlightInfo(CommandStatementQuery)` plans the query (its schema, no
+//!   rows) and keeps it under a handle bound to the tenant; `DoGet(TicketStatementQuery)`
+//!   runs it once, through the same admission, runtime, limits and caps as HTTP queries
+//!   (`crate::queries`), streaming batches as they come ([`answer`]).
+//! - Prepared statements with parameters ([`prepared`]): create, bind (`DoPut`),
+//!   execute (`GetFlightInfo`, then `DoGet` as above), close.
+//! - Metadata ([`metadata`]): `GetSqlInfo`, `GetCatalogs`, `GetDbSchemas`, `GetTables`
+//!   (with the tables' Arrow schemas), `GetTableTypes`.
+//!
+//! Everything kept between calls lives in [`handles::Handles`], bounded per tenant.
+//! Anything else (updates, ingestion, Substrait, transactions) answers UNIMPLEMENTED.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+mod answer;
+mod handles;
+mod metadata;
+mod prepared;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use arrow_flight::encode::FlightDataEncoderBuilder;
-use arrow_flight::error::FlightError;
-use arrow_flight::sql::server::FlightSqlService;
-use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery};
-use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::buffer::Buffer;
-use datafusion::arrow::ipc::reader::StreamDecoder;
-use futures::StreamExt;
-use parking_lot::Mutex;
+use arrow_flight::sql::metadata::SqlInfoData;
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, Command, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
+    CommandStatementQuery, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
+    TicketStatementQuery,
+};
+use arrow_flight::{Action, FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
+use datafusion::arrow::datatypes::SchemaRef;
 use prost::Message;
 use tonic::{Request, Response, Status};
 use weir_core::config::DEFAULT_TENANT;
@@ -36,23 +45,13 @@ use weir_store::query_answer::IpcEncoder;
 use weir_store::{HotStore, QueryError};
 
 use crate::queries::QueryService;
-
-/// How long a result waits for its `DoGet`.
-pub const RESULT_TTL: Duration = Duration::from_secs(60);
-/// Most statements of one tenant waiting at once.
-pub const MAX_PENDING: usize = 64;
-
-struct Pending {
-    tenant: String,
-    sql: String,
-    at: Instant,
-}
+use handles::{Handles, Pending};
 
 pub struct FlightSql {
     config: Arc<Config>,
     queries: Arc<QueryService>,
-    pending: Mutex<HashMap<u64, Pending>>,
-    next: AtomicU64,
+    handles: Handles,
+    sql_info: SqlInfoData,
 }
 
 fn status_of(e: QueryError) -> Status {
@@ -74,10 +73,11 @@ impl FlightSql {
         queries: Arc<QueryService>,
     ) -> FlightSql {
         FlightSql {
+            // Fixed values, built the same way by every start (and by the unit tests).
+            sql_info: metadata::sql_info(&config).expect("the SqlInfo values are well-formed"),
             config,
             queries,
-            pending: Mutex::default(),
-            next: AtomicU64::new(1),
+            handles: Handles::default(),
         }
     }
 
@@ -99,10 +99,54 @@ impl FlightSql {
             .map(str::to_owned)
             .ok_or_else(|| Status::unauthenticated("missing or unknown bearer token"))
     }
-}
 
-fn handle_of(bytes: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+    /// Keep `pending` for `tenant` and answer with the ticket that runs it.
+    fn pending_info(
+        &self,
+        tenant: &str,
+        pending: Pending,
+        schema: &SchemaRef,
+        descriptor: FlightDescriptor,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let info = FlightInfo::new()
+            .try_with_schema(schema)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let handle = self.handles.add_pending(tenant, pending);
+        let ticket = TicketStatementQuery {
+            statement_handle: handles::to_bytes(handle),
+        };
+        let endpoint =
+            FlightEndpoint::new().with_ticket(Ticket::new(ticket.as_any().encode_to_vec()));
+        Ok(Response::new(
+            info.with_endpoint(endpoint)
+                .with_descriptor(descriptor)
+                .with_total_records(-1),
+        ))
+    }
+
+    async fn metadata_info(
+        &self,
+        cmd: Command,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.tenant(&request)?;
+        metadata::flight_info(cmd, &self.sql_info, request.into_inner()).map(Response::new)
+    }
+
+    async fn metadata_rows(
+        &self,
+        cmd: Command,
+        request: Request<Ticket>,
+    ) -> Result<Response<answer::DoGetStream>, Status> {
+        let tenant = self.tenant(&request)?;
+        let tables = if metadata::needs_tables(&cmd) {
+            self.queries.tables(&tenant).await.map_err(status_of)?
+        } else {
+            Vec::new()
+        };
+        let batch = metadata::rows(cmd, &self.sql_info, &tables)?;
+        Ok(Response::new(answer::batch(batch)))
+    }
 }
 
 #[tonic::async_trait]
@@ -115,111 +159,174 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let tenant = self.tenant(&request)?;
-        let schema = self
+        let (schema, parameters) = self
             .queries
-            .schema(&tenant, query.query.clone())
+            .prepare(&tenant, query.query.clone(), None)
             .await
             .map_err(status_of)?;
-        let handle = self.next.fetch_add(1, Ordering::Relaxed);
-        let info = FlightInfo::new()
-            .try_with_schema(&schema)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        {
-            let mut p = self.pending.lock();
-            p.retain(|_, r| r.at.elapsed() < RESULT_TTL);
-            loop {
-                let mine = p.iter().filter(|(_, r)| r.tenant == tenant);
-                if mine.clone().count() < MAX_PENDING {
-                    break;
-                }
-                let oldest = mine.min_by_key(|(_, r)| r.at).map(|(h, _)| *h);
-                match oldest {
-                    Some(h) => p.remove(&h),
-                    None => break,
-                };
-            }
-            p.insert(
-                handle,
-                Pending {
-                    tenant,
-                    sql: query.query,
-                    at: Instant::now(),
-                },
-            );
+        if !parameters.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "the statement has {} parameter(s): run it as a prepared statement and bind them",
+                parameters.len()
+            )));
         }
-        let ticket = TicketStatementQuery {
-            statement_handle: handle.to_be_bytes().to_vec().into(),
+        let pending = Pending {
+            sql: query.query,
+            params: None,
         };
-        let endpoint =
-            FlightEndpoint::new().with_ticket(Ticket::new(ticket.as_any().encode_to_vec()));
-        Ok(Response::new(
-            info.with_endpoint(endpoint)
-                .with_descriptor(request.into_inner())
-                .with_total_records(-1),
-        ))
+        self.pending_info(&tenant, pending, &schema, request.into_inner())
     }
 
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
-    ) -> Result<
-        Response<<Self as arrow_flight::flight_service_server::FlightService>::DoGetStream>,
-        Status,
-    > {
+    ) -> Result<Response<answer::DoGetStream>, Status> {
         let tenant = self.tenant(&request)?;
         let gone = || Status::not_found("unknown or expired statement handle");
-        let handle = handle_of(&ticket.statement_handle).ok_or_else(gone)?;
-        let pending = {
-            let mut p = self.pending.lock();
-            // Another tenant's handle is as unknown as a made-up one.
-            match p.get(&handle) {
-                Some(r) if r.tenant == tenant && r.at.elapsed() < RESULT_TTL => p.remove(&handle),
-                _ => None,
-            }
-        }
-        .ok_or_else(gone)?;
-        // The answer arrives as Arrow IPC (the governed path every query takes) and is
-        // decoded back into batches message by message for Flight's own framing.
+        let handle = handles::from_bytes(&ticket.statement_handle).ok_or_else(gone)?;
+        // Another tenant's handle is as unknown as a made-up one.
+        let pending = self
+            .handles
+            .take_pending(&tenant, handle)
+            .ok_or_else(gone)?;
         let answer = self
             .queries
-            .run(&tenant, pending.sql, IpcEncoder::default())
+            .run_with(&tenant, pending.sql, pending.params, IpcEncoder::default())
             .await
             .map_err(status_of)?;
-        let crate::queries::Answer { first, rest, guard } = answer;
-        let chunks = futures::stream::once(async move { Ok(first) }).chain(
-            futures::stream::unfold((rest, guard), |(mut rx, guard)| async move {
-                let item = rx.recv().await?;
-                Some((item, (rx, guard)))
-            }),
-        );
-        let batches = chunks
-            .scan(StreamDecoder::new(), |decoder, chunk| {
-                let out: Vec<Result<RecordBatch, FlightError>> = match chunk {
-                    Ok(bytes) => {
-                        let mut buf = Buffer::from(bytes.to_vec());
-                        let mut out = Vec::new();
-                        while !buf.is_empty() {
-                            match decoder.decode(&mut buf) {
-                                Ok(Some(b)) => out.push(Ok(b)),
-                                Ok(None) => {}
-                                Err(e) => {
-                                    out.push(Err(FlightError::Arrow(e)));
-                                    break;
-                                }
-                            }
-                        }
-                        out
-                    }
-                    Err(e) => vec![Err(FlightError::Tonic(Box::new(status_of(e))))],
-                };
-                std::future::ready(Some(futures::stream::iter(out)))
-            })
-            .flatten();
-        let stream = FlightDataEncoderBuilder::new()
-            .build(batches)
-            .map(|r| r.map_err(Status::from));
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(answer::stream(answer)))
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let tenant = self.tenant(&request)?;
+        let (pending, schema) =
+            prepared::execute(&self.queries, &self.handles, &tenant, cmd).await?;
+        self.pending_info(&tenant, pending, &schema, request.into_inner())
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let tenant = self.tenant(&request)?;
+        prepared::bind(&self.handles, &tenant, cmd, request.into_inner()).await
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let tenant = self.tenant(&request)?;
+        if query.transaction_id.is_some() {
+            return Err(Status::invalid_argument("transactions are not supported"));
+        }
+        prepared::create(&self.queries, &self.handles, &tenant, query.query).await
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        query: ActionClosePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<(), Status> {
+        let tenant = self.tenant(&request)?;
+        prepared::close(&self.handles, &tenant, &query.prepared_statement_handle)
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.metadata_info(Command::CommandGetSqlInfo(query), request)
+            .await
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<answer::DoGetStream>, Status> {
+        self.metadata_rows(Command::CommandGetSqlInfo(query), request)
+            .await
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.metadata_info(Command::CommandGetCatalogs(query), request)
+            .await
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<Ticket>,
+    ) -> Result<Response<answer::DoGetStream>, Status> {
+        self.metadata_rows(Command::CommandGetCatalogs(query), request)
+            .await
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.metadata_info(Command::CommandGetDbSchemas(query), request)
+            .await
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<Ticket>,
+    ) -> Result<Response<answer::DoGetStream>, Status> {
+        self.metadata_rows(Command::CommandGetDbSchemas(query), request)
+            .await
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.metadata_info(Command::CommandGetTables(query), request)
+            .await
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<Ticket>,
+    ) -> Result<Response<answer::DoGetStream>, Status> {
+        self.metadata_rows(Command::CommandGetTables(query), request)
+            .await
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.metadata_info(Command::CommandGetTableTypes(query), request)
+            .await
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<Ticket>,
+    ) -> Result<Response<answer::DoGetStream>, Status> {
+        self.metadata_rows(Command::CommandGetTableTypes(query), request)
+            .await
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
@@ -227,7 +334,9 @@ impl FlightSqlService for FlightSql {
 
 #[cfg(test)]
 mod tests {
+    use super::handles::MAX_PENDING;
     use super::*;
+    use futures::StreamExt;
 
     fn request<T>(msg: T, token: &str) -> Request<T> {
         let mut r = Request::new(msg);
@@ -272,7 +381,8 @@ mod tests {
                 .await
                 .unwrap();
         }
-        assert_eq!(f.pending.lock().len(), MAX_PENDING + 1);
+        assert_eq!(f.handles.count("b"), (MAX_PENDING, 0));
+        assert_eq!(f.handles.count("a"), (1, 0));
         let ticket = info.endpoint[0].ticket.clone().unwrap();
         let any = arrow_flight::sql::Any::decode(ticket.ticket.clone()).unwrap();
         let handle: TicketStatementQuery = any.unpack().unwrap().unwrap();
@@ -303,6 +413,5 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(again.code(), tonic::Code::NotFound, "fetched once");
-        assert_eq!(super::handle_of(b"short"), None);
     }
 }
