@@ -133,7 +133,12 @@ async fn adbc_prepared_statements_bind_parameters() {
         .map(|i| json!({"message": format!("m{i}"), "level": if i % 3 == 0 { "error" } else { "info" }, "code": i % 5}))
         .collect();
     ingest(&s, "ta", &records).await;
-    ingest(&s, "tb", &[json!({"message": "b-secret", "level": "error", "code": 1})]).await;
+    ingest(
+        &s,
+        "tb",
+        &[json!({"message": "b-secret", "level": "error", "code": 1})],
+    )
+    .await;
     // Flushed: `code` is a column of the cold files.
     wait_flushed(&s, 31).await;
     let script = format!(
@@ -145,6 +150,11 @@ with connect("ta") as conn, conn.cursor() as cur:
         print(params, [r[0] for r in cur.fetchall()])
     cur.execute("SELECT count(*) FROM logs WHERE code = $1", parameters=(2,))
     print("$1", cur.fetchone()[0])
+    cur.execute("SELECT count(*) FROM logs WHERE ts > ?", parameters=("2000-01-01T00:00:00Z",))
+    print("text as a time", cur.fetchone()[0])
+    import datetime
+    cur.execute("SELECT count(*) FROM logs WHERE ts < ?", parameters=(datetime.datetime(2000, 1, 1),))
+    print("a datetime", cur.fetchone()[0])
     cur.execute("SELECT count(*) FROM logs WHERE level = ?", parameters=("x' OR '1'='1",))
     print("quote", cur.fetchone()[0])
     cur.execute("SELECT count(*) FROM logs WHERE message = ?", parameters=("b-secret",))
@@ -167,12 +177,14 @@ with connect("ta") as conn, conn.cursor() as cur:
     let out = run_python(&script, &s);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
-        lines[..6],
+        lines[..8],
         [
             "('error', 1) ['m21', 'm6']",
             "('info', 1) ['m1', 'm11', 'm16', 'm26']",
             "('error', 4) ['m24', 'm9']",
             "$1 6",
+            "text as a time 30",
+            "a datetime 0",
             "quote 0",
             "b's row 0",
         ],
@@ -188,7 +200,10 @@ with connect("ta") as conn, conn.cursor() as cur:
             "{label}: {line}"
         );
     };
-    error("count", "the statement has 1 parameter(s), 2 value(s) were bound");
+    error(
+        "count",
+        "the statement has 1 parameter(s), 2 value(s) were bound",
+    );
     error("type", "parameter $1 is Int64, the value bound to it is");
     error("size", "more than the 65536 allowed");
     error("named", "placeholder $name is not supported");
