@@ -173,6 +173,12 @@ impl ApiError {
             retry_after: false,
         }
     }
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+    pub fn message(&self) -> &str {
+        &self.message
+    }
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
