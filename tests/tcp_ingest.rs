@@ -402,8 +402,8 @@ async fn hostile_framing_leaves_the_server_serving() {
     // HTTP still answers; the idle client does not hold the shutdown.
     let (st, _) = s.ingest(TOKEN, "http", "{\"via\":\"http\"}\n").await;
     assert_eq!(st, 200);
-    drop(idle);
     s.stop();
+    drop(idle);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,4 +513,196 @@ fn ambiguous_listener_setups_refuse_to_start() {
         &listener("a", &addr, "s"),
         &format!("bind the TCP listener {addr} of tenant a (stream s)"),
     );
+}
+
+/// A running rsyslogd, killed when dropped.
+struct Rsyslogd(std::process::Child);
+
+impl Drop for Rsyslogd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Debian's rsyslogd (`scripts/setup.sh` installs it).
+fn rsyslogd_path() -> std::path::PathBuf {
+    ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.is_file())
+        .expect("rsyslogd is not installed: run scripts/setup.sh")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsyslog_forwards_rfc5424_octet_counted_and_rfc3164() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        &format!(
+            r#"
+[tenants.acme]
+tokens = ["{TOKEN}"]
+[[tenants.acme.listeners]]
+addr = "127.0.0.1:0"
+format = "syslog"
+stream = "r5424"
+[[tenants.acme.listeners]]
+addr = "127.0.0.1:0"
+format = "syslog"
+stream = "r3164"
+"#
+        ),
+    );
+    let port = |stream: &str| {
+        s.tcp_addr("acme", stream, "syslog")
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    // rsyslogd in the foreground with its own config, pid file and work directory: a
+    // TCP input the test writes to, forwarding every message to both Weir listeners,
+    // RFC 5424 with octet counting and RFC 3164 (traditional) with LF framing. The
+    // action queues retry without end, so a slow Weir loses nothing.
+    let input = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let in_port = input.local_addr().unwrap().port();
+    drop(input);
+    let work = dir.path().join("rsyslog");
+    std::fs::create_dir_all(&work).unwrap();
+    let conf = work.join("rsyslog.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"
+global(workDirectory="{work}")
+module(load="imtcp")
+input(type="imtcp" address="127.0.0.1" port="{in_port}" ruleset="fwd")
+ruleset(name="fwd") {{
+  action(type="omfwd" target="127.0.0.1" port="{p5424}" protocol="tcp"
+         TCP_Framing="octet-counted" template="RSYSLOG_SyslogProtocol23Format"
+         queue.type="LinkedList" action.resumeRetryCount="-1")
+  action(type="omfwd" target="127.0.0.1" port="{p3164}" protocol="tcp"
+         template="RSYSLOG_TraditionalForwardFormat"
+         queue.type="LinkedList" action.resumeRetryCount="-1")
+}}
+"#,
+            work = work.display(),
+            p5424 = port("r5424"),
+            p3164 = port("r3164"),
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(work.join("rsyslogd.log")).unwrap();
+    let _rsyslogd = Rsyslogd(
+        std::process::Command::new(rsyslogd_path())
+            .arg("-n")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-i")
+            .arg(work.join("rsyslogd.pid"))
+            .env("TZ", "UTC")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut c = loop {
+        match TcpStream::connect(("127.0.0.1", in_port)) {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "rsyslogd does not listen: {e}\n{}",
+                    std::fs::read_to_string(work.join("rsyslogd.log")).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    const N5424: usize = 300;
+    const N3164: usize = 200;
+    let mut sent = Vec::new();
+    for i in 0..N5424 {
+        writeln!(
+            sent,
+            "<134>1 2024-03-01T10:00:00.{i:03}Z src-host myapp 42 ID7 [meta@1 k=\"v\\\"q\" n=\"{i}\"] message {i}"
+        )
+        .unwrap();
+    }
+    for i in 0..N3164 {
+        writeln!(
+            sent,
+            "<38>Mar  1 10:00:{:02} bsd-host sshd[9]: bsd message {i}",
+            i % 60
+        )
+        .unwrap();
+    }
+    c.write_all(&sent).unwrap();
+    drop(c);
+
+    let total = (N5424 + N3164) as i64;
+    for stream in ["r5424", "r3164"] {
+        s.wait_count(
+            TOKEN,
+            &format!("SELECT count(*) FROM logs WHERE stream = '{stream}'"),
+            total,
+        )
+        .await;
+    }
+    let f = |k: &str| format!("json_get_str(record, '{k}')");
+    let fields = format!(
+        "{}, {}, level, {}, {}, {}, {}, json_get_str(record, 'sd', 'meta@1', 'k'), count(*), \
+         count(DISTINCT message), count(DISTINCT json_get_str(record, 'sd', 'meta@1', 'n'))",
+        f("syslog"),
+        f("facility"),
+        f("hostname"),
+        f("app_name"),
+        f("procid"),
+        f("msgid")
+    );
+    let by_host = |stream: &str| {
+        format!("SELECT {fields} FROM logs WHERE stream = '{stream}' GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 ORDER BY 4")
+    };
+    let r = rows(&s, TOKEN, &by_host("r5424")).await;
+    assert_eq!(
+        r,
+        vec![
+            json!([
+                "rfc5424", "auth", "info", "bsd-host", "sshd", "9", null, null, N3164, N3164, 0
+            ]),
+            json!([
+                "rfc5424", "local0", "info", "src-host", "myapp", "42", "ID7", "v\"q", N5424,
+                N5424, N5424
+            ]),
+        ]
+    );
+    let r = rows(&s, TOKEN, &by_host("r3164")).await;
+    assert_eq!(
+        r,
+        vec![
+            json!([
+                "rfc3164", "auth", "info", "bsd-host", "sshd", "9", null, null, N3164, N3164, 0
+            ]),
+            json!([
+                "rfc3164", "local0", "info", "src-host", "myapp", "42", null, null, N5424, N5424, 0
+            ]),
+        ]
+    );
+    // The messages themselves, and the RFC 5424 timestamps as event times.
+    let n = s
+        .count(TOKEN, "SELECT count(*) FROM logs WHERE stream = 'r3164' AND (message LIKE 'message %' OR message LIKE 'bsd message %')")
+        .await;
+    assert_eq!(n, total);
+    let n = s
+        .count(TOKEN, "SELECT count(*) FROM logs WHERE stream = 'r5424' AND message LIKE 'message %' AND ts >= '2024-03-01T10:00:00Z' AND ts < '2024-03-01T10:00:01Z'")
+        .await;
+    assert_eq!(n, N5424 as i64);
+    let m = s.metrics().await;
+    assert_eq!(
+        metric(&m, "weir_ingest_records_rejected_total{tenant=\"acme\"}"),
+        0
+    );
+    s.stop();
 }

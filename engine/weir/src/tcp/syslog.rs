@@ -20,7 +20,8 @@
 //! valid RFC 3339 TIMESTAMP, well-formed SD with `\"`, `\\` and `\]` unescaped; a
 //! parameter or SD-ID that repeats gathers its values in an array). RFC 3164 is read
 //! leniently, as senders write it: TIMESTAMP is `Mmm dd hh:mm:ss` (or RFC 3339, as
-//! rsyslog's `RSYSLOG_ForwardFormat` sends), HOSTNAME follows it, then `TAG[pid]:`;
+//! rsyslog's `RSYSLOG_ForwardFormat` sends), HOSTNAME follows it, then `TAG:`,
+//! `TAG[pid]:` or `TAG[pid] `;
 //! what does not fit goes to `message`. A BSD timestamp has no year and no zone: it is
 //! read as UTC in the latest year that puts it at most a day after the time it was
 //! received (so `Dec 31 23:59:59` received on January 1st is last year's, and
@@ -326,7 +327,8 @@ fn civil_year(ms: i64) -> i64 {
 }
 
 /// A TAG (`[A-Za-z0-9_.\-/]`, up to 48 characters) with an optional `[pid]`, ended by
-/// `:`: (tag, pid) and the message after the colon and one space.
+/// `:` (or, after a `[pid]`, by a space): (tag, pid) and the message after the colon and
+/// one space.
 fn tag(s: &str) -> Option<((&str, Option<&str>), &str)> {
     let n = s
         .bytes()
@@ -346,8 +348,13 @@ fn tag(s: &str) -> Option<((&str, Option<&str>), &str)> {
         pid = Some(p);
         rest = &after[close + 1..];
     }
-    let rest = rest.strip_prefix(':')?;
-    Some(((name, pid), rest.strip_prefix(' ').unwrap_or(rest)))
+    // `TAG:` or `TAG[pid]:`; rsyslog forwards a tag without its colon as `TAG[pid] `.
+    let rest = match rest.strip_prefix(':') {
+        Some(r) => r.strip_prefix(' ').unwrap_or(r),
+        None if pid.is_some() => rest.strip_prefix(' ').or(rest.is_empty().then_some(rest))?,
+        None => return None,
+    };
+    Some(((name, pid), rest))
 }
 
 fn rfc3164(rest: &str, now_ms: i64, rec: &mut Map<String, Value>) {
@@ -522,6 +529,21 @@ mod tests {
             (Some("nginx"), Some("77"))
         );
         assert_eq!(r["message"], "GET /");
+        // rsyslog forwards the tag of an RFC 5424 message without a colon.
+        let r = ok("<134>Nov 29 10:00:00 src-host myapp[42] message 1");
+        assert_eq!(
+            (r["hostname"].as_str(), r["app_name"].as_str()),
+            (Some("src-host"), Some("myapp"))
+        );
+        assert_eq!(
+            (r["procid"].as_str(), r["message"].as_str()),
+            (Some("42"), Some("message 1"))
+        );
+        // A word alone is no tag without its colon.
+        assert_eq!(
+            ok("<13>Nov 29 10:00:00 h myapp message")["message"],
+            "myapp message"
+        );
         // A tag right after the timestamp: no hostname.
         let r = ok("<30>Jun 15 11:59:58 cron[1]: job");
         assert!(r.get("hostname").is_none(), "{r}");
