@@ -399,6 +399,17 @@ async fn hostile_framing_leaves_the_server_serving() {
         "{}",
         s.log()
     );
+    // The idle client's connection is the one still open.
+    let open = format!("weir_tcp_connections_open{{tenant=\"acme\",listener=\"{syslog}\"}}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while s.counter(&open).await != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            s.metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // HTTP still answers; the idle client does not hold the shutdown.
     let (st, _) = s.ingest(TOKEN, "http", "{\"via\":\"http\"}\n").await;
     assert_eq!(st, 200);
@@ -703,6 +714,55 @@ ruleset(name="fwd") {{
     assert_eq!(
         metric(&m, "weir_ingest_records_rejected_total{tenant=\"acme\"}"),
         0
+    );
+    s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_admits_the_batch_in_hand_and_leaves_no_hole() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &config(""));
+    let ndjson = s.tcp_addr("acme", "app", "ndjson");
+    // A client that sends numbered records as fast as it can until the server goes.
+    let sender = std::thread::spawn(move || {
+        let mut c = connect(&ndjson);
+        let mut n = 0u64;
+        loop {
+            let body: String = (n..n + 200).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+            if c.write_all(body.as_bytes()).is_err() {
+                return n;
+            }
+            n += 200;
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while s.count(TOKEN, "SELECT count(*) FROM logs").await < 20_000 {
+        assert!(std::time::Instant::now() < deadline, "{}", s.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = std::time::Instant::now();
+    s.stop();
+    let stop_took = started.elapsed();
+    let sent = sender.join().unwrap();
+    // Restarted, the stream holds exactly the first records the connection read:
+    // every batch read before the signal was admitted, none in part.
+    let s = Server::start(dir.path(), &config(""));
+    // The workers replay the log: wait until the count holds still.
+    let mut n = -1;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = s.count(TOKEN, "SELECT count(*) FROM logs").await;
+        if now == n {
+            break;
+        }
+        n = now;
+    }
+    let r = rows(&s, TOKEN, "SELECT count(*), count(DISTINCT json_get_int(record, 'n')), min(json_get_int(record, 'n')), max(json_get_int(record, 'n')) FROM logs").await;
+    assert_eq!(r[0], json!([n, n, 0, n - 1]), "sent {sent}");
+    assert!(n >= 20_000 && (n as u64) <= sent);
+    assert!(
+        stop_took < Duration::from_secs(10),
+        "stop took {stop_took:?}"
     );
     s.stop();
 }

@@ -12,8 +12,11 @@
 //! A busy log (429: lag, commit queue, memory budget) or a failing one (503, 500) is
 //! retried with the same batch after a backoff doubling from [`BACKOFF_MIN`] to
 //! [`BACKOFF_MAX`], for as long as the server runs: records TCP acknowledged are never
-//! dropped quietly. At shutdown a batch that still cannot be admitted is logged as an
-//! error with its size.
+//! dropped quietly. At shutdown a connection stops reading once it has taken what the
+//! kernel already holds (at most [`DRAIN_AT_STOP`]), admits that, and closes; a batch
+//! that still cannot be admitted then is logged as an error with its size. Bytes the
+//! client sends after that, and a frame cut in the middle, are not read: the client
+//! sees its connection reset (plain TCP has no acknowledgement of its own).
 //!
 //! A bad frame (refused by the framer, the syslog parser or the door's record rules)
 //! costs only itself: it is counted (`weir_tcp_frames_rejected_total{reason}` and
@@ -42,6 +45,9 @@ pub const BATCH_BYTES: usize = 1 << 20;
 pub const LINGER: Duration = Duration::from_millis(10);
 pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// At shutdown, a connection still takes up to this many bytes the kernel has already
+/// received (and acknowledged) before it closes.
+pub const DRAIN_AT_STOP: usize = 4 << 20;
 /// At most one warning per connection this often about bad frames or a busy log.
 const WARN_EVERY: Duration = Duration::from_secs(1);
 
@@ -160,6 +166,23 @@ pub async fn run(mut stream: TcpStream, peer: SocketAddr, ctx: &Ctx, stop: watch
                 break;
             }
             Read::Stop => {
+                // What the kernel already acknowledged, up to a bound, is taken too.
+                let mut left = DRAIN_AT_STOP;
+                while left > 0 {
+                    match stream.try_read(&mut chunk) {
+                        Ok(0) => {
+                            c.take_frames(&mut framer, true).await;
+                            break;
+                        }
+                        Ok(n) => {
+                            crate::server::count_body(&ctx.state, &ctx.spec.tenant, n);
+                            framer.push(&chunk[..n]);
+                            c.take_frames(&mut framer, false).await;
+                            left = left.saturating_sub(n);
+                        }
+                        Err(_) => break,
+                    }
+                }
                 if framer.buffered() > 0 {
                     tracing::warn!(%peer, listener = %ctx.name, bytes = framer.buffered(), "shutdown: the connection's unfinished frame is dropped");
                 }
