@@ -766,3 +766,41 @@ async fn shutdown_admits_the_batch_in_hand_and_leaves_no_hole() {
     );
     s.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_per_listener_and_closed_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        &config("[tcp]\nmax_connections = 2\nidle_timeout_secs = 2"),
+    );
+    let syslog = s.tcp_addr("acme", "sys", "syslog");
+    let open = format!("weir_tcp_connections_open{{tenant=\"acme\",listener=\"{syslog}\"}}");
+    let a = connect(&syslog);
+    let b = connect(&syslog);
+    // The third waits in the backlog: its frame is not read while both slots are held.
+    let mut c = connect(&syslog);
+    c.write_all(b"<13>1 - h a - - - third\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(s.counter(&open).await, 2);
+    assert_eq!(s.count(TOKEN, "SELECT count(*) FROM logs").await, 0);
+    drop(a);
+    s.wait_count(
+        TOKEN,
+        "SELECT count(*) FROM logs WHERE message = 'third'",
+        1,
+    )
+    .await;
+    // Silent connections are closed after idle_timeout_secs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while s.counter(&open).await != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            s.metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop((b, c));
+    s.stop();
+}
