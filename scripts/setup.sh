@@ -4,7 +4,8 @@
 # - the plugin toolchains `weir plugin build` uses for other languages, into
 #   $WEIR_TOOLS (default /var/tmp/weir-tools): wit-bindgen and wasm-tools (C),
 #   zig from PyPI's `ziglang` (C compiler), componentize-py (Python) and
-#   componentize-js from npm (JavaScript).
+#   componentize-js from npm (JavaScript);
+# - rsyslog (Debian's package), the real syslog forwarder the TCP ingest test runs.
 set -euo pipefail
 
 TOOLS="${WEIR_TOOLS:-/var/tmp/weir-tools}"
@@ -64,4 +65,10 @@ if ! grep -qs "\"version\": \"$COMPONENTIZE_JS\"" \
   mkdir -p "$TOOLS/node"
   (cd "$TOOLS/node" && { [ -f package.json ] || npm init -y >/dev/null; } &&
     npm install --silent --no-audit --no-fund "@bytecodealliance/componentize-js@$COMPONENTIZE_JS")
+fi
+
+# rsyslog: the TCP ingest test starts its own rsyslogd (foreground, own config), which
+# forwards RFC 5424 (octet-counted) and RFC 3164 to Weir's syslog listener.
+if ! command -v rsyslogd >/dev/null 2>&1 && [ ! -x /usr/sbin/rsyslogd ]; then
+  sudo_if apt-get update -qq && sudo_if apt-get install -y -qq rsyslog
 fi

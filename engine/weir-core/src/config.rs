@@ -59,6 +59,9 @@ pub struct Config {
     pub metrics: crate::serving::MetricsConfig,
     #[serde(default)]
     pub dead_letters: DeadLettersConfig,
+    /// Connections of the TCP ingest listeners (see [`crate::listeners`]).
+    #[serde(default)]
+    pub tcp: crate::listeners::TcpConfig,
 }
 
 /// How long dead letters (and rows the cold flush quarantined) are kept, and how many
@@ -270,6 +273,9 @@ pub struct TenantConfig {
     /// Retention of this tenant's streams (see [`crate::retention`]).
     #[serde(default)]
     pub retention: crate::retention::Retention,
+    /// TCP ingest listeners feeding this tenant (see [`crate::listeners`]).
+    #[serde(default)]
+    pub listeners: Vec<crate::listeners::ListenerConfig>,
 }
 
 /// Cardinality control of a tenant's metrics: label rewriting, then series limits.
@@ -721,6 +727,9 @@ impl Config {
                     }
                 }
             }
+        }
+        if let Err(e) = crate::listeners::check(self) {
+            return bad(e);
         }
         if self.log.partitions == 0 || self.log.partitions > 1024 {
             return bad("log.partitions must be 1..=1024".into());

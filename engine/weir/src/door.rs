@@ -103,7 +103,6 @@ pub fn reserve(state: &AppState, bytes: usize) -> Result<SemaphorePermit<'_>, Ap
 /// (the protocols without idempotency keys: TCP, remote-write).
 /// `ts_ms` is the ingest time (and a sample's time when it has none). The answer lists
 /// kept and rejected records (line numbers are 1-based positions in `ndjson`).
-#[allow(dead_code)] // the TCP and remote-write protocols land next
 pub async fn admit(
     state: &AppState,
     target: &Target,

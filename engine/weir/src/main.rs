@@ -3,7 +3,7 @@
 //! `weir pipeline ...` are the plugin developer's tools.
 //!
 //! Layout: [`server`] (HTTP data plane), [`admin`] (admin API), [`ingest`] (body
-//! decoding and per-line validation), [`bench`] (load generator), [`cli`] (plugin
+//! decoding and per-line validation), [`tcp`] (TCP ingest: NDJSON and syslog), [`bench`] (load generator), [`cli`] (plugin
 //! scaffolding, builds and admin API client). The layers below live in `engine/weir-*`.
 
 mod admin;
@@ -20,6 +20,7 @@ mod queries;
 mod samples;
 mod series;
 mod server;
+mod tcp;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -305,6 +306,9 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
     // Tests and scripts read this line to find the port.
     println!("weir: http listening on {addr}");
     tracing::info!(%addr, data_dir = %config.data_dir.display(), partitions = config.log.partitions, "weir serving");
+    // TCP ingest (NDJSON, syslog), stopped with the HTTP listener (see `tcp`).
+    let (stop_tcp, tcp_stopped) = tokio::sync::watch::channel(false);
+    let tcp_tasks = tcp::start(state.clone(), &state.registry, tcp_stopped).await?;
     // The gRPC listener serves Arrow Flight SQL and OTLP logs and metrics.
     let grpc_listener = TcpListener::bind(&config.listen.grpc)
         .await
@@ -332,7 +336,6 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
             }
         })
     };
-    tracing::info!(tcp = %config.listen.tcp, "the TCP listener is not served by this version");
 
     // The admin API runs only with an admin token configured.
     let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
@@ -361,7 +364,15 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
         None
     };
 
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tcp.send(true);
+    };
     listener::serve(listener, server::router(state), &config.http, shutdown).await;
+    // TCP connections admit the batch in hand (durable like any acknowledged request).
+    for t in tcp_tasks {
+        let _ = t.await;
+    }
     let _ = stop_admin.send(true);
     if let Some(t) = admin_task {
         let _ = t.await;
