@@ -45,7 +45,9 @@ pub struct LogParts {
 pub struct TooLarge(pub usize);
 
 impl LogParts {
-    fn push(&mut self, stream: &str, record: &Value) {
+    /// Append `record` with `tail` (`"scope":...,"resource":...`, already JSON, shared
+    /// by every record of a scope) spliced in before its closing brace.
+    fn push(&mut self, stream: &str, record: &Value, tail: &[u8]) {
         let buf = match self.parts.iter_mut().find(|(s, _)| s == stream) {
             Some((_, b)) => b,
             None => {
@@ -56,6 +58,14 @@ impl LogParts {
         // Serializing a Value cannot fail (string keys only).
         let before = buf.len();
         let _ = serde_json::to_writer(&mut *buf, record);
+        if !tail.is_empty() && buf.last() == Some(&b'}') {
+            buf.pop();
+            if buf.len() - before > 1 {
+                buf.push(b',');
+            }
+            buf.extend_from_slice(tail);
+            buf.push(b'}');
+        }
         buf.push(b'\n');
         self.bytes += buf.len() - before;
         self.records += 1;
@@ -77,7 +87,13 @@ pub fn records(
             .as_ref()
             .map(|r| r.attributes.as_slice())
             .unwrap_or_default();
-        let resource = Value::Object(object_of(attrs));
+        // The resource and scope are written once as JSON text and spliced into each of
+        // their records (no per-record copy of their attribute trees).
+        let resource = (!attrs.is_empty()).then(|| {
+            let mut t = b"\"resource\":".to_vec();
+            let _ = serde_json::to_writer(&mut t, &object_of(attrs));
+            t
+        });
         let target = match stream {
             Some(s) => s.to_owned(),
             None => string_attr(attrs, "service.name")
@@ -98,8 +114,19 @@ pub fn records(
                 }
                 (!m.is_empty()).then_some(Value::Object(m))
             });
+            let mut tail = Vec::new();
+            if let Some(sc) = &scope {
+                tail.extend_from_slice(b"\"scope\":");
+                let _ = serde_json::to_writer(&mut tail, sc);
+            }
+            if let Some(r) = &resource {
+                if !tail.is_empty() {
+                    tail.push(b',');
+                }
+                tail.extend_from_slice(r);
+            }
             for lr in &sl.log_records {
-                out.push(&target, &record(lr, scope.as_ref(), &resource));
+                out.push(&target, &record(lr), &tail);
                 if out.bytes > max_bytes {
                     return Err(TooLarge(max_bytes));
                 }
@@ -122,7 +149,8 @@ pub fn severity_name(n: i32) -> Option<&'static str> {
     })
 }
 
-fn record(lr: &LogRecord, scope: Option<&Value>, resource: &Value) -> Value {
+/// A record's own fields (its scope and resource are added by [`LogParts::push`]).
+fn record(lr: &LogRecord) -> Value {
     let mut m = Map::new();
     let time = if lr.time_unix_nano != 0 {
         lr.time_unix_nano
@@ -180,12 +208,6 @@ fn record(lr: &LogRecord, scope: Option<&Value>, resource: &Value) -> Value {
             "attributes".into(),
             Value::Object(object_of(&lr.attributes)),
         );
-    }
-    if let Some(s) = scope {
-        m.insert("scope".into(), s.clone());
-    }
-    if resource.as_object().is_some_and(|r| !r.is_empty()) {
-        m.insert("resource".into(), resource.clone());
     }
     Value::Object(m)
 }
@@ -291,6 +313,15 @@ mod tests {
         assert_eq!(r["body"], 7);
         assert_eq!(r["level"], "Error");
         assert_eq!(lines(&out.parts[1].1).len(), 2);
+        // An empty record still gets its scope and resource, as valid JSON.
+        let empty = ExportLogsServiceRequest {
+            resource_logs: vec![request(Some("web"), vec![LogRecord::default()])],
+        };
+        let e = records(&empty, None, usize::MAX).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&e.parts[0].1).unwrap(),
+            "{\"scope\":{\"name\":\"app.module\"},\"resource\":{\"service.name\":\"web\"}}\n"
+        );
         let forced = records(&req, Some("chosen"), usize::MAX).unwrap();
         assert_eq!(records(&req, None, 100).unwrap_err(), TooLarge(100));
         assert_eq!(forced.parts.len(), 1);
