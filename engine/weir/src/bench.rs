@@ -100,6 +100,15 @@ pub fn otlp_record(i: u64) -> opentelemetry_proto::tonic::logs::v1::LogRecord {
     }
 }
 
+/// [`otlp_request`] for the OTLP decoder tests.
+#[cfg(test)]
+pub fn otlp_request_for_tests(
+    first: u64,
+    batch: usize,
+) -> opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest {
+    otlp_request(first, batch)
+}
+
 /// One OTLP request of `batch` sample records starting at `first`.
 fn otlp_request(
     first: u64,

@@ -167,3 +167,170 @@ pub async fn export_metrics(
     }
     outcome_of(admitted, fresh)
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! The OTLP decoders and mappings on random and mutated input: never a panic, and
+    //! whatever decodes maps to NDJSON in which every line is one JSON object, which the
+    //! door's record rules then judge.
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    fn valid_logs() -> Vec<u8> {
+        crate::bench::otlp_request_for_tests(0, 5).encode_to_vec()
+    }
+
+    fn valid_metrics() -> Vec<u8> {
+        use opentelemetry_proto::tonic::common::v1::{any_value::Value as V, AnyValue, KeyValue};
+        use opentelemetry_proto::tonic::metrics::v1::{
+            exponential_histogram_data_point::Buckets, metric::Data, number_data_point,
+            ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Histogram,
+            HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
+        };
+        let attrs = vec![KeyValue {
+            key: "k.x".into(),
+            value: Some(AnyValue {
+                value: Some(V::StringValue("v".into())),
+            }),
+            ..Default::default()
+        }];
+        let metric = |name: &str, data: Data| Metric {
+            name: name.into(),
+            data: Some(data),
+            ..Default::default()
+        };
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![
+                        metric(
+                            "g",
+                            Data::Gauge(Gauge {
+                                data_points: vec![NumberDataPoint {
+                                    attributes: attrs.clone(),
+                                    time_unix_nano: 1_764_432_000_000_000_000,
+                                    value: Some(number_data_point::Value::AsDouble(1.5)),
+                                    ..Default::default()
+                                }],
+                            }),
+                        ),
+                        metric(
+                            "h",
+                            Data::Histogram(Histogram {
+                                data_points: vec![HistogramDataPoint {
+                                    attributes: attrs.clone(),
+                                    count: 3,
+                                    bucket_counts: vec![1, 2],
+                                    explicit_bounds: vec![1.0],
+                                    ..Default::default()
+                                }],
+                                aggregation_temporality: 2,
+                            }),
+                        ),
+                        metric(
+                            "e",
+                            Data::ExponentialHistogram(ExponentialHistogram {
+                                data_points: vec![ExponentialHistogramDataPoint {
+                                    attributes: attrs,
+                                    count: 2,
+                                    scale: 3,
+                                    positive: Some(Buckets {
+                                        offset: -2,
+                                        bucket_counts: vec![1, 1],
+                                    }),
+                                    ..Default::default()
+                                }],
+                                aggregation_temporality: 1,
+                            }),
+                        ),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec()
+    }
+
+    fn every_line_is_an_object(ndjson: &[u8]) {
+        for line in ndjson.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let v: serde_json::Value = serde_json::from_slice(line)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(line)));
+            assert!(v.is_object());
+        }
+    }
+
+    fn map_both(bytes: &[u8]) {
+        if let Ok(req) = ExportLogsServiceRequest::decode(bytes) {
+            if let Ok(parts) = super::logs::records(&req, None, 1 << 20) {
+                for (stream, nd) in &parts.parts {
+                    assert!(weir_core::names::is_valid_name(stream));
+                    every_line_is_an_object(nd);
+                }
+            }
+        }
+        if let Ok(req) = ExportMetricsServiceRequest::decode(bytes) {
+            if let Ok(s) = super::metrics::samples(&req, 1 << 20) {
+                every_line_is_an_object(&s.ndjson);
+                assert_eq!(s.point_of.len(), s.samples);
+            }
+        }
+    }
+
+    #[test]
+    fn the_valid_requests_map() {
+        map_both(&valid_logs());
+        map_both(&valid_metrics());
+        let req = ExportMetricsServiceRequest::decode(valid_metrics().as_slice()).unwrap();
+        assert_eq!(super::metrics::samples(&req, 1 << 20).unwrap().rejected, 0);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            map_both(&bytes);
+            let _ = serde_json::from_slice::<ExportLogsServiceRequest>(&bytes);
+            let _ = serde_json::from_slice::<ExportMetricsServiceRequest>(&bytes);
+        }
+
+        #[test]
+        fn mutated_requests_never_panic(
+            which in 0..2usize,
+            edits in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<proptest::sample::Index>(),
+        ) {
+            let mut bytes = if which == 0 { valid_logs() } else { valid_metrics() };
+            for (at, b) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = b;
+            }
+            map_both(&bytes);
+            // Truncated at any point, too.
+            let n = cut.index(bytes.len() + 1);
+            map_both(&bytes[..n]);
+        }
+
+        #[test]
+        fn mutated_json_never_panics(
+            edits in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 1..8),
+        ) {
+            let req = ExportLogsServiceRequest::decode(valid_logs().as_slice()).unwrap();
+            let mut json = serde_json::to_vec(&req).unwrap();
+            for (at, b) in edits {
+                let i = at.index(json.len());
+                json[i] = b;
+            }
+            if let Ok(r) = serde_json::from_slice::<ExportLogsServiceRequest>(&json) {
+                if let Ok(parts) = super::logs::records(&r, None, 1 << 20) {
+                    for (_, nd) in &parts.parts {
+                        every_line_is_an_object(nd);
+                    }
+                }
+            }
+        }
+    }
+}
