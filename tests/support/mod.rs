@@ -103,7 +103,12 @@ impl Server {
         let mut tcp = Vec::new();
         while http.is_none() || grpc.is_none() || (wants_admin && admin.is_none()) {
             match rx.recv_timeout(Duration::from_secs(180)) {
-                Ok(("http", a)) => http = Some(format!("http://{a}")),
+                Ok(("http", a)) => {
+                    http = Some(match a.strip_suffix(" (https)") {
+                        Some(a) => format!("https://{a}"),
+                        None => format!("http://{a}"),
+                    })
+                }
                 Ok(("grpc", a)) => grpc = Some(format!("grpc://{a}")),
                 Ok(("tcp", a)) => tcp.extend(TcpListen::parse(&a)),
                 Ok((_, a)) => admin = Some(format!("http://{a}")),

@@ -62,6 +62,20 @@ pub struct Config {
     /// Connections of the TCP ingest listeners (see [`crate::listeners`]).
     #[serde(default)]
     pub tcp: crate::listeners::TcpConfig,
+    /// The certificate the HTTP data plane and TLS TCP listeners serve.
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: with both files set, the HTTP data-plane listener serves HTTPS only, and TCP
+/// listeners with `tls = true` serve TLS.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
 }
 
 /// How long dead letters (and rows the cold flush quarantined) are kept, and how many
@@ -773,6 +787,9 @@ impl Config {
                     ))
                 }
             }
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return bad("tls: set both cert_file and key_file, or neither".into());
         }
         if self.cold.dir.is_some() && self.cold.url.is_some() {
             return bad("cold: set `dir` or `url`, not both".into());

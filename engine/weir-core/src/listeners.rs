@@ -8,6 +8,7 @@
 //! addr = "0.0.0.0:5514"     # leave out to use [listen] tcp / --tcp-addr (one listener at most)
 //! format = "syslog"         # "syslog" (RFC 5424 / 3164), "ndjson", or "auto" (per frame)
 //! stream = "syslog"
+//! tls = true                # optional: TLS with the [tls] certificate (RFC 5425)
 //!
 //! [tcp]
 //! max_connections = 1024    # open connections per listener; more wait in the backlog
@@ -60,6 +61,9 @@ pub struct ListenerConfig {
     pub addr: Option<String>,
     pub format: TcpFormat,
     pub stream: String,
+    /// Serve TLS with the `[tls]` certificate (syslog over TLS, RFC 5425).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// `[tcp]`: connections of the TCP ingest listeners.
@@ -90,6 +94,8 @@ pub struct TcpListenerSpec {
     pub format: TcpFormat,
     /// Open mode: only loopback peers are served.
     pub loopback_only: bool,
+    /// Connections speak TLS first.
+    pub tls: bool,
 }
 
 /// The TCP listeners `config` asks for (see the module docs).
@@ -101,6 +107,7 @@ pub fn tcp_listeners(config: &Config) -> Vec<TcpListenerSpec> {
             stream: OPEN_MODE_STREAM.to_owned(),
             format: TcpFormat::Auto,
             loopback_only: true,
+            tls: false,
         }];
     }
     config
@@ -113,6 +120,7 @@ pub fn tcp_listeners(config: &Config) -> Vec<TcpListenerSpec> {
                 stream: l.stream.clone(),
                 format: l.format,
                 loopback_only: false,
+                tls: l.tls,
             })
         })
         .collect()
@@ -138,6 +146,11 @@ pub fn check(config: &Config) -> Result<(), String> {
     for (tenant, tc) in &config.tenants {
         for (i, l) in tc.listeners.iter().enumerate() {
             let at = format!("tenants.{tenant}.listeners[{i}]");
+            if l.tls && config.tls.cert_file.is_none() {
+                return Err(format!(
+                    "{at}: tls = true needs [tls] cert_file and key_file"
+                ));
+            }
             if !is_valid_name(&l.stream) || is_reserved_stream(&l.stream) {
                 return Err(format!(
                     "{at}: stream {:?} must be 1-64 characters of [A-Za-z0-9_.-], not starting with '_'",

@@ -8,7 +8,8 @@
 //! arrived within `header_timeout_secs`, idle keep-alive connections included. Request
 //! bodies are read under `body_timeout_secs` by the routes that take them
 //! (`crate::server::read_body`). The peer's address reaches handlers as
-//! `ConnectInfo<SocketAddr>`.
+//! `ConnectInfo<SocketAddr>`. With `[tls]` configured the data plane speaks HTTPS only
+//! (`crate::tls`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use weir_core::serving::HttpConfig;
 
 /// Turns true when the client closed its side of the connection. hyper reads nothing
@@ -63,12 +65,47 @@ fn watch_close(
     }))
 }
 
+/// One HTTP/1.1 connection over `io` (plain or TLS), ended gracefully on `stop`.
+async fn connection<I, S>(
+    io: I,
+    service: S,
+    header_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), hyper::Error>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
+        }
+    }
+}
+
 /// Serve `app` until `shutdown` resolves, then let open requests finish (at most
-/// `body_timeout_secs` more) and return.
+/// `body_timeout_secs` more) and return. With `tls`, every connection is TLS: its
+/// handshake must finish within `header_timeout_secs`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: &HttpConfig,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -102,20 +139,23 @@ pub async fn serve(
                 .layer(Extension(Closed(closed_rx))),
         );
         let watcher = watch_close(&stream, closed_tx);
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .keep_alive(true);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let r = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.as_mut().await
+            let r = match tls {
+                None => connection(stream, service, header_timeout, stop).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => connection(s, service, header_timeout, stop).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            Ok(())
+                        }
+                    }
                 }
             };
             if let Err(e) = r {

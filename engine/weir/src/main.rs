@@ -21,6 +21,7 @@ mod samples;
 mod series;
 mod server;
 mod tcp;
+mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -296,6 +297,7 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
         registry: metrics_registry,
         inflight: tokio::sync::Semaphore::new(512 * 1024),
     });
+    let tls = tls::acceptor(&config.tls)?;
     let listener = TcpListener::bind(&config.listen.http)
         .await
         .with_context(|| format!("bind {}", config.listen.http))?;
@@ -304,11 +306,14 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
         tracing::warn!("no tenants configured: requests from non-loopback clients will be refused");
     }
     // Tests and scripts read this line to find the port.
-    println!("weir: http listening on {addr}");
+    println!(
+        "weir: http listening on {addr}{}",
+        if tls.is_some() { " (https)" } else { "" }
+    );
     tracing::info!(%addr, data_dir = %config.data_dir.display(), partitions = config.log.partitions, "weir serving");
     // TCP ingest (NDJSON, syslog), stopped with the HTTP listener (see `tcp`).
     let (stop_tcp, tcp_stopped) = tokio::sync::watch::channel(false);
-    let tcp_tasks = tcp::start(state.clone(), &state.registry, tcp_stopped).await?;
+    let tcp_tasks = tcp::start(state.clone(), &state.registry, tls.clone(), tcp_stopped).await?;
     // The gRPC listener serves Arrow Flight SQL and OTLP logs and metrics.
     let grpc_listener = TcpListener::bind(&config.listen.grpc)
         .await
@@ -354,7 +359,7 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
         let mut rx = admin_stopped.clone();
         let limits = config.http.clone();
         Some(tokio::spawn(async move {
-            listener::serve(admin_listener, app, &limits, async move {
+            listener::serve(admin_listener, app, &limits, None, async move {
                 let _ = rx.changed().await;
             })
             .await;
@@ -368,7 +373,7 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
         shutdown.await;
         let _ = stop_tcp.send(true);
     };
-    listener::serve(listener, server::router(state), &config.http, shutdown).await;
+    listener::serve(listener, server::router(state), &config.http, tls, shutdown).await;
     // TCP connections admit the batch in hand (durable like any acknowledged request).
     for t in tcp_tasks {
         let _ = t.await;

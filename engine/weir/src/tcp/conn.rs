@@ -26,8 +26,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use futures::FutureExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 
 use super::framing::{Framer, Mode};
@@ -113,7 +113,12 @@ enum Read {
 
 /// Serve one connection until the peer closes it, it idles past `[tcp]
 /// idle_timeout_secs`, or the server stops.
-pub async fn run(mut stream: TcpStream, peer: SocketAddr, ctx: &Ctx, stop: watch::Receiver<bool>) {
+pub async fn run<S: AsyncRead + Unpin>(
+    mut stream: S,
+    peer: SocketAddr,
+    ctx: &Ctx,
+    stop: watch::Receiver<bool>,
+) {
     let mode = match ctx.spec.format {
         TcpFormat::Ndjson => Mode::Lines,
         TcpFormat::Syslog | TcpFormat::Auto => Mode::Syslog,
@@ -169,7 +174,11 @@ pub async fn run(mut stream: TcpStream, peer: SocketAddr, ctx: &Ctx, stop: watch
                 // What the kernel already acknowledged, up to a bound, is taken too.
                 let mut left = DRAIN_AT_STOP;
                 while left > 0 {
-                    match stream.try_read(&mut chunk) {
+                    // What is readable now, without waiting (plain or TLS alike).
+                    let Some(r) = stream.read(&mut chunk).now_or_never() else {
+                        break;
+                    };
+                    match r {
                         Ok(0) => {
                             c.take_frames(&mut framer, true).await;
                             break;

@@ -80,6 +80,8 @@ pub struct Ctx {
     /// The bound address, the `listener` label.
     pub name: String,
     pub idle: Duration,
+    /// The `[tls]` acceptor, for a listener with `tls = true`.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     open: Arc<Gauge>,
     open_count: std::sync::atomic::AtomicU64,
     frames: Arc<Counter>,
@@ -119,6 +121,7 @@ impl Ctx {
 pub async fn start(
     state: Arc<AppState>,
     registry: &Registry,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     stop: watch::Receiver<bool>,
 ) -> Result<Vec<JoinHandle<()>>> {
     let m = Arc::new(TcpMetrics::new(registry));
@@ -142,10 +145,11 @@ pub async fn start(
             tracing::warn!(%addr, "no tenants configured: TCP clients from non-loopback addresses will be refused");
         }
         println!(
-            "weir: tcp listening on {addr} tenant={} stream={} format={}",
+            "weir: tcp listening on {addr} tenant={} stream={} format={}{}",
             spec.tenant,
             spec.stream,
-            spec.format.name()
+            spec.format.name(),
+            if spec.tls { " tls" } else { "" }
         );
         let target = Target::logs(spec.tenant.clone(), spec.stream.clone(), None)
             .map_err(|_| anyhow::anyhow!("invalid stream {:?}", spec.stream))?;
@@ -155,6 +159,7 @@ pub async fn start(
             ("listener", name.as_str()),
         ];
         let ctx = Arc::new(Ctx {
+            tls: if spec.tls { tls.clone() } else { None },
             open: m.open.with(&labels),
             frames: m.frames.with(&labels),
             connections: m.connections.with(&labels),
@@ -219,7 +224,22 @@ async fn accept_loop(
         let stop = stop.clone();
         tokio::spawn(async move {
             ctx.opened(1);
-            conn::run(stream, peer, &ctx, stop).await;
+            match &ctx.tls {
+                None => conn::run(stream, peer, &ctx, stop).await,
+                // The handshake is bounded like silence on a plain connection.
+                Some(acceptor) => {
+                    match tokio::time::timeout(ctx.idle, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => conn::run(s, peer, &ctx, stop).await,
+                        Ok(Err(e)) => {
+                            ctx.rejected("tls_handshake", 1);
+                            tracing::debug!(%peer, listener = %ctx.name, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, listener = %ctx.name, "TLS handshake timed out")
+                        }
+                    }
+                }
+            }
             ctx.opened(-1);
             drop(slot);
         });

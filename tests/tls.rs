@@ -1,0 +1,164 @@
+//! TLS on the HTTP data plane and on TCP ingest listeners: real TLS clients (Python's
+//! `ssl`, verifying a certificate made by `openssl` for the test) ingest and query;
+//! plain clients and bad setups are refused.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::Server;
+
+/// A self-signed certificate for 127.0.0.1 and its key, written to `dir`.
+fn certificate(dir: &Path) -> (String, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=weir-test",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert.display().to_string(), key.display().to_string())
+}
+
+const CLIENT: &str = r#"
+import json, socket, ssl, sys, time, urllib.request, urllib.error
+base, tcp, ca, want_syslog, want_app = sys.argv[1:6]
+ctx = ssl.create_default_context(cafile=ca)
+def call(path, body, token="ta"):
+    req = urllib.request.Request(base + path, data=body.encode(), method="POST",
+        headers={"authorization": "Bearer " + token})
+    with urllib.request.urlopen(req, context=ctx, timeout=20) as r:
+        return r.status, json.loads(r.read())
+print("ingest", call("/api/v1/logs?stream=app", '{"n":1}\n{"n":2}\n'))
+# Syslog over TLS (RFC 5425: octet counting).
+host, port = tcp.rsplit(":", 1)
+with socket.create_connection((host, int(port))) as raw:
+    with ctx.wrap_socket(raw, server_hostname=host) as s:
+        for i in range(3):
+            msg = "<34>1 2026-11-29T10:00:0%dZ host app 1 ID7 - tls message %d" % (i, i)
+            s.sendall(b"%d %s" % (len(msg.encode()), msg.encode()))
+def count(stream):
+    sql = "SELECT count(*) FROM logs WHERE stream = '%s'" % stream
+    return call("/api/v1/query", json.dumps({"sql": sql}))[1]["rows"][0][0]
+for _ in range(400):
+    n, a = count("secure"), count("app")
+    if (n, a) == (int(want_syslog), int(want_app)):
+        break
+    time.sleep(0.05)
+print("syslog", n)
+print("query", a)
+# A client that does not trust the certificate is refused by its own check.
+try:
+    urllib.request.urlopen(base + "/healthz", context=ssl.create_default_context(), timeout=10)
+    print("untrusted: accepted")
+except urllib.error.URLError as e:
+    print("untrusted: refused", type(e.reason).__name__)
+# Plain HTTP to the HTTPS port gets no HTTP answer.
+try:
+    urllib.request.urlopen(base.replace("https://", "http://") + "/healthz", timeout=10)
+    print("plain: answered")
+except Exception as e:
+    print("plain: refused")
+"#;
+
+#[tokio::test]
+async fn https_and_syslog_over_tls_with_a_real_tls_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path());
+    let s = Server::start(
+        dir.path(),
+        &format!(
+            r#"
+[tenants.ta]
+tokens = ["ta"]
+[[tenants.ta.listeners]]
+addr = "127.0.0.1:0"
+format = "syslog"
+stream = "secure"
+tls = true
+[tls]
+cert_file = "{cert}"
+key_file = "{key}"
+"#
+        ),
+    );
+    assert!(s.base.starts_with("https://"), "{}", s.base);
+    let tcp = s.tcp_addr("ta", "secure", "syslog");
+    let args = |syslog: &'static str, app: &'static str| {
+        [s.base.as_str(), tcp.as_str(), cert.as_str(), syslog, app].map(std::ffi::OsStr::new)
+    };
+    let out = support::python(CLIENT, &args("3", "2"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "ingest (200, {'accepted': 2, 'errors': [], 'rejected': 0})",
+        "syslog 3",
+        "query 2",
+        "untrusted: refused SSLCertVerificationError",
+        "plain: refused",
+    ] {
+        assert!(
+            stdout.contains(want),
+            "{want}\n{stdout}\n{stderr}\n{}",
+            s.log()
+        );
+    }
+    // A TCP client that is not speaking TLS costs only its own connection.
+    let mut plain = std::net::TcpStream::connect(&tcp).unwrap();
+    std::io::Write::write_all(&mut plain, b"12 <34>1 - - - -\n").unwrap();
+    drop(plain);
+    let out = support::python(CLIENT, &args("6", "4"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("syslog 6") && stdout.contains("query 4"),
+        "{stdout}"
+    );
+    s.stop();
+}
+
+#[test]
+fn tls_setups_that_cannot_work_refuse_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _) = certificate(dir.path());
+    for (config, expect) in [
+        (
+            "[tenants.ta]\ntokens = [\"ta\"]\n[[tenants.ta.listeners]]\naddr = \"127.0.0.1:0\"\nformat = \"syslog\"\nstream = \"s\"\ntls = true\n".to_owned(),
+            "needs [tls]",
+        ),
+        (format!("[tls]\ncert_file = \"{cert}\"\n"), "both cert_file and key_file"),
+        (
+            format!("[tls]\ncert_file = \"{cert}\"\nkey_file = \"{cert}\"\n"),
+            "private key",
+        ),
+    ] {
+        let cfg = dir.path().join("bad.toml");
+        std::fs::write(&cfg, &config).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--tcp-addr", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{config}");
+        assert!(err.contains(expect), "{config}: {err}");
+    }
+}
