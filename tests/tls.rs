@@ -132,6 +132,65 @@ key_file = "{key}"
     s.stop();
 }
 
+/// OTLP/gRPC (the OpenTelemetry SDK) and Flight SQL (ADBC) over TLS on the gRPC
+/// listener, verifying the test's certificate.
+const GRPC_CLIENT: &str = r#"
+import sys, time, logging, grpc
+from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+from adbc_driver_flightsql import dbapi, DatabaseOptions
+addr, ca = sys.argv[1:3]
+pem = open(ca, "rb").read()
+exp = OTLPLogExporter(endpoint="https://" + addr, headers={"authorization": "Bearer ta"},
+                      credentials=grpc.ssl_channel_credentials(root_certificates=pem))
+lp = LoggerProvider(resource=Resource.create({"service.name": "otel-tls"}))
+lp.add_log_record_processor(SimpleLogRecordProcessor(exp))
+log = logging.getLogger("tls"); log.propagate = False
+log.addHandler(LoggingHandler(logger_provider=lp))
+for i in range(5):
+    log.warning("over tls %d", i)
+lp.shutdown()
+conn = dbapi.connect("grpc+tls://" + addr, db_kwargs={
+    DatabaseOptions.AUTHORIZATION_HEADER.value: "Bearer ta",
+    DatabaseOptions.TLS_ROOT_CERTS.value: pem.decode()})
+cur = conn.cursor()
+for _ in range(200):
+    cur.execute("SELECT count(*) AS n FROM logs WHERE stream = 'otel-tls'")
+    n = cur.fetchall()[0][0]
+    if n == 5:
+        break
+    time.sleep(0.05)
+print("flight sql over tls:", n)
+"#;
+
+#[tokio::test]
+async fn otlp_and_flight_sql_over_tls_on_the_grpc_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path());
+    let s = Server::start(
+        dir.path(),
+        &format!("[tenants.ta]\ntokens = [\"ta\"]\n[tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n"),
+    );
+    let addr = s
+        .grpc
+        .strip_prefix("grpc+tls://")
+        .expect("a TLS gRPC listener")
+        .to_owned();
+    let out = support::python(
+        GRPC_CLIENT,
+        &[addr.as_str(), cert.as_str()].map(std::ffi::OsStr::new),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("flight sql over tls: 5"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.stop();
+}
+
 #[test]
 fn tls_setups_that_cannot_work_refuse_to_start() {
     let dir = tempfile::tempdir().unwrap();

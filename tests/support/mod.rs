@@ -109,7 +109,12 @@ impl Server {
                         None => format!("http://{a}"),
                     })
                 }
-                Ok(("grpc", a)) => grpc = Some(format!("grpc://{a}")),
+                Ok(("grpc", a)) => {
+                    grpc = Some(match a.strip_suffix(" (tls)") {
+                        Some(a) => format!("grpc+tls://{a}"),
+                        None => format!("grpc://{a}"),
+                    })
+                }
                 Ok(("tcp", a)) => tcp.extend(TcpListen::parse(&a)),
                 Ok((_, a)) => admin = Some(format!("http://{a}")),
                 Err(_) => {

@@ -318,7 +318,12 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
     let grpc_listener = TcpListener::bind(&config.listen.grpc)
         .await
         .with_context(|| format!("bind {}", config.listen.grpc))?;
-    println!("weir: grpc listening on {}", grpc_listener.local_addr()?);
+    let grpc_tls = tls::grpc_acceptor(&config.tls)?;
+    println!(
+        "weir: grpc listening on {}{}",
+        grpc_listener.local_addr()?,
+        if grpc_tls.is_some() { " (tls)" } else { "" }
+    );
     let (stop_grpc, grpc_stopped) = tokio::sync::watch::channel(false);
     let grpc_task = {
         let service = arrow_flight::flight_service_server::FlightServiceServer::new(
@@ -326,17 +331,26 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
         );
         let (otlp_logs, otlp_metrics) = otlp::grpc::Otlp::services(state.clone());
         let mut rx = grpc_stopped.clone();
-        let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
+        let router = tonic::transport::Server::builder()
+            .add_service(service)
+            .add_service(otlp_logs)
+            .add_service(otlp_metrics);
+        let stopped = async move {
+            let _ = rx.changed().await;
+        };
+        let handshake = std::time::Duration::from_secs(config.http.header_timeout_secs);
         tokio::spawn(async move {
-            if let Err(e) = tonic::transport::Server::builder()
-                .add_service(service)
-                .add_service(otlp_logs)
-                .add_service(otlp_metrics)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = rx.changed().await;
-                })
-                .await
-            {
+            let served = match grpc_tls {
+                None => {
+                    let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
+                    router.serve_with_incoming_shutdown(incoming, stopped).await
+                }
+                Some(acceptor) => {
+                    let incoming = tls::grpc_incoming(grpc_listener, acceptor, handshake);
+                    router.serve_with_incoming_shutdown(incoming, stopped).await
+                }
+            };
+            if let Err(e) = served {
                 tracing::error!(error = %e, "the gRPC listener stopped");
             }
         })
