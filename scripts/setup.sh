@@ -4,7 +4,9 @@
 # - the plugin toolchains `weir plugin build` uses for other languages, into
 #   $WEIR_TOOLS (default /var/tmp/weir-tools): wit-bindgen and wasm-tools (C),
 #   zig from PyPI's `ziglang` (C compiler), componentize-py (Python) and
-#   componentize-js from npm (JavaScript).
+#   componentize-js from npm (JavaScript);
+# - Debian's prometheus, the real remote-write sender of tests/remote_write.rs (the
+#   tests run their own instance; the package's service is stopped and disabled).
 set -euo pipefail
 
 TOOLS="${WEIR_TOOLS:-/var/tmp/weir-tools}"
@@ -61,4 +63,15 @@ if ! grep -qs "\"version\": \"$COMPONENTIZE_JS\"" \
   mkdir -p "$TOOLS/node"
   (cd "$TOOLS/node" && { [ -f package.json ] || npm init -y >/dev/null; } &&
     npm install --silent --no-audit --no-fund "@bytecodealliance/componentize-js@$COMPONENTIZE_JS")
+fi
+
+# Prometheus (Debian bookworm: 2.42), for the remote-write tests. Installing it may
+# start its systemd service (and node exporter with recommends): nothing of it may be
+# left running or bound, the tests start their own on free ports.
+if ! command -v prometheus >/dev/null 2>&1; then
+  sudo_if apt-get update -qq
+  sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+    sudo_if systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi

@@ -16,6 +16,7 @@ mod gate;
 mod ingest;
 mod listener;
 mod queries;
+mod remote_write;
 mod samples;
 mod series;
 mod server;

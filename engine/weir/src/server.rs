@@ -130,6 +130,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/api/v1/logs", post(ingest_logs))
         .route("/api/v1/metrics", post(ingest_metrics))
+        .route("/api/v1/write", post(crate::remote_write::write))
         .route("/api/v1/query", post(query))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
@@ -182,6 +183,19 @@ impl ApiError {
             message: message.into(),
             retry_after: true,
         }
+    }
+    /// The status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+    /// A busy answer (429) as 503 + Retry-After, for senders that retry only 5xx
+    /// (Prometheus remote-write); other errors unchanged.
+    pub fn busy_as_unavailable(mut self) -> Self {
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            self.status = StatusCode::SERVICE_UNAVAILABLE;
+            self.retry_after = true;
+        }
+        self
     }
 }
 
