@@ -71,7 +71,7 @@ fi
 if ! command -v prometheus >/dev/null 2>&1; then
   sudo_if apt-get update -qq
   sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+  if [ -d /run/systemd/system ]; then
     sudo_if systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
 fi

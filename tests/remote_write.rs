@@ -908,3 +908,140 @@ async fn prometheus_retries_through_backpressure_and_nothing_is_doubled() {
     assert_eq!(v["rows"][0][0], v["rows"][0][1], "duplicates: {v}");
     s.stop();
 }
+
+/// The measurement behind docs/BENCHMARKS.md (remote-write): the same samples sent as
+/// remote-write requests and as `/api/v1/metrics` NDJSON, alternately, in one run.
+/// `cargo nextest run --workspace --run-ignored only -E 'test(remote_write_throughput)' --no-capture`
+/// (`RW_BENCH_REQUESTS`, default 120 per round and protocol).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run it on purpose"]
+async fn remote_write_throughput_vs_ndjson() {
+    const PER_REQUEST: usize = 1000;
+    const CONCURRENCY: usize = 4;
+    let requests: usize = std::env::var("RW_BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120);
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), TENANTS);
+    // Prometheus-like batches: one sample per series, 7 labels, 2,000 series in turn.
+    let batch = |r: usize| -> Vec<TimeSeries> {
+        (0..PER_REQUEST)
+            .map(|i| {
+                let n = r * PER_REQUEST + i;
+                let instance = format!("10.0.{}.{}:9100", n % 7, n % 13);
+                let handler = format!("/api/v{}/items", n % 5);
+                let le = format!("{}", (n % 10) as f64 * 0.25);
+                let t = T0 + (n / 2000) as i64 * 1000 + (n % 2000) as i64;
+                series(
+                    &[
+                        ("__name__", "http_request_duration_seconds_bucket"),
+                        ("job", "api"),
+                        ("instance", &instance),
+                        ("method", ["GET", "POST"][n % 2]),
+                        ("code", ["200", "404", "500", "503"][n % 4]),
+                        ("handler", &handler),
+                        ("le", &le),
+                    ],
+                    &[(n as f64 * 0.5, t)],
+                )
+            })
+            .collect()
+    };
+    let rw_body = |r: usize| {
+        let req = WriteRequest {
+            timeseries: batch(r),
+            metadata: vec![],
+        };
+        snappy(&req.encode_to_vec())
+    };
+    let ndjson_body = |r: usize| {
+        let mut out = String::new();
+        for ts in batch(r) {
+            let labels: serde_json::Map<String, Value> = ts.labels[1..]
+                .iter()
+                .map(|l| (l.name.clone(), json!(l.value)))
+                .collect();
+            let (name, s) = (&ts.labels[0].value, &ts.samples[0]);
+            out.push_str(
+                &json!({"name": name, "value": s.value, "ts": s.timestamp, "labels": labels})
+                    .to_string(),
+            );
+            out.push('\n');
+        }
+        out.into_bytes()
+    };
+    let client = reqwest::Client::new();
+    let run = |path: &'static str, bodies: Vec<Vec<u8>>| {
+        let client = client.clone();
+        let url = format!("{}{path}", s.base);
+        async move {
+            let bytes: usize = bodies.iter().map(Vec::len).sum();
+            let bodies = std::sync::Arc::new(std::sync::Mutex::new(bodies));
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..CONCURRENCY)
+                .map(|_| {
+                    let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
+                    tokio::spawn(async move {
+                        let mut accepted = 0u64;
+                        loop {
+                            let Some(body) = bodies.lock().unwrap().pop() else {
+                                return accepted;
+                            };
+                            let mut req = client.post(&url).bearer_auth("acme-token").body(body);
+                            if url.ends_with("/write") {
+                                req = req
+                                    .header("content-type", "application/x-protobuf")
+                                    .header("content-encoding", "snappy");
+                            }
+                            let r = req.send().await.unwrap();
+                            assert_eq!(r.status(), 200);
+                            let v: Value = r.json().await.unwrap();
+                            accepted += v["accepted"].as_u64().unwrap();
+                        }
+                    })
+                })
+                .collect();
+            let mut accepted = 0;
+            for t in tasks {
+                accepted += t.await.unwrap();
+            }
+            (accepted, start.elapsed(), bytes)
+        }
+    };
+    let mut total = 0;
+    let mut rows = Vec::new();
+    for round in 0..2 {
+        for (proto, path) in [
+            ("remote-write", "/api/v1/write"),
+            ("NDJSON", "/api/v1/metrics"),
+        ] {
+            let base = (round * 2 + usize::from(path.ends_with("metrics"))) * requests;
+            let bodies: Vec<Vec<u8>> = (base..base + requests)
+                .map(|r| {
+                    if path.ends_with("write") {
+                        rw_body(r)
+                    } else {
+                        ndjson_body(r)
+                    }
+                })
+                .collect();
+            let (accepted, took, bytes) = run(path, bodies).await;
+            assert_eq!(accepted as usize, requests * PER_REQUEST);
+            total += accepted;
+            rows.push(format!(
+                "| {round} | {proto} | {accepted} | {:.2} s | {:.0} samples/s | {:.1} B/sample |",
+                took.as_secs_f64(),
+                accepted as f64 / took.as_secs_f64(),
+                bytes as f64 / accepted as f64
+            ));
+        }
+    }
+    eprintln!("| round | protocol | samples | time | acknowledged | on the wire |\n|---|---|---|---|---|---|");
+    for r in rows {
+        eprintln!("{r}");
+    }
+    s.wait_count("acme-token", "SELECT count(*) FROM metrics", total as i64)
+        .await;
+    s.stop();
+}

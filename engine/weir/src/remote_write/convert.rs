@@ -18,6 +18,7 @@
 //! - Native histograms and exemplars are counted and skipped.
 
 use std::collections::HashMap;
+use std::io::Write;
 
 use serde::Serialize;
 
@@ -209,8 +210,8 @@ fn series(
         out.ndjson.extend_from_slice(&head);
         let _ = serde_json::to_writer(&mut out.ndjson, &v);
         out.ndjson.extend_from_slice(b",\"ts\":");
-        out.ndjson
-            .extend_from_slice(sample.timestamp.to_string().as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = write!(out.ndjson, "{}", sample.timestamp);
         out.ndjson.extend_from_slice(&tail);
         out.origin.push((s.index as u32, j as u32));
         if out.ndjson.len() > max_ndjson {
