@@ -689,7 +689,7 @@ remote_write:
 
     /// The exporter's counter as Prometheus last scraped it (0 before any scrape).
     async fn scraped(&self) -> f64 {
-        let t = support_now_ms() as f64 / 1000.0;
+        let t = now_ms() as f64 / 1000.0;
         self.query("sum(rw_requests_total)", t)
             .await
             .first()
@@ -698,7 +698,7 @@ remote_write:
     }
 }
 
-fn support_now_ms() -> i64 {
+fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -746,35 +746,43 @@ async fn weir_samples(
     (out, dup)
 }
 
-/// Poll until Weir holds exactly what Prometheus holds up to `t_ms`; panics with the
-/// difference after `wait`.
+/// Poll until Weir holds exactly what Prometheus holds up to `t_ms` (asked again each
+/// time, so a scrape still being appended at `t_ms` is no race); panics with the
+/// difference after `wait`. The number of samples compared.
 async fn assert_same(p: &Prometheus, s: &Server, token: &str, t_ms: i64, wait: Duration) -> usize {
-    let want = p.samples(t_ms).await;
-    let n: usize = want.values().map(Vec::len).sum();
-    assert!(
-        want.len() >= 5 && n > 10,
-        "prometheus has too little: {want:?}"
-    );
     let deadline = Instant::now() + wait;
     loop {
+        let want = p.samples(t_ms).await;
+        let n: usize = want.values().map(Vec::len).sum();
+        assert!(
+            want.len() >= 5 && n > 10,
+            "prometheus has too little: {want:?}"
+        );
         let (got, dup) = weir_samples(s, token, t_ms).await;
         assert!(!dup, "a sample is in Weir twice: {got:?}");
         if got == want {
             return n;
         }
         if Instant::now() > deadline {
-            let missing: Vec<_> = want
+            let differ: Vec<_> = want
                 .keys()
+                .chain(got.keys())
                 .filter(|k| got.get(*k) != want.get(*k))
                 .collect();
             panic!(
-                "Weir's samples differ from Prometheus' at {t_ms} in {missing:?}\nprometheus: {want:?}\nweir: {got:?}\n{}\n{}",
+                "Weir's samples differ from Prometheus' at {t_ms} in {differ:?}\nprometheus: {want:?}\nweir: {got:?}\n{}\n{}",
                 p.log(),
                 s.log()
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A moment every scrape before it has finished by now (scrapes take at most the 1 s
+/// interval).
+fn settled_ms() -> i64 {
+    now_ms() - 1500
 }
 
 /// Wait until the exporter's counter has been scraped `n` times.
@@ -798,7 +806,7 @@ async fn prometheus_remote_writes_exactly_what_it_scraped() {
     let p = Prometheus::start(dir.path(), port, &s.base, "acme-token").await;
     wait_scrapes(&p, 6.0).await;
     // The series that vanished after 3 scrapes got its staleness marker by now.
-    let t = support_now_ms();
+    let t = settled_ms();
     let n = assert_same(&p, &s, "acme-token", t, Duration::from_secs(30)).await;
     assert!(
         s.counter("weir_remote_write_skipped_total{tenant=\"acme\",what=\"stale_marker\"}")
@@ -888,8 +896,8 @@ async fn prometheus_retries_through_backpressure_and_nothing_is_doubled() {
     // Once the stall ends Prometheus' retries go through: everything it scraped up to
     // now is in Weir, once.
     wait_scrapes(&p, 9.0).await;
-    let t = support_now_ms();
-    assert_same(&p, &s, "acme-token", t, Duration::from_secs(30)).await;
+    let t = settled_ms();
+    let n = assert_same(&p, &s, "acme-token", t, Duration::from_secs(30)).await;
     let retried = p
         .own("prometheus_remote_storage_samples_retried_total")
         .await;
@@ -898,6 +906,10 @@ async fn prometheus_retries_through_backpressure_and_nothing_is_doubled() {
         .await;
     assert!(retried > 0.0, "prometheus retried nothing");
     assert_eq!(failed, 0.0, "prometheus dropped samples");
+    let refused = s
+        .counter("weir_http_requests_total{route=\"write\",status=\"503\"}")
+        .await;
+    eprintln!("{refused} requests answered 503, {retried} samples retried by Prometheus, {n} samples identical");
     let (st, v) = s
         .query(
             "acme-token",
