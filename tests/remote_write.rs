@@ -84,6 +84,39 @@ struct MetricMetadata {
     unit: String,
 }
 
+// The remote-write 2.0 messages (prompb/io/prometheus/write/v2/types.proto).
+#[derive(Clone, PartialEq, Message)]
+struct RequestV2 {
+    #[prost(string, repeated, tag = "4")]
+    symbols: Vec<String>,
+    #[prost(message, repeated, tag = "5")]
+    timeseries: Vec<TimeSeriesV2>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct TimeSeriesV2 {
+    #[prost(uint32, repeated, tag = "1")]
+    labels_refs: Vec<u32>,
+    #[prost(message, repeated, tag = "2")]
+    samples: Vec<Sample>,
+    #[prost(message, repeated, tag = "3")]
+    histograms: Vec<Histogram>,
+    #[prost(message, optional, tag = "5")]
+    metadata: Option<MetadataV2>,
+    #[prost(int64, tag = "6")]
+    created_timestamp: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct MetadataV2 {
+    #[prost(int32, tag = "1")]
+    r#type: i32,
+    #[prost(uint32, tag = "3")]
+    help_ref: u32,
+    #[prost(uint32, tag = "4")]
+    unit_ref: u32,
+}
+
 /// Request headers instead of Prometheus' own.
 type Headers<'a> = &'a [(&'a str, &'a str)];
 /// A malformed request: what it is, its body and headers, the status and words of the answer.
@@ -310,6 +343,149 @@ async fn remote_write_samples_land_in_metrics_exactly() {
     s.stop();
 }
 
+/// Post a 2.0 request as Prometheus 3 does: status, the three written counts, answer.
+async fn write_v2(s: &Server, req: &RequestV2) -> (u16, [u64; 3], Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/write", s.base))
+        .bearer_auth("acme-token")
+        .header(
+            "content-type",
+            "application/x-protobuf;proto=io.prometheus.write.v2.Request",
+        )
+        .header("content-encoding", "snappy")
+        .header("x-prometheus-remote-write-version", "2.0.0")
+        .body(snappy(&req.encode_to_vec()))
+        .send()
+        .await
+        .unwrap();
+    let written = ["samples", "histograms", "exemplars"].map(|w| {
+        r.headers()
+            .get(format!("x-prometheus-remote-write-{w}-written"))
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(u64::MAX)
+    });
+    let status = r.status().as_u16();
+    (status, written, r.json().await.unwrap_or(Value::Null))
+}
+
+fn series_v2(refs: &[u32], samples: &[(f64, i64)], kind: i32) -> TimeSeriesV2 {
+    TimeSeriesV2 {
+        labels_refs: refs.to_vec(),
+        samples: samples
+            .iter()
+            .map(|&(value, timestamp)| Sample { value, timestamp })
+            .collect(),
+        histograms: vec![],
+        metadata: Some(MetadataV2 {
+            r#type: kind,
+            help_ref: 0,
+            unit_ref: 0,
+        }),
+        created_timestamp: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_write_2_0_resolves_symbols_and_reports_what_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), TENANTS);
+    let symbols: Vec<String> = [
+        "",
+        "__name__",
+        "up",
+        "job",
+        "node",
+        "temp",
+        "requests_total",
+        "code",
+        "200",
+    ]
+    .map(String::from)
+    .to_vec();
+    let stale = f64::from_bits(STALE_NAN);
+    let req = RequestV2 {
+        symbols: symbols.clone(),
+        timeseries: vec![
+            series_v2(&[1, 2, 3, 4], &[(1.0, T0), (stale, T0 + 1000)], 2),
+            series_v2(&[1, 5], &[(-1.5, T0)], 2),
+            series_v2(&[1, 6, 7, 8], &[(7.0, T0), (8.0, T0 + 1000)], 1),
+        ],
+    };
+    let (st, written, v) = write_v2(&s, &req).await;
+    assert_eq!((st, written), (204, [5, 0, 0]), "{v}");
+    s.wait_count("acme-token", "SELECT count(*) FROM metrics", 4)
+        .await;
+    let (_, rows) = s
+        .query(
+            "acme-token",
+            "SELECT series, CAST(ts AS BIGINT) AS t, value, kind FROM metrics ORDER BY series, t",
+        )
+        .await;
+    assert_eq!(
+        rows["rows"],
+        json!([
+            ["requests_total{code=\"200\"}", T0, 7.0, "counter"],
+            ["requests_total{code=\"200\"}", T0 + 1000, 8.0, "counter"],
+            ["temp{}", T0, -1.5, "gauge"],
+            ["up{job=\"node\"}", T0, 1.0, "gauge"],
+        ]),
+        "{rows}"
+    );
+
+    // A partial write: the good sample is stored, the answer is 400 with the reasons.
+    let mut hist = series_v2(&[1, 5], &[], 2);
+    hist.histograms = vec![Histogram {
+        sum: 1.0,
+        timestamp: T0,
+    }];
+    let partial = RequestV2 {
+        symbols: symbols.clone(),
+        timeseries: vec![
+            series_v2(&[3, 4], &[(1.0, T0)], 0),
+            series_v2(&[1, 5], &[(2.5, T0 + 5000)], 2),
+            hist,
+        ],
+    };
+    let (st, written, v) = write_v2(&s, &partial).await;
+    assert_eq!((st, written), (400, [1, 0, 0]), "{v}");
+    let msg = v["error"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("1 samples refused and 1 native histograms"),
+        "{v}"
+    );
+    assert!(
+        v["errors"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no __name__"),
+        "{v}"
+    );
+    s.wait_count("acme-token", "SELECT count(*) FROM metrics", 5)
+        .await;
+
+    // References outside the symbols, or an odd number of them: the body is invalid.
+    for (refs, says) in [
+        (&[1u32, 99][..], "outside the 9 symbols"),
+        (&[1, 2, 3][..], "odd number"),
+    ] {
+        let bad = RequestV2 {
+            symbols: symbols.clone(),
+            timeseries: vec![series_v2(refs, &[(1.0, T0)], 2)],
+        };
+        let (st, _, v) = write_v2(&s, &bad).await;
+        assert_eq!(st, 400, "{v}");
+        assert!(
+            v["error"].as_str().unwrap_or_default().contains(says),
+            "{v}"
+        );
+    }
+    assert_eq!(
+        s.count("acme-token", "SELECT count(*) FROM metrics").await,
+        5
+    );
+    s.stop();
+}
+
 /// A tiny xorshift generator: the same "random" bodies on every run.
 struct Rng(u64);
 impl Rng {
@@ -413,14 +589,11 @@ async fn malformed_remote_write_gets_a_clear_4xx_and_the_server_keeps_serving() 
             "protobuf",
         ),
         (
-            "remote-write 2.0",
+            "an unknown message",
             snappy(&good),
-            Some(&[(
-                "content-type",
-                "application/x-protobuf;proto=io.prometheus.write.v2.Request",
-            )]),
+            Some(&[("content-type", "application/x-protobuf;proto=foo.Bar")]),
             415,
-            "2.0",
+            "unknown remote-write message",
         ),
         (
             "raw protobuf",

@@ -1,28 +1,33 @@
-//! Prometheus remote-write 1.0: `POST /api/v1/write`.
+//! Prometheus remote-write 1.0 and 2.0: `POST /api/v1/write`.
 //!
 //! The request passes the data plane's gate like `/api/v1/metrics` (bearer token →
 //! tenant before the body is read, announced size, body deadline), then:
 //!
-//! 1. `Content-Type` must be `application/x-protobuf` (or absent), optionally with
-//!    `proto=prometheus.WriteRequest`; remote-write 2.0 (`proto=io.prometheus.write.v2.Request`)
-//!    and other types get 415, which 2.0 senders take as "send 1.0";
+//! 1. `Content-Type` must be `application/x-protobuf` (or absent): 1.0
+//!    (`prometheus.WriteRequest`) unless `proto=io.prometheus.write.v2.Request` says
+//!    2.0; other types and messages get 415;
 //! 2. `Content-Encoding` must be `snappy` (or absent): the snappy *block* format. The
 //!    decompressed length its header declares is checked against
 //!    `[ingest] max_decoded_bytes` (413) and reserved in the node's ingest memory
 //!    budget before anything is allocated for it;
-//! 3. the `WriteRequest` is walked ([`proto`]) and turned into NDJSON samples
-//!    ([`convert`]), at most `max_decoded_bytes` of them (413);
+//! 3. the request is walked in place ([`proto`], [`proto_v2`]) and turned into NDJSON
+//!    samples ([`convert`]), at most `max_decoded_bytes` of them (413);
 //! 4. [`crate::door::admit`] checks every sample by the sample rules and the tenant's
 //!    series policy, appends what is kept and waits until it is durable.
 //!
 //! Answers, as Prometheus' queue manager reads them (2xx: done; 4xx: dropped, never
 //! retried; 5xx: retried with backoff, honouring `Retry-After`):
-//! - 200 with `{"accepted","rejected","errors",...}` once the kept samples are durable,
-//!   also when some samples were refused (they are counted in
-//!   `weir_ingest_records_rejected_total` and logged, at most one line per 10 s): a 4xx
-//!   would drop the good samples of the batch, a 5xx would resend the bad ones forever;
-//! - 400 for a body that does not decode (bad snappy, bad protobuf, invalid UTF-8),
-//!   401 without a valid token, 413 over the size limits, 415 for other formats;
+//! - 1.0: 200 with `{"accepted","rejected","errors",...}` once the kept samples are
+//!   durable, also when some samples were refused (counted in
+//!   `weir_ingest_records_rejected_total`, logged at most once per 10 s): a 4xx would
+//!   make a 1.0 sender treat the batch as lost, a 5xx would resend the bad samples
+//!   forever;
+//! - 2.0, as its spec asks: 204 when every sample was written, else 400 with the
+//!   reasons (the kept samples are stored all the same, and a 400 is not retried);
+//!   `X-Prometheus-Remote-Write-{Samples,Histograms,Exemplars}-Written` either way;
+//! - 400 for a body that does not decode (bad snappy, bad protobuf, invalid UTF-8, a
+//!   2.0 label reference outside the symbols), 401 without a valid token, 413 over the
+//!   size limits, 415 for other formats;
 //! - 503 + `Retry-After` when the node is busy (log lag over `[log] max_lag_bytes`, full
 //!   commit queue, ingest memory budget spent, full disk), where `/api/v1/metrics`
 //!   answers 429: Prometheus retries 429 only with `queue_config.retry_on_http_429:
@@ -31,13 +36,15 @@
 
 mod convert;
 mod proto;
+mod proto_v2;
+mod wire;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -48,11 +55,16 @@ use crate::door::Target;
 use crate::gate::Tenant;
 use crate::server::{count_body, now_ms, ApiError, AppState};
 use convert::{ConvertError, SampleError};
+use wire::WireError;
 
 /// The 1.0 message, as named in `Content-Type: application/x-protobuf;proto=...`.
 pub const PROTO_V1: &str = "prometheus.WriteRequest";
-/// The 2.0 message, which Weir does not take.
+/// The 2.0 message.
 pub const PROTO_V2: &str = "io.prometheus.write.v2.Request";
+/// 2.0 answers: how many of each were written.
+const WRITTEN_SAMPLES: &str = "x-prometheus-remote-write-samples-written";
+const WRITTEN_HISTOGRAMS: &str = "x-prometheus-remote-write-histograms-written";
+const WRITTEN_EXEMPLARS: &str = "x-prometheus-remote-write-exemplars-written";
 /// Least time between two log lines about refused samples.
 const WARN_EVERY_MS: i64 = 10_000;
 
@@ -74,7 +86,7 @@ pub async fn write(
         .await
         .map_err(ApiError::busy_as_unavailable);
     let status = match &res {
-        Ok(_) => StatusCode::OK,
+        Ok(r) => r.status(),
         Err(e) => e.status(),
     };
     state.m.request("write", status);
@@ -88,8 +100,18 @@ fn unsupported(message: String) -> ApiError {
     ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, message)
 }
 
-/// Refuse what is not a snappy-compressed remote-write 1.0 body, by its headers.
-fn check_headers(headers: &HeaderMap) -> Result<(), ApiError> {
+/// The message a request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    /// `prometheus.WriteRequest`.
+    V1,
+    /// `io.prometheus.write.v2.Request`.
+    V2,
+}
+
+/// The version of a snappy-compressed remote-write body by its headers, or the 415.
+fn check_headers(headers: &HeaderMap) -> Result<Version, ApiError> {
+    let mut version = Version::V1;
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct
             .to_str()
@@ -106,15 +128,11 @@ fn check_headers(headers: &HeaderMap) -> Result<(), ApiError> {
                 continue;
             };
             match proto.trim().trim_matches('"') {
-                PROTO_V1 => {}
-                PROTO_V2 => {
-                    return Err(unsupported(format!(
-                        "remote-write 2.0 ({PROTO_V2}) is not supported: send 1.0 ({PROTO_V1}, Prometheus' default protobuf_message)"
-                    )))
-                }
+                PROTO_V1 => version = Version::V1,
+                PROTO_V2 => version = Version::V2,
                 other => {
                     return Err(unsupported(format!(
-                        "unknown remote-write message {other:?}: send {PROTO_V1}"
+                        "unknown remote-write message {other:?}: send {PROTO_V1} or {PROTO_V2}"
                     )))
                 }
             }
@@ -128,7 +146,7 @@ fn check_headers(headers: &HeaderMap) -> Result<(), ApiError> {
             )));
         }
     }
-    Ok(())
+    Ok(version)
 }
 
 async fn write_inner(
@@ -138,12 +156,12 @@ async fn write_inner(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    check_headers(headers)?;
+    let version = check_headers(headers)?;
     count_body(state, &tenant, body.len());
     let max = state.config.ingest.max_decoded_bytes;
     let declared = declared_len(&body, max)?;
     let _permit = crate::door::reserve(state, body.len() + declared)?;
-    let converted = decode(&body, max)?;
+    let converted = decode(&body, max, version)?;
     let _more = crate::door::reserve(state, converted.ndjson.len())?;
     let target = Target::metrics(tenant, key);
     let parsed = crate::door::admit(state, &target, &converted.ndjson, now_ms()).await?;
@@ -192,7 +210,30 @@ async fn write_inner(
     if rejected > errors.len() {
         answer["errors_truncated"] = json!(true);
     }
-    Ok((StatusCode::OK, Json(answer)).into_response())
+    if version == Version::V1 {
+        return Ok((StatusCode::OK, Json(answer)).into_response());
+    }
+    // 2.0: 204 only when every sample was written (a staleness marker counts as
+    // written: it did what it says); otherwise 400, which the sender does not retry,
+    // with the reasons. The written counts go in headers either way.
+    let written = [
+        (WRITTEN_SAMPLES, parsed.count as usize + converted.stale),
+        (WRITTEN_HISTOGRAMS, 0),
+        (WRITTEN_EXEMPLARS, 0),
+    ];
+    let mut r = if rejected == 0 && converted.histograms == 0 {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        answer["error"] = json!(format!(
+            "{rejected} samples refused and {} native histograms not stored (Weir keeps float samples only); the other samples are stored",
+            converted.histograms
+        ));
+        (StatusCode::BAD_REQUEST, Json(answer)).into_response()
+    };
+    for (name, n) in written {
+        r.headers_mut().insert(name, HeaderValue::from(n));
+    }
+    Ok(r)
 }
 
 fn bad_snappy(e: snap::Error) -> ApiError {
@@ -212,13 +253,20 @@ fn declared_len(body: &[u8], max: usize) -> Result<usize, ApiError> {
     Ok(declared)
 }
 
-/// A snappy-compressed `WriteRequest` as NDJSON samples, or the 4xx that refuses it.
-fn decode(body: &[u8], max: usize) -> Result<convert::Converted, ApiError> {
+/// A snappy-compressed request as NDJSON samples, or the 4xx that refuses it.
+fn decode(body: &[u8], max: usize, version: Version) -> Result<convert::Converted, ApiError> {
     declared_len(body, max)?;
     let decoded = snap::raw::Decoder::new()
         .decompress_vec(body)
         .map_err(bad_snappy)?;
-    convert::convert(&decoded, max).map_err(|e| match e {
+    let converted = match version {
+        Version::V1 => convert::convert(&decoded, max),
+        Version::V2 => convert::convert_v2(&decoded, max),
+    };
+    converted.map_err(|e| match e {
+        ConvertError::Wire(w @ WireError::TooMany(_)) => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, w.to_string())
+        }
         ConvertError::Wire(w) => ApiError::bad_request(w.to_string()),
         e @ ConvertError::TooLarge(_) => {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
@@ -261,7 +309,6 @@ fn warn_rejected(tenant: &str, rejected: usize, errors: &[SampleError]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
 
     fn headers(ct: Option<&str>, enc: Option<&str>) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -312,18 +359,41 @@ mod tests {
 
     #[test]
     fn a_valid_body_decodes_and_limits_hold() {
-        let Ok(c) = decode(&valid_body(), 1 << 20) else {
+        let Ok(c) = decode(&valid_body(), 1 << 20, Version::V1) else {
             panic!("a valid body is refused")
         };
         assert_eq!(c.origin.len(), 2);
-        let e = decode(&valid_body(), 10).unwrap_err();
+        let e = decode(&valid_body(), 10, Version::V1).unwrap_err();
         assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
         // 4 GiB - 1 declared: refused from the header alone.
-        let e = decode(&[0xff, 0xff, 0xff, 0xff, 0x0f], 1 << 20).unwrap_err();
+        let e = decode(&[0xff, 0xff, 0xff, 0xff, 0x0f], 1 << 20, Version::V2).unwrap_err();
         assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        for v in [Version::V1, Version::V2] {
+            assert_eq!(
+                decode(b"", 1 << 20, v).unwrap_err().status(),
+                StatusCode::BAD_REQUEST
+            );
+        }
+        let v2 = proto_v2::Request {
+            symbols: vec!["".into(), "__name__".into(), "up".into()],
+            timeseries: vec![proto_v2::TimeSeries {
+                labels_refs: vec![1, 2],
+                samples: vec![proto::Sample {
+                    value: 1.0,
+                    timestamp: 1_795_000_000_000,
+                }],
+                ..Default::default()
+            }],
+        };
+        let body = snap::raw::Encoder::new()
+            .compress_vec(&prost::Message::encode_to_vec(&v2))
+            .unwrap();
+        let Ok(c) = decode(&body, 1 << 20, Version::V2) else {
+            panic!("a valid 2.0 body is refused")
+        };
         assert_eq!(
-            decode(b"", 1 << 20).unwrap_err().status(),
-            StatusCode::BAD_REQUEST
+            std::str::from_utf8(&c.ndjson).unwrap(),
+            "{\"name\":\"up\",\"value\":1.0,\"ts\":1795000000000,\"labels\":{}}\n"
         );
     }
 
@@ -346,8 +416,10 @@ mod tests {
                 Ok(c) => assert_eq!(c.origin.len(), c.ndjson.iter().filter(|&&b| b == b'\n').count()),
                 Err(e) => assert!(e.status().is_client_error()),
             };
-            check(decode(&noise, 1 << 20));
-            check(decode(&snap::raw::Encoder::new().compress_vec(&noise).unwrap(), 1 << 20));
+            for v in [Version::V1, Version::V2] {
+                check(decode(&noise, 1 << 20, v));
+                check(decode(&snap::raw::Encoder::new().compress_vec(&noise).unwrap(), 1 << 20, v));
+            }
             let mut body = if recompress {
                 snap::raw::Decoder::new().decompress_vec(&valid_body()).unwrap()
             } else {
@@ -361,7 +433,8 @@ mod tests {
             if recompress {
                 body = snap::raw::Encoder::new().compress_vec(&body).unwrap();
             }
-            check(decode(&body, 1 << 20));
+            check(decode(&body, 1 << 20, Version::V1));
+            check(decode(&body, 1 << 20, Version::V2));
         }
     }
 
@@ -375,15 +448,19 @@ mod tests {
                 Some("snappy"),
             ),
         ] {
-            assert!(check_headers(&headers(ct, enc)).is_ok(), "{ct:?} {enc:?}");
+            assert_eq!(
+                check_headers(&headers(ct, enc)).ok(),
+                Some(Version::V1),
+                "{ct:?} {enc:?}"
+            );
         }
+        let v2 = headers(
+            Some("application/x-protobuf;proto=io.prometheus.write.v2.Request"),
+            Some("snappy"),
+        );
+        assert_eq!(check_headers(&v2).ok(), Some(Version::V2));
         for (ct, enc, why) in [
             (Some("application/json"), None, "protobuf"),
-            (
-                Some("application/x-protobuf;proto=io.prometheus.write.v2.Request"),
-                Some("snappy"),
-                "2.0",
-            ),
             (Some("application/x-protobuf;proto=x.Y"), None, "unknown"),
             (None, Some("gzip"), "snappy-compressed"),
         ] {

@@ -1,14 +1,14 @@
-//! A decoded remote-write request turned into the NDJSON samples of
+//! A decoded remote-write request (1.0 or 2.0) turned into the NDJSON samples of
 //! `/api/v1/metrics`, one line per sample: `{"name","value","ts","labels","kind"?}`.
 //!
 //! - `name` is the series' `__name__` label, `labels` its other labels (as sent: the
 //!   door applies the sample rules to names, label names and the series policy), `ts`
 //!   the sample's epoch milliseconds, `value` its value.
-//! - `kind` comes from the request's own metadata, when it has an entry for the
-//!   series' family: COUNTER → `counter` (family `F`: series `F` or `F_total`), GAUGE →
-//!   `gauge`, HISTOGRAM / GAUGEHISTOGRAM → `histogram` (`F`, `F_bucket`, `F_sum`,
-//!   `F_count`). Prometheus sends metadata in requests of their own, so its samples
-//!   usually have no `kind`.
+//! - `kind`: COUNTER → `counter`, GAUGE → `gauge`, HISTOGRAM / GAUGEHISTOGRAM →
+//!   `histogram`. In 2.0 from the series' own metadata; in 1.0 from the request's
+//!   metadata when it has an entry for the series' family (family `F`: counter series
+//!   `F` or `F_total`, histogram series `F`, `F_bucket`, `F_sum`, `F_count`). Prometheus
+//!   sends 1.0 metadata in requests of their own, so its 1.0 samples usually have none.
 //! - Prometheus' staleness markers (the NaN `0x7ff0000000000002`, written when a
 //!   series disappears) are dropped and counted: they are not values.
 //! - Refused here, each sample on its own and counted (the rest of the request is
@@ -22,7 +22,8 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use super::proto::{each_metadata, each_series, Series, WireError};
+use super::proto::{each_metadata, each_series, Sample, Series, WireError};
+use super::proto_v2;
 use crate::ingest::MAX_ERRORS;
 
 /// Prometheus' staleness marker (`value.StaleNaN`).
@@ -105,7 +106,7 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-/// Turn a decoded `WriteRequest` into NDJSON samples of at most `max_ndjson` bytes.
+/// Turn a decoded 1.0 `WriteRequest` into NDJSON samples of at most `max_ndjson` bytes.
 pub fn convert(body: &[u8], max_ndjson: usize) -> Result<Converted, ConvertError> {
     let mut out = Converted::default();
     let mut meta: HashMap<String, &'static str> = HashMap::new();
@@ -119,15 +120,75 @@ pub fn convert(body: &[u8], max_ndjson: usize) -> Result<Converted, ConvertError
         }
         Ok(())
     })?;
-    each_series::<ConvertError>(body, |s| series(&mut out, &meta, &s, max_ndjson))?;
+    each_series::<ConvertError>(body, |s| series_v1(&mut out, &meta, &s, max_ndjson))?;
     out.metadata = metadata;
     Ok(out)
 }
 
-fn series(
+/// What [`emit`] needs of a series of either protocol version.
+struct SeriesIn<'a, I> {
+    index: usize,
+    /// Its first labels (name, value), `__name__` among them.
+    labels: &'a [(&'a str, &'a str)],
+    /// All its labels, counted.
+    label_count: usize,
+    kind: Option<&'static str>,
+    histograms: usize,
+    exemplars: usize,
+    samples: I,
+}
+
+fn series_v1(
     out: &mut Converted,
     meta: &HashMap<String, &'static str>,
     s: &Series<'_>,
+    max_ndjson: usize,
+) -> Result<(), ConvertError> {
+    let labels: Vec<(&str, &str)> = s
+        .labels
+        .iter()
+        .map(|l| (l.name.as_str(), l.value.as_str()))
+        .collect();
+    let name = labels
+        .iter()
+        .find(|l| l.0 == "__name__")
+        .map_or("", |l| l.1);
+    let input = SeriesIn {
+        index: s.index,
+        labels: &labels,
+        label_count: s.label_count,
+        kind: kind_of(meta, name),
+        histograms: s.histograms,
+        exemplars: s.exemplars,
+        samples: s.samples(),
+    };
+    emit(out, input, max_ndjson)
+}
+
+/// Turn a decoded remote-write 2.0 `Request` into NDJSON samples of at most
+/// `max_ndjson` bytes: the same lines as 1.0, `kind` from each series' own metadata.
+pub fn convert_v2(body: &[u8], max_ndjson: usize) -> Result<Converted, ConvertError> {
+    let mut out = Converted::default();
+    let symbols = proto_v2::symbols(body)?;
+    proto_v2::each_series::<ConvertError>(body, &symbols, |s| {
+        let input = SeriesIn {
+            index: s.index,
+            labels: &s.labels,
+            label_count: s.label_count,
+            kind: s.kind,
+            histograms: s.histograms,
+            exemplars: s.exemplars,
+            samples: s.samples(),
+        };
+        emit(&mut out, input, max_ndjson)
+    })?;
+    Ok(out)
+}
+
+/// One NDJSON line per sample of `s`, or its samples refused with the reason.
+fn emit<I: Iterator<Item = Sample>>(
+    out: &mut Converted,
+    s: SeriesIn<'_, I>,
     max_ndjson: usize,
 ) -> Result<(), ConvertError> {
     out.histograms += s.histograms;
@@ -135,8 +196,8 @@ fn series(
     let names: Vec<&str> = s
         .labels
         .iter()
-        .filter(|l| l.name == "__name__")
-        .map(|l| l.value.as_str())
+        .filter(|l| l.0 == "__name__")
+        .map(|l| l.1)
         .collect();
     let why = match names.as_slice() {
         _ if s.label_count > crate::samples::MAX_LABELS + 1 => Some(format!(
@@ -149,7 +210,7 @@ fn series(
         _ => Some("the series has more than one __name__ label".to_owned()),
     };
     if let Some(why) = why {
-        let n = s.samples().count();
+        let n = s.samples.count();
         if n > 0 {
             out.reject(n, s.index, None, format!("{why} ({n} samples refused)"));
         }
@@ -160,17 +221,17 @@ fn series(
     let mut tail = Vec::with_capacity(64);
     tail.extend_from_slice(b",\"labels\":{");
     let mut first = true;
-    for l in s.labels.iter().filter(|l| l.name != "__name__") {
+    for (n, v) in s.labels.iter().filter(|l| l.0 != "__name__") {
         if !first {
             tail.push(b',');
         }
         first = false;
-        json_str(&mut tail, &l.name);
+        json_str(&mut tail, n);
         tail.push(b':');
-        json_str(&mut tail, &l.value);
+        json_str(&mut tail, v);
     }
     tail.push(b'}');
-    if let Some(kind) = kind_of(meta, name) {
+    if let Some(kind) = s.kind {
         tail.extend_from_slice(b",\"kind\":\"");
         tail.extend_from_slice(kind.as_bytes());
         tail.push(b'"');
@@ -180,7 +241,7 @@ fn series(
     head.extend_from_slice(b"{\"name\":");
     json_str(&mut head, name);
     head.extend_from_slice(b",\"value\":");
-    for (j, sample) in s.samples().enumerate() {
+    for (j, sample) in s.samples.enumerate() {
         let v = sample.value;
         if v.to_bits() == STALE_NAN {
             out.stale += 1;

@@ -30,11 +30,14 @@
 //! time ([`each_series`]), and decodes only the leaves (`Label`, `Sample`, `MetricMetadata`) with prost;
 //! it keeps at most [`MAX_SERIES_LABELS`] labels of a series. Its result equals
 //! prost's own decoding of [`WriteRequest`] (a property test checks it). Every length
-//! is checked against the bytes left, unknown fields are skipped (groups nest at most
-//! prost's recursion limit deep), and a string that is not UTF-8 is a decode error.
+//! is checked against the bytes left ([`super::wire`]), unknown fields are skipped
+//! (groups nest at most prost's recursion limit deep), and a string that is not UTF-8
+//! is a decode error.
 
-use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
 use prost::Message;
+
+pub use super::wire::WireError;
+use super::wire::{Field, Fields};
 
 /// Labels kept per series while walking: one more than `__name__` plus the sample
 /// rules' limit ([`crate::samples::MAX_LABELS`]), so that a series over the limit is
@@ -127,24 +130,18 @@ impl MetricMetadata {
     /// The sample `kind` of this family's type: COUNTER (1), GAUGE (2), HISTOGRAM (3)
     /// and GAUGEHISTOGRAM (4); the other types have none.
     pub fn kind(&self) -> Option<&'static str> {
-        match self.r#type {
-            1 => Some("counter"),
-            2 => Some("gauge"),
-            3 | 4 => Some("histogram"),
-            _ => None,
-        }
+        metric_kind(self.r#type)
     }
 }
 
-/// Why a body is not a `WriteRequest`.
-#[derive(Debug, thiserror::Error)]
-pub enum WireError {
-    #[error("invalid protobuf in {0}: {1}")]
-    Proto(&'static str, prost::DecodeError),
-    #[error("invalid protobuf in {0}: a length runs past the end of the message")]
-    Truncated(&'static str),
-    #[error("invalid protobuf in {0}: field {1} must be length-delimited")]
-    WireType(&'static str, u32),
+/// The sample `kind` of a `MetricType` (1.0 and 2.0 number them alike).
+pub fn metric_kind(t: i32) -> Option<&'static str> {
+    match t {
+        1 => Some("counter"),
+        2 => Some("gauge"),
+        3 | 4 => Some("histogram"),
+        _ => None,
+    }
 }
 
 /// One series of a request, as [`each_series`] hands it over.
@@ -167,60 +164,12 @@ impl Series<'_> {
         let mut fields = Fields::new(self.body, "TimeSeries");
         std::iter::from_fn(move || loop {
             match fields.next()? {
-                Ok((2, Some(b))) => return Sample::decode(b).ok(),
+                Ok((2, Field::Bytes(b))) => return Sample::decode(b).ok(),
                 Ok(_) => continue,
                 Err(_) => return None,
             }
         })
     }
-}
-
-/// The fields of one message: `(tag, Some(payload))` for length-delimited fields,
-/// `(tag, None)` for the others (already skipped).
-struct Fields<'a> {
-    buf: &'a [u8],
-    what: &'static str,
-}
-
-impl<'a> Fields<'a> {
-    fn new(buf: &'a [u8], what: &'static str) -> Self {
-        Fields { buf, what }
-    }
-}
-
-impl<'a> Iterator for Fields<'a> {
-    type Item = Result<(u32, Option<&'a [u8]>), WireError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.buf.is_empty() {
-            return None;
-        }
-        let what = self.what;
-        let res = (|| {
-            let (tag, wire) = decode_key(&mut self.buf).map_err(|e| WireError::Proto(what, e))?;
-            if wire != WireType::LengthDelimited {
-                skip_field(wire, tag, &mut self.buf, DecodeContext::default())
-                    .map_err(|e| WireError::Proto(what, e))?;
-                return Ok((tag, None));
-            }
-            let len = decode_varint(&mut self.buf).map_err(|e| WireError::Proto(what, e))?;
-            if len > self.buf.len() as u64 {
-                return Err(WireError::Truncated(what));
-            }
-            let (payload, rest) = self.buf.split_at(len as usize);
-            self.buf = rest;
-            Ok((tag, Some(payload)))
-        })();
-        if res.is_err() {
-            self.buf = &[];
-        }
-        Some(res)
-    }
-}
-
-/// A length-delimited field's payload, or the error for one of another wire type.
-fn payload<'a>(what: &'static str, tag: u32, p: Option<&'a [u8]>) -> Result<&'a [u8], WireError> {
-    p.ok_or(WireError::WireType(what, tag))
 }
 
 /// Check one `TimeSeries` and gather what [`Series`] tells about it.
@@ -237,7 +186,7 @@ fn series(index: usize, body: &[u8]) -> Result<Series<'_>, WireError> {
         let (tag, p) = field?;
         match tag {
             1 => {
-                let b = payload("TimeSeries", 1, p)?;
+                let b = p.bytes("TimeSeries", 1)?;
                 s.label_count += 1;
                 if s.labels.len() < MAX_SERIES_LABELS {
                     s.labels
@@ -245,15 +194,15 @@ fn series(index: usize, body: &[u8]) -> Result<Series<'_>, WireError> {
                 }
             }
             2 => {
-                Sample::decode(payload("TimeSeries", 2, p)?)
+                Sample::decode(p.bytes("TimeSeries", 2)?)
                     .map_err(|e| WireError::Proto("Sample", e))?;
             }
             3 => {
-                payload("TimeSeries", 3, p)?;
+                p.bytes("TimeSeries", 3)?;
                 s.exemplars += 1;
             }
             4 => {
-                payload("TimeSeries", 4, p)?;
+                p.bytes("TimeSeries", 4)?;
                 s.histograms += 1;
             }
             _ => {}
@@ -270,7 +219,7 @@ pub fn each_metadata<E: From<WireError>>(
     for field in Fields::new(body, "WriteRequest") {
         let (tag, p) = field?;
         if tag == 3 {
-            let b = payload("WriteRequest", 3, p)?;
+            let b = p.bytes("WriteRequest", 3)?;
             f(MetricMetadata::decode(b).map_err(|e| WireError::Proto("MetricMetadata", e))?)?;
         }
     }
@@ -286,7 +235,7 @@ pub fn each_series<E: From<WireError>>(
     for field in Fields::new(body, "WriteRequest") {
         let (tag, p) = field?;
         if tag == 1 {
-            f(series(index, payload("WriteRequest", 1, p)?)?)?;
+            f(series(index, p.bytes("WriteRequest", 1)?)?)?;
             index += 1;
         }
     }
@@ -441,7 +390,7 @@ mod tests {
         assert!(e.to_string().contains("past the end"), "{e}");
         // Field 1 as a varint.
         let e = walked(&[0x08, 0x01]).unwrap_err();
-        assert!(e.to_string().contains("length-delimited"), "{e}");
+        assert!(e.to_string().contains("wrong wire type"), "{e}");
         // Groups nested deeper than the recursion limit.
         let deep: Vec<u8> = std::iter::repeat_n(0x2b, 200)
             .chain(std::iter::repeat_n(0x2c, 200))
