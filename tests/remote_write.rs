@@ -1097,7 +1097,8 @@ async fn prometheus_retries_through_backpressure_and_nothing_is_doubled() {
 /// The measurement behind docs/BENCHMARKS.md (remote-write): the same samples sent as
 /// remote-write requests and as `/api/v1/metrics` NDJSON, alternately, in one run.
 /// `cargo nextest run --workspace --run-ignored only -E 'test(remote_write_throughput)' --no-capture`
-/// (`RW_BENCH_REQUESTS`, default 120 per round and protocol).
+/// (`RW_BENCH_REQUESTS`, default 120 per round and protocol; `WEIR_BIN` runs another
+/// build of the server, e.g. a release one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement; run it on purpose"]
 async fn remote_write_throughput_vs_ndjson() {
