@@ -1006,6 +1006,19 @@ async fn prometheus_remote_writes_exactly_what_it_scraped() {
             .await,
         0
     );
+    // Prometheus' metadata-only requests were taken, and nothing of its was lost.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p.own("prometheus_remote_storage_metadata_total").await == 0.0 {
+        assert!(Instant::now() < deadline, "no metadata sent:\n{}", p.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for failed in [
+        "prometheus_remote_storage_metadata_failed_total",
+        "prometheus_remote_storage_samples_failed_total",
+        "prometheus_remote_storage_samples_dropped_total",
+    ] {
+        assert_eq!(p.own(failed).await, 0.0, "{failed}");
+    }
     eprintln!(
         "{n} samples of {} series identical in Prometheus and Weir",
         got.len()
