@@ -6,6 +6,8 @@
 #   zig from PyPI's `ziglang` (C compiler), componentize-py (Python) and
 #   componentize-js from npm (JavaScript);
 # - rsyslog (Debian's package), the real syslog forwarder the TCP ingest test runs.
+# - Debian's prometheus, the real remote-write sender of tests/remote_write.rs (the
+#   tests run their own instance; the package's service is stopped and disabled).
 set -euo pipefail
 
 TOOLS="${WEIR_TOOLS:-/var/tmp/weir-tools}"
@@ -71,4 +73,15 @@ fi
 # forwards RFC 5424 (octet-counted) and RFC 3164 to Weir's syslog listener.
 if ! command -v rsyslogd >/dev/null 2>&1 && [ ! -x /usr/sbin/rsyslogd ]; then
   sudo_if apt-get update -qq && sudo_if apt-get install -y -qq rsyslog
+fi
+
+# Prometheus (Debian bookworm: 2.42), for the remote-write tests. Installing it may
+# start its systemd service (and node exporter with recommends): nothing of it may be
+# left running or bound, the tests start their own on free ports.
+if ! command -v prometheus >/dev/null 2>&1; then
+  sudo_if apt-get update -qq
+  sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+  if [ -d /run/systemd/system ]; then
+    sudo_if systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi

@@ -67,7 +67,9 @@ impl Server {
             .append(true)
             .open(dir.join("weir.log"))
             .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        // WEIR_BIN: another build of weir (a release build, for measurements).
+        let bin = std::env::var("WEIR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_weir").into());
+        let mut child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(&cfg)
             .arg("--data-dir")

@@ -17,6 +17,7 @@ mod ingest;
 mod listener;
 mod otlp;
 mod queries;
+mod remote_write;
 mod samples;
 mod series;
 mod server;

@@ -130,6 +130,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/api/v1/logs", post(ingest_logs))
         .route("/api/v1/metrics", post(ingest_metrics))
+        .route("/api/v1/write", post(crate::remote_write::write))
         .route("/api/v1/query", post(query))
         .route("/v1/logs", post(crate::otlp::http::logs))
         .route("/v1/metrics", post(crate::otlp::http::metrics))
@@ -195,6 +196,15 @@ impl ApiError {
             message: message.into(),
             retry_after: true,
         }
+    }
+    /// A busy answer (429) as 503 + Retry-After, for senders that retry only 5xx
+    /// (Prometheus remote-write); other errors unchanged.
+    pub fn busy_as_unavailable(mut self) -> Self {
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            self.status = StatusCode::SERVICE_UNAVAILABLE;
+            self.retry_after = true;
+        }
+        self
     }
 }
 
