@@ -347,6 +347,15 @@ async fn otlp_json_gzip_partial_success_and_malformed_bodies() {
             400,
         ),
         ("/v1/logs", "text/plain", None, b"hello".to_vec(), 415),
+        // Decoded, a protobuf body takes up to 64 times its size: past the node's
+        // ingest memory budget it is refused outright, never retried.
+        (
+            "/v1/logs",
+            "application/x-protobuf",
+            None,
+            vec![0u8; 9 << 20],
+            413,
+        ),
     ] {
         let (st, b) = post(&s, path, ct, enc, body).await;
         assert_eq!(st, want, "{path} {ct}: {}", String::from_utf8_lossy(&b));

@@ -92,10 +92,29 @@ pub fn check_stream(stream: &str) -> Result<(), ApiError> {
 /// Reserve room for `bytes` of request data (twice: compressed and decoded) in the
 /// node's ingest memory budget, or answer 429.
 pub fn reserve(state: &AppState, bytes: usize) -> Result<SemaphorePermit<'_>, ApiError> {
-    let kib = (bytes / 1024 + 1).min(u32::MAX as usize) as u32;
+    reserve_kib(state, (bytes / 1024 + 1).saturating_mul(2))
+}
+
+/// The node's ingest memory budget, in KiB: bodies being decoded, checked and
+/// appended hold a share of it.
+pub const INFLIGHT_KIB: usize = 512 * 1024;
+
+/// Reserve `kib` of the ingest memory budget: 429 while others hold it, 413 when the
+/// request alone needs more than all of it (no retry would ever get it).
+pub fn reserve_kib(state: &AppState, kib: usize) -> Result<SemaphorePermit<'_>, ApiError> {
+    if kib > INFLIGHT_KIB {
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request needs {} MiB of the node's {} MiB ingest memory budget; send smaller batches",
+                kib / 1024,
+                INFLIGHT_KIB / 1024
+            ),
+        ));
+    }
     state
         .inflight
-        .try_acquire_many(kib.saturating_mul(2))
+        .try_acquire_many(kib as u32)
         .map_err(|_| ApiError::busy("too many bytes in flight; retry later"))
 }
 
@@ -144,9 +163,11 @@ pub fn check_key(key: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// What identifies a request's content under its key: its targets and records.
-fn fingerprint(parts: &[(Target, &[u8])]) -> u64 {
-    let mut fields: Vec<&[u8]> = Vec::with_capacity(parts.len() * 3);
+/// What identifies a request's content under its key: its protocol (whose answers the
+/// key keeps), targets and records.
+fn fingerprint(protocol: &str, parts: &[(Target, &[u8])]) -> u64 {
+    let mut fields: Vec<&[u8]> = Vec::with_capacity(parts.len() * 3 + 1);
+    fields.push(protocol.as_bytes());
     for (t, nd) in parts {
         fields.push(t.stream.as_bytes());
         fields.push(t.key.as_deref().unwrap_or("").as_bytes());
@@ -165,13 +186,13 @@ pub async fn admit_once(
     state: &AppState,
     parts: &[(Target, &[u8])],
     ts_ms: i64,
-    key: Option<&str>,
+    key: Option<(&'static str, &str)>,
     answer: &(dyn Fn(&[Parsed]) -> Vec<u8> + Sync),
 ) -> Result<Admitted, ApiError> {
     let once = match (key, parts.first()) {
-        (Some(k), Some((t, _))) => {
+        (Some((protocol, k)), Some((t, _))) => {
             check_key(k)?;
-            let fp = fingerprint(parts);
+            let fp = fingerprint(protocol, parts);
             if let Some(r) = state.log.remembered(&t.tenant, k)? {
                 return repeated(r, fp);
             }
@@ -315,10 +336,11 @@ mod tests {
         assert!(check_key(&"k".repeat(256)).is_err());
         assert!(check_key("é").is_err());
         let t = |s: &str| Target::logs("t".into(), s.into(), None).unwrap();
-        let a = fingerprint(&[(t("a"), b"{}\n")]);
-        assert_eq!(a, fingerprint(&[(t("a"), b"{}\n")]));
-        assert_ne!(a, fingerprint(&[(t("b"), b"{}\n")]));
-        assert_ne!(a, fingerprint(&[(t("a"), b"{ }\n")]));
+        let a = fingerprint("logs", &[(t("a"), b"{}\n")]);
+        assert_eq!(a, fingerprint("logs", &[(t("a"), b"{}\n")]));
+        assert_ne!(a, fingerprint("logs", &[(t("b"), b"{}\n")]));
+        assert_ne!(a, fingerprint("logs", &[(t("a"), b"{ }\n")]));
+        assert_ne!(a, fingerprint("otlp", &[(t("a"), b"{}\n")]));
     }
 
     #[test]

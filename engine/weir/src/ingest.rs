@@ -34,15 +34,25 @@ pub struct Parsed {
 
 /// Errors listed in a response; `rejected` still counts them all.
 pub const MAX_ERRORS: usize = 100;
+/// Longest reason listed (longer ones are cut, marked with `…`).
+pub const MAX_REASON_BYTES: usize = 256;
 
 impl Parsed {
     pub(crate) fn reject(&mut self, line: usize, reason: impl Into<String>) {
         self.rejected += 1;
         if self.errors.len() < MAX_ERRORS {
-            self.errors.push(LineError {
-                line,
-                reason: reason.into(),
-            });
+            let mut reason = reason.into();
+            // Reasons may quote the input: bound what an answer (and the answer an
+            // idempotency key keeps) can hold.
+            if reason.len() > MAX_REASON_BYTES {
+                let mut cut = MAX_REASON_BYTES;
+                while !reason.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                reason.truncate(cut);
+                reason.push('…');
+            }
+            self.errors.push(LineError { line, reason });
         }
     }
 }
@@ -249,6 +259,17 @@ fn trim(mut s: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listed_reasons_are_bounded() {
+        let mut p = Parsed::default();
+        p.reject(1, format!("name {:?} is bad", "é".repeat(1000)));
+        let r = &p.errors[0].reason;
+        assert!(r.len() <= MAX_REASON_BYTES + '…'.len_utf8(), "{}", r.len());
+        assert!(r.ends_with('…'));
+        p.reject(2, "short");
+        assert_eq!(p.errors[1].reason, "short");
+    }
     use std::io::Write;
 
     #[test]

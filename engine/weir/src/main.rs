@@ -296,7 +296,7 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
         store: store.clone(),
         m: server::Metrics::new(&metrics_registry),
         registry: metrics_registry,
-        inflight: tokio::sync::Semaphore::new(512 * 1024),
+        inflight: tokio::sync::Semaphore::new(door::INFLIGHT_KIB),
     });
     let tls = tls::acceptor(&config.tls)?;
     let listener = TcpListener::bind(&config.listen.http)

@@ -226,6 +226,13 @@ impl From<LogError> for ApiError {
             LogError::DiskFull(_) | LogError::Closed => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }
+            // A storage error may pass (an I/O hiccup): 503 + Retry-After, which every
+            // client retries, instead of a 500 that OTLP exporters drop.
+            LogError::Storage(_) => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: e.to_string(),
+                retry_after: true,
+            },
             _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
@@ -339,7 +346,10 @@ async fn ingest_inner(
     let key = idempotency_key(headers)?;
     let parts = [(target.clone(), &decoded[..])];
     let admitted =
-        crate::door::admit_once(state, &parts, now_ms(), key, &|p| answer_of(&p[0])).await?;
+        crate::door::admit_once(state, &parts, now_ms(), key.map(|k| ("ndjson", k)), &|p| {
+            answer_of(&p[0])
+        })
+        .await?;
     drop(decoded);
     let body = match admitted {
         crate::door::Admitted::Fresh(p) => answer_of(&p[0]),
@@ -553,6 +563,10 @@ mod tests {
         );
         assert_eq!(
             status(LogError::Storage("x".into())).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(LogError::NoPartition(9)).status(),
             StatusCode::INTERNAL_SERVER_ERROR
         );
     }

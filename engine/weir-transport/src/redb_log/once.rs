@@ -75,11 +75,9 @@ impl Keys {
         let mut keys = w.open_table(KEYS).map_err(storage_err)?;
         let mut age = w.open_table(KEY_AGE).map_err(storage_err)?;
         let mut count = w.open_table(KEY_COUNT).map_err(storage_err)?;
-        keys.insert((t, k), encode(now_ms, &r).as_slice())
-            .map_err(storage_err)?;
-        age.insert((t, now_ms, k), ()).map_err(storage_err)?;
-        let mut n = count.get(t).map_err(storage_err)?.map_or(0, |v| v.value()) + 1;
-        while n > cap.max(1) {
+        let mut n = count.get(t).map_err(storage_err)?.map_or(0, |v| v.value());
+        // Make room first, so the key being remembered is never the one forgotten.
+        while n >= cap.max(1) {
             let oldest = match age
                 .range((t, i64::MIN, "")..(t, i64::MAX, ""))
                 .map_err(storage_err)?
@@ -98,6 +96,20 @@ impl Keys {
             self.fresh.remove(&(t.to_owned(), oldest.1));
             n -= 1;
         }
+        // A key is never older than the tenant's newest (the clock may step back), so
+        // the oldest are forgotten first whatever the wall clock did.
+        let newest = age
+            .range((t, i64::MIN, "")..(t, i64::MAX, ""))
+            .map_err(storage_err)?
+            .next_back()
+            .transpose()
+            .map_err(storage_err)?
+            .map(|(key, _)| key.value().1);
+        let at = newest.map_or(now_ms, |n| n.max(now_ms));
+        keys.insert((t, k), encode(at, &r).as_slice())
+            .map_err(storage_err)?;
+        age.insert((t, at, k), ()).map_err(storage_err)?;
+        n += 1;
         count.insert(t, n).map_err(storage_err)?;
         self.fresh.insert((t.to_owned(), k.to_owned()), r);
         Ok(())

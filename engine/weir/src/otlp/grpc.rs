@@ -4,8 +4,11 @@
 //! The tenant is the bearer token of the `authorization` metadata (loopback clients are
 //! `default` when no tenants are configured), the stream of log records the
 //! `x-weir-stream` metadata (see [`super`]), an optional idempotency key the
-//! `idempotency-key` metadata. Messages are at most `[ingest]
-//! max_decoded_bytes` decoded; gzip-compressed requests are accepted.
+//! `idempotency-key` metadata. The token is checked by an interceptor before the
+//! message is decoded. Messages are at most 8 MiB decoded (the ingest memory budget /
+//! [`DECODE_FACTOR`], or `[ingest] max_decoded_bytes` when smaller) and each holds
+//! [`DECODE_FACTOR`] times its size of the budget while it is handled; gzip-compressed
+//! requests are accepted.
 //!
 //! Statuses: `INVALID_ARGUMENT` for what must not be retried (undecodable or too large
 //! a message, a bad stream name), `UNAUTHENTICATED`, and under backpressure
@@ -31,6 +34,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 };
 use prost::Message;
 use tonic::codec::CompressionEncoding;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Request, Response, Status};
 
 use super::STREAM_HEADER;
@@ -115,6 +119,39 @@ pub fn status_of(e: ApiError) -> Status {
     Status::with_details_and_metadata(code, e.message(), details.encode_to_vec().into(), trailers)
 }
 
+/// How many times its encoded size a decoded OTLP message may take in memory (empty
+/// nested messages: 2 bytes on the wire, ~100-200 bytes decoded).
+pub const DECODE_FACTOR: usize = 64;
+
+/// The tenant of a gRPC call, found by [`Authenticate`] before its message is decoded.
+#[derive(Clone)]
+struct GrpcTenant(String);
+
+/// Checks the bearer token on the call's metadata before tonic decodes its message, so
+/// a client without a token costs no decoding.
+#[derive(Clone)]
+pub struct Authenticate {
+    state: Arc<AppState>,
+}
+
+impl tonic::service::Interceptor for Authenticate {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let peer = req
+            .remote_addr()
+            .ok_or_else(|| Status::internal("no peer address"))?;
+        let headers = req.metadata().clone().into_headers();
+        let tenant = crate::gate::tenant_of(&self.state.config, &headers, peer).map_err(|why| {
+            self.state.m.unauthorized();
+            Status::unauthenticated(why)
+        })?;
+        req.extensions_mut().insert(GrpcTenant(tenant));
+        Ok(req)
+    }
+}
+
+type LogsService_ = InterceptedService<LogsServiceServer<Otlp>, Authenticate>;
+type MetricsService_ = InterceptedService<MetricsServiceServer<Otlp>, Authenticate>;
+
 /// Both OTLP services over one [`AppState`].
 #[derive(Clone)]
 pub struct Otlp {
@@ -123,28 +160,46 @@ pub struct Otlp {
 
 impl Otlp {
     /// The two tonic services, with gzip and the decoded-size limit.
-    pub fn services(state: Arc<AppState>) -> (LogsServiceServer<Otlp>, MetricsServiceServer<Otlp>) {
-        let max = state.config.ingest.max_decoded_bytes;
-        let o = Otlp { state };
+    pub fn services(state: Arc<AppState>) -> (LogsService_, MetricsService_) {
+        // A decoded message holds up to ~64 times its encoded size in structures; the
+        // largest accepted is the share of the ingest memory budget that bounds.
+        let max = (crate::door::INFLIGHT_KIB * 1024 / DECODE_FACTOR)
+            .min(state.config.ingest.max_decoded_bytes);
+        let o = Otlp {
+            state: state.clone(),
+        };
+        let auth = Authenticate { state };
         (
-            LogsServiceServer::new(o.clone())
-                .accept_compressed(CompressionEncoding::Gzip)
-                .max_decoding_message_size(max),
-            MetricsServiceServer::new(o)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .max_decoding_message_size(max),
+            InterceptedService::new(
+                LogsServiceServer::new(o.clone())
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(max),
+                auth.clone(),
+            ),
+            InterceptedService::new(
+                MetricsServiceServer::new(o)
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(max),
+                auth,
+            ),
         )
     }
 
-    fn tenant<T>(&self, req: &Request<T>) -> Result<String, Status> {
-        let peer = req
-            .remote_addr()
-            .ok_or_else(|| Status::internal("no peer address"))?;
-        let headers = req.metadata().clone().into_headers();
-        crate::gate::tenant_of(&self.state.config, &headers, peer).map_err(|why| {
-            self.state.m.unauthorized();
-            Status::unauthenticated(why)
-        })
+    /// The tenant [`Authenticate`] found.
+    fn tenant<T>(req: &Request<T>) -> Result<String, Status> {
+        req.extensions()
+            .get::<GrpcTenant>()
+            .map(|t| t.0.clone())
+            .ok_or_else(|| Status::unauthenticated("missing or unknown bearer token"))
+    }
+
+    /// Hold the ingest memory a decoded request may take (see [`DECODE_FACTOR`]).
+    fn hold(&self, encoded: usize) -> Result<tokio::sync::SemaphorePermit<'_>, Status> {
+        crate::door::reserve_kib(
+            &self.state,
+            (encoded / 1024 + 1).saturating_mul(DECODE_FACTOR),
+        )
+        .map_err(status_of)
     }
 
     /// A text metadata value (the stream, the idempotency key).
@@ -173,7 +228,8 @@ impl LogsService for Otlp {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let tenant = self.tenant(&request)?;
+        let tenant = Self::tenant(&request)?;
+        let _held = self.hold(request.get_ref().encoded_len())?;
         let stream = Self::text(&request, STREAM_HEADER)?;
         let key = Self::text(&request, IDEMPOTENCY_HEADER)?;
         let req = request.into_inner();
@@ -197,7 +253,8 @@ impl MetricsService for Otlp {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        let tenant = self.tenant(&request)?;
+        let tenant = Self::tenant(&request)?;
+        let _held = self.hold(request.get_ref().encoded_len())?;
         let key = Self::text(&request, IDEMPOTENCY_HEADER)?;
         let req = request.into_inner();
         let state = &self.state;

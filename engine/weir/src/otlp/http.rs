@@ -145,11 +145,16 @@ async fn logs_inner(
 ) -> Result<Outcome, ApiError> {
     crate::server::count_body(state, tenant, body.len());
     let stream = stream_of(headers)?;
-    let req: ExportLogsServiceRequest = {
-        let _permit = crate::door::reserve(state, body.len())?;
-        let decoded = crate::server::decoded_body(state, headers, body)?;
-        enc.decode(&decoded)?
-    };
+    let _permit = crate::door::reserve(state, body.len())?;
+    let decoded = crate::server::decoded_body(state, headers, body)?;
+    // Decoded structures take up to DECODE_FACTOR times the bytes: hold that much of
+    // the ingest budget while the request is handled (413 past the whole budget).
+    let _held = crate::door::reserve_kib(
+        state,
+        (decoded.len() / 1024 + 1).saturating_mul(super::grpc::DECODE_FACTOR),
+    )?;
+    let req: ExportLogsServiceRequest = enc.decode(&decoded)?;
+    drop(decoded);
     let key = crate::server::idempotency_key(headers)?;
     super::export_logs(state, tenant, stream.as_deref(), key, &req).await
 }
@@ -186,11 +191,16 @@ async fn metrics_inner(
     body: &[u8],
 ) -> Result<Outcome, ApiError> {
     crate::server::count_body(state, tenant, body.len());
-    let req: ExportMetricsServiceRequest = {
-        let _permit = crate::door::reserve(state, body.len())?;
-        let decoded = crate::server::decoded_body(state, headers, body)?;
-        enc.decode(&decoded)?
-    };
+    let _permit = crate::door::reserve(state, body.len())?;
+    let decoded = crate::server::decoded_body(state, headers, body)?;
+    // Decoded structures take up to DECODE_FACTOR times the bytes: hold that much of
+    // the ingest budget while the request is handled (413 past the whole budget).
+    let _held = crate::door::reserve_kib(
+        state,
+        (decoded.len() / 1024 + 1).saturating_mul(super::grpc::DECODE_FACTOR),
+    )?;
+    let req: ExportMetricsServiceRequest = enc.decode(&decoded)?;
+    drop(decoded);
     let key = crate::server::idempotency_key(headers)?;
     super::export_metrics(state, tenant, key, &req).await
 }

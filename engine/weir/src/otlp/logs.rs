@@ -34,27 +34,39 @@ pub const DEFAULT_STREAM: &str = "otlp";
 #[derive(Debug, Default)]
 pub struct LogParts {
     pub parts: Vec<(String, Vec<u8>)>,
+    /// The index in `parts` of each stream.
+    index: std::collections::HashMap<String, usize>,
     pub records: usize,
     /// NDJSON bytes written so far.
     pub bytes: usize,
 }
 
-/// The records of a request would take more than the allowed bytes (a resource's
-/// attributes are repeated in each of its records, so a small request can expand).
+/// Most streams one request may name (each becomes its own log entries).
+pub const MAX_STREAMS: usize = 64;
+
+/// Why the records of a request are refused as a whole.
 #[derive(Debug, PartialEq, Eq)]
-pub struct TooLarge(pub usize);
+pub enum Refused {
+    /// They would take more than the allowed bytes (a resource's attributes are
+    /// repeated in each of its records, so a small request can expand).
+    TooLarge(usize),
+    /// Its resources name more than [`MAX_STREAMS`] streams.
+    TooManyStreams,
+}
 
 impl LogParts {
     /// Append `record` with `tail` (`"scope":...,"resource":...`, already JSON, shared
     /// by every record of a scope) spliced in before its closing brace.
     fn push(&mut self, stream: &str, record: &Value, tail: &[u8]) {
-        let buf = match self.parts.iter_mut().find(|(s, _)| s == stream) {
-            Some((_, b)) => b,
+        let i = match self.index.get(stream) {
+            Some(i) => *i,
             None => {
+                self.index.insert(stream.to_owned(), self.parts.len());
                 self.parts.push((stream.to_owned(), Vec::new()));
-                &mut self.parts.last_mut().expect("just pushed").1
+                self.parts.len() - 1
             }
         };
+        let buf = &mut self.parts[i].1;
         // Serializing a Value cannot fail (string keys only).
         let before = buf.len();
         let _ = serde_json::to_writer(&mut *buf, record);
@@ -79,7 +91,7 @@ pub fn records(
     req: &ExportLogsServiceRequest,
     stream: Option<&str>,
     max_bytes: usize,
-) -> Result<LogParts, TooLarge> {
+) -> Result<LogParts, Refused> {
     let mut out = LogParts::default();
     for rl in &req.resource_logs {
         let attrs = rl
@@ -128,7 +140,10 @@ pub fn records(
             for lr in &sl.log_records {
                 out.push(&target, &record(lr), &tail);
                 if out.bytes > max_bytes {
-                    return Err(TooLarge(max_bytes));
+                    return Err(Refused::TooLarge(max_bytes));
+                }
+                if out.parts.len() > MAX_STREAMS {
+                    return Err(Refused::TooManyStreams);
                 }
             }
         }
@@ -323,7 +338,19 @@ mod tests {
             "{\"scope\":{\"name\":\"app.module\"},\"resource\":{\"service.name\":\"web\"}}\n"
         );
         let forced = records(&req, Some("chosen"), usize::MAX).unwrap();
-        assert_eq!(records(&req, None, 100).unwrap_err(), TooLarge(100));
+        assert_eq!(
+            records(&req, None, 100).unwrap_err(),
+            Refused::TooLarge(100)
+        );
+        let crowd = ExportLogsServiceRequest {
+            resource_logs: (0..=MAX_STREAMS)
+                .map(|i| request(Some(&format!("svc{i}")), vec![LogRecord::default()]))
+                .collect(),
+        };
+        assert_eq!(
+            records(&crowd, None, usize::MAX).unwrap_err(),
+            Refused::TooManyStreams
+        );
         assert_eq!(forced.parts.len(), 1);
         assert_eq!(forced.parts[0].0, "chosen");
     }

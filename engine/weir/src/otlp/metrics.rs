@@ -38,7 +38,7 @@ use serde_json::{json, Map, Value};
 
 use super::values::{label_name, label_value, metric_name, string_attr};
 
-/// Most buckets of one histogram point.
+/// Most buckets (or quantiles) of one histogram (or summary) point.
 pub const MAX_BUCKETS: usize = 1024;
 /// `DataPointFlags.FLAG_NO_RECORDED_VALUE`.
 const NO_RECORDED_VALUE: u32 = 1;
@@ -62,6 +62,8 @@ pub struct MetricSamples {
     /// Data points seen, and the 1-based point each sample line came from.
     pub points: u32,
     pub point_of: Vec<u32>,
+    /// Most NDJSON bytes; past them nothing more is written and the request is refused.
+    limit: usize,
 }
 
 /// The samples of a request would take more than the allowed bytes.
@@ -77,6 +79,10 @@ impl MetricSamples {
         labels: &Map<String, Value>,
         kind: &str,
     ) {
+        // Checked per sample: a point's labels are copied into each of its samples.
+        if self.ndjson.len() > self.limit {
+            return;
+        }
         let mut s = json!({ "name": name, "value": super::values::double(value), "labels": labels, "kind": kind });
         if let Some(ts) = ts {
             s["ts"] = Value::from(ts);
@@ -113,7 +119,10 @@ pub fn samples(
     req: &ExportMetricsServiceRequest,
     max_bytes: usize,
 ) -> Result<MetricSamples, TooLarge> {
-    let mut out = MetricSamples::default();
+    let mut out = MetricSamples {
+        limit: max_bytes,
+        ..MetricSamples::default()
+    };
     for rm in &req.resource_metrics {
         let attrs = rm
             .resource
@@ -355,8 +364,16 @@ fn exponential(
         ));
     }
     // Bucket `index` covers (base^index, base^(index+1)]; base = 2^(2^-scale).
+    if !p.zero_threshold.is_finite() {
+        return out.reject(format!(
+            "a point of {name:?} has a zero threshold that is not finite"
+        ));
+    }
     let step = (-f64::from(p.scale)).exp2();
     let bound = |index: i64| (index as f64 * step).exp2();
+    // Buckets whose bound is not a finite number (2^1024 and beyond at scale -10) are
+    // left to the `+Inf` bucket, which counts everything.
+    let finite = |b: &(f64, u64)| b.0.is_finite();
     let mut cumulative = 0u64;
     let mut buckets = Vec::with_capacity(n + 1);
     // Negative buckets from the most negative: bucket `index` covers
@@ -380,6 +397,7 @@ fn exponential(
             "the buckets of a point of {name:?} do not add up to its count"
         ));
     }
+    buckets.retain(finite);
     let l = labels(base, &p.attributes);
     totals(
         out,
@@ -401,6 +419,12 @@ fn summary(out: &mut MetricSamples, name: &str, p: &SummaryDataPoint, base: &Map
     if p.flags & NO_RECORDED_VALUE != 0 {
         out.skipped += 1;
         return;
+    }
+    if p.quantile_values.len() > MAX_BUCKETS {
+        return out.reject(format!(
+            "a point of {name:?} has {} quantiles, more than {MAX_BUCKETS}",
+            p.quantile_values.len()
+        ));
     }
     let l = labels(base, &p.attributes);
     let ts = millis(p.time_unix_nano);
@@ -634,6 +658,40 @@ mod tests {
                 ("+Inf".into(), 7.0)
             ]
         );
+        // At scale -10 bucket 1's bound is 2^1024: left to +Inf, never a second "+Inf".
+        let huge = samples_of(req(vec![metric(
+            "size",
+            Data::ExponentialHistogram(ExponentialHistogram {
+                data_points: vec![ExponentialHistogramDataPoint {
+                    scale: -10,
+                    count: 1,
+                    zero_count: 0,
+                    positive: Some(Buckets {
+                        offset: 0,
+                        bucket_counts: vec![1],
+                    }),
+                    negative: None,
+                    ..p.clone()
+                }],
+                aggregation_temporality: 2,
+            }),
+        )]));
+        let infs = lines(&huge)
+            .iter()
+            .filter(|s| s["labels"]["le"] == "+Inf")
+            .count();
+        assert_eq!((huge.rejected, infs), (0, 1));
+        let bad = samples_of(req(vec![metric(
+            "size",
+            Data::ExponentialHistogram(ExponentialHistogram {
+                data_points: vec![ExponentialHistogramDataPoint {
+                    zero_threshold: f64::NAN,
+                    ..p.clone()
+                }],
+                aggregation_temporality: 2,
+            }),
+        )]));
+        assert_eq!(bad.rejected, 1);
         let bad = samples_of(req(vec![metric(
             "size",
             Data::ExponentialHistogram(ExponentialHistogram {
@@ -664,6 +722,29 @@ mod tests {
         let l = lines(&out);
         assert_eq!(l.len(), 3);
         assert_eq!(l[0]["labels"]["quantile"], "0.5");
+        // A point whose labels would be copied into a million samples stops at the
+        // limit, checked sample by sample.
+        let many = req(vec![metric(
+            "rpc",
+            Data::Summary(Summary {
+                data_points: vec![SummaryDataPoint {
+                    attributes: vec![kv("big", &"x".repeat(10_000))],
+                    quantile_values: vec![ValueAtQuantile::default(); 1000],
+                    ..Default::default()
+                }],
+            }),
+        )]);
+        assert_eq!(samples(&many, 100_000).unwrap_err(), TooLarge(100_000));
+        let too_many = req(vec![metric(
+            "rpc",
+            Data::Summary(Summary {
+                data_points: vec![SummaryDataPoint {
+                    quantile_values: vec![ValueAtQuantile::default(); MAX_BUCKETS + 1],
+                    ..Default::default()
+                }],
+            }),
+        )]);
+        assert_eq!(samples_of(too_many).rejected, 1);
         assert_eq!(l[1]["name"], "rpc_count");
         assert_eq!(l[2]["value"], 10.0);
     }

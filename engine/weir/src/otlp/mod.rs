@@ -103,7 +103,13 @@ pub async fn export_logs(
         door::check_stream(s)?;
     }
     let limit = expansion_limit(state);
-    let parts = logs::records(req, stream, limit).map_err(|_| too_large(limit))?;
+    let parts = logs::records(req, stream, limit).map_err(|e| match e {
+        logs::Refused::TooLarge(_) => too_large(limit),
+        logs::Refused::TooManyStreams => ApiError::bad_request(format!(
+            "the request's resources name more than {} streams (service.name); send them in separate requests or set x-weir-stream",
+            logs::MAX_STREAMS
+        )),
+    })?;
     let _permit = door::reserve(state, parts.bytes)?;
     let targets: Vec<(Target, &[u8])> = parts
         .parts
@@ -129,6 +135,7 @@ pub async fn export_logs(
         out
     };
     let now = crate::server::now_ms();
+    let key = key.map(|k| ("otlp", k));
     let admitted = door::admit_once(state, &targets, now, key, &|p| remembered(&fresh(p))).await?;
     outcome_of(admitted, fresh)
 }
@@ -160,6 +167,7 @@ pub async fn export_metrics(
     let target = Target::metrics(tenant.to_owned(), None);
     let now = crate::server::now_ms();
     let parts = [(target, s.ndjson.as_slice())];
+    let key = key.map(|k| ("otlp", k));
     let admitted = door::admit_once(state, &parts, now, key, &|p| remembered(&fresh(p))).await?;
     if let door::Admitted::Fresh(_) = &admitted {
         // Points refused here, before the door's count.
