@@ -206,7 +206,7 @@ impl Sender {
                     let wait = delay(failures, after, self.max_backoff, fastrand::f64());
                     if reason == "auth" {
                         tracing::error!(key = %b.key, %why, "the server refuses the token; retrying");
-                    } else if failures % 10 == 0 {
+                    } else if failures.is_multiple_of(10) {
                         tracing::warn!(key = %b.key, %why, failures, wait_ms = wait.as_millis() as u64, "send failed; retrying");
                     }
                     failures = failures.saturating_add(1);
