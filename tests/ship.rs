@@ -287,6 +287,111 @@ async fn a_spike_against_429_and_kill9_of_server_and_shipper_deliver_every_line_
     s.stop();
 }
 
+/// The number after `name=` in the last progress line of a shipper's stderr.
+fn last_progress(log: &Path, name: &str) -> i64 {
+    let text = read(log);
+    let last = text
+        .lines()
+        .rfind(|l| l.starts_with("weir ship: read="))
+        .unwrap_or_else(|| panic!("no progress line in:\n{text}"));
+    last.split(&format!("{name}="))
+        .nth(1)
+        .and_then(|r| r.split([' ', ',']).next())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {last:?}"))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// The crash the spike test can only hit by chance, made certain: the shipper dies
+/// after the server committed its batches but before it recorded the answers. A copy
+/// of its spool from before the sending plays the restarted shipper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_resent_after_a_crash_are_answered_from_the_servers_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let input = dir.path().join("in.log");
+    let n = 3000;
+    let text: String = (0..n).map(|i| line(i, "x")).collect();
+    append(&input, &text);
+    let spool = dir.path().join("spool");
+    let args = |spool: &Path, once: bool| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--to",
+            &format!("http://{addr}"),
+            "--token",
+            TOKEN,
+            "--stream",
+            "app",
+            "--file",
+            &input.display().to_string(),
+            "--spool",
+            &spool.display().to_string(),
+            "--batch-lines",
+            "1000",
+            "--max-backoff-ms",
+            "200",
+        ]
+        .map(String::from)
+        .to_vec();
+        if once {
+            a.push("--once".into());
+        }
+        a
+    };
+    // The server is down: everything is spooled, nothing acknowledged.
+    let ship = Shipper::start(dir.path(), &args(&spool, false));
+    ship.wait_for("weir_ship_lines_spooled_total", n, 60).await;
+    ship.wait_for("weir_ship_retries_total{reason=\"network\"}", 1, 60)
+        .await;
+    ship.kill9();
+    let before = dir.path().join("spool-before");
+    copy_dir(&spool, &before);
+
+    let server_dir = dir.path().join("server");
+    std::fs::create_dir_all(&server_dir).unwrap();
+    let s = Server::start_at(
+        &server_dir,
+        &format!("[tenants.t]\ntokens = [\"{TOKEN}\"]\n"),
+        &[],
+        &addr,
+    );
+    let first = dir.path().join("first");
+    std::fs::create_dir_all(&first).unwrap();
+    let ship = Shipper::start(&first, &args(&spool, true));
+    assert!(ship.wait_exit(60).await.success());
+    s.wait_count(TOKEN, EXACT, n as i64).await;
+    assert_eq!(last_progress(&first.join("ship.log"), "replayed"), 0);
+
+    // The "restarted" shipper sends the same batches with the same keys again.
+    let again = dir.path().join("again");
+    std::fs::create_dir_all(&again).unwrap();
+    let ship = Shipper::start(&again, &args(&before, true));
+    assert!(ship.wait_exit(60).await.success());
+    let log = again.join("ship.log");
+    assert_eq!(last_progress(&log, "acked"), 3, "{}", read(&log));
+    assert_eq!(last_progress(&log, "replayed"), 3, "{}", read(&log));
+    assert_eq!(
+        last_progress(&log, "read"),
+        0,
+        "positions came back with the batches"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(s.count(TOKEN, EXACT).await, n as i64);
+    assert_eq!(s.count(TOKEN, DISTINCT).await, n as i64);
+    s.stop();
+}
+
 /// `n` lines of about 230 bytes that gzip only about 2× (random hex).
 fn incompressible(path: &Path, n: u64) {
     let mut text = String::new();

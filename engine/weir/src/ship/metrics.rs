@@ -171,7 +171,7 @@ impl ShipMetrics {
     /// The progress line printed on stderr.
     pub fn progress(&self) -> String {
         format!(
-            "weir ship: read={} spooled={} sent={} acked={} (lines {}) retried={} buffered={} bytes in {} batches, dropped={} lines, server-rejected={} lines, dead={} batches",
+            "weir ship: read={} spooled={} sent={} acked={} (lines {}) retried={} buffered={} bytes in {} batches, dropped={} lines, server-rejected={} lines, dead={} batches, replayed={}",
             self.lines_read.get(),
             self.lines_spooled.get(),
             self.requests.get(),
@@ -183,6 +183,7 @@ impl ShipMetrics {
             self.dropped_lines(),
             self.lines_rejected_by_server.get(),
             self.dead_batches.get(),
+            self.replayed.get(),
         )
     }
 }

@@ -152,8 +152,9 @@ pub async fn run(args: ShipArgs) -> Result<()> {
     if !weir_core::names::is_valid_name(&args.stream) {
         bail!("--stream must be 1-64 characters of [A-Za-z0-9_.-]");
     }
-    if !(args.to.starts_with("http://") || args.to.starts_with("https://")) {
-        bail!("--to must be an http:// URL (the server's base URL)");
+    if !args.to.starts_with("http://") {
+        // This build's HTTP client has no TLS: refuse now rather than retry forever.
+        bail!("--to must be an http:// URL (the server's base URL; https is not supported by this build)");
     }
     if args.batch_lines == 0 || args.batch_bytes == 0 || args.spool_max_mb == 0 {
         bail!("--batch-lines, --batch-bytes and --spool-max-mb must be positive");
