@@ -18,6 +18,38 @@ pub struct Server {
     #[allow(dead_code)]
     pub grpc: String,
     pub dir: PathBuf,
+    /// The TCP ingest listeners, as printed: bound address, tenant, stream, format.
+    pub tcp: Vec<TcpListen>,
+}
+
+/// One TCP ingest listener of a running [`Server`].
+#[derive(Debug, Clone)]
+pub struct TcpListen {
+    pub addr: String,
+    pub tenant: String,
+    pub stream: String,
+    pub format: String,
+}
+
+impl TcpListen {
+    /// Read `weir: tcp listening on ADDR tenant=T stream=S format=F`'s part after "on ".
+    fn parse(line: &str) -> Option<TcpListen> {
+        let mut parts = line.split(' ');
+        let addr = parts.next()?.to_owned();
+        let mut field = |name: &str| {
+            parts
+                .next()?
+                .strip_prefix(name)?
+                .strip_prefix('=')
+                .map(str::to_owned)
+        };
+        Some(TcpListen {
+            addr,
+            tenant: field("tenant")?,
+            stream: field("stream")?,
+            format: field("format")?,
+        })
+    }
 }
 
 impl Server {
@@ -47,7 +79,7 @@ impl Server {
             .arg("--data-dir")
             .arg(dir.join("data"))
             .args(["--http-addr", http, "--admin-addr", "127.0.0.1:0"])
-            .args(["--grpc-addr", "127.0.0.1:0"])
+            .args(["--grpc-addr", "127.0.0.1:0", "--tcp-addr", "127.0.0.1:0"])
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -66,14 +98,20 @@ impl Server {
                 if let Some(addr) = line.strip_prefix("weir: grpc listening on ") {
                     let _ = tx.send(("grpc", addr.to_owned()));
                 }
+                // Printed before the gRPC line.
+                if let Some(rest) = line.strip_prefix("weir: tcp listening on ") {
+                    let _ = tx.send(("tcp", rest.to_owned()));
+                }
             }
         });
         let wants_admin = config.contains("[admin]");
         let (mut http, mut admin, mut grpc) = (None, None, None);
+        let mut tcp = Vec::new();
         while http.is_none() || grpc.is_none() || (wants_admin && admin.is_none()) {
             match rx.recv_timeout(Duration::from_secs(180)) {
                 Ok(("http", a)) => http = Some(format!("http://{a}")),
                 Ok(("grpc", a)) => grpc = Some(format!("grpc://{a}")),
+                Ok(("tcp", a)) => tcp.extend(TcpListen::parse(&a)),
                 Ok((_, a)) => admin = Some(format!("http://{a}")),
                 Err(_) => {
                     let _ = child.kill();
@@ -90,7 +128,18 @@ impl Server {
             admin,
             grpc: grpc.expect("grpc address"),
             dir: dir.to_owned(),
+            tcp,
         }
+    }
+
+    /// The address of the TCP listener of `tenant` feeding `stream` in `format`.
+    pub fn tcp_addr(&self, tenant: &str, stream: &str, format: &str) -> String {
+        self.tcp
+            .iter()
+            .find(|l| l.tenant == tenant && l.stream == stream && l.format == format)
+            .unwrap_or_else(|| panic!("no TCP listener {tenant}/{stream}/{format}: {:?}", self.tcp))
+            .addr
+            .clone()
     }
 
     /// SIGTERM and wait for a clean exit.

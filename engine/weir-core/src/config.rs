@@ -59,6 +59,9 @@ pub struct Config {
     pub metrics: crate::serving::MetricsConfig,
     #[serde(default)]
     pub dead_letters: DeadLettersConfig,
+    /// Connections of the TCP ingest listeners (see [`crate::listeners`]).
+    #[serde(default)]
+    pub tcp: crate::listeners::TcpConfig,
 }
 
 /// How long dead letters (and rows the cold flush quarantined) are kept, and how many
@@ -270,6 +273,9 @@ pub struct TenantConfig {
     /// Retention of this tenant's streams (see [`crate::retention`]).
     #[serde(default)]
     pub retention: crate::retention::Retention,
+    /// TCP ingest listeners feeding this tenant (see [`crate::listeners`]).
+    #[serde(default)]
+    pub listeners: Vec<crate::listeners::ListenerConfig>,
 }
 
 /// Cardinality control of a tenant's metrics: label rewriting, then series limits.
@@ -388,6 +394,18 @@ pub struct IngestConfig {
     /// Largest single record: a longer line is rejected on its own.
     #[serde(default = "d_max_record")]
     pub max_record_bytes: usize,
+    /// How long the log remembers an `Idempotency-Key` (seconds).
+    #[serde(default = "d_idempotency_ttl")]
+    pub idempotency_ttl_secs: u64,
+    /// Most `Idempotency-Key`s remembered per tenant; its oldest are forgotten first.
+    #[serde(default = "d_idempotency_keys")]
+    pub idempotency_keys_per_tenant: u64,
+}
+fn d_idempotency_ttl() -> u64 {
+    24 * 3600
+}
+fn d_idempotency_keys() -> u64 {
+    100_000
 }
 fn d_max_body() -> usize {
     16 << 20
@@ -404,6 +422,8 @@ impl Default for IngestConfig {
             max_body_bytes: d_max_body(),
             max_decoded_bytes: d_max_decoded(),
             max_record_bytes: d_max_record(),
+            idempotency_ttl_secs: d_idempotency_ttl(),
+            idempotency_keys_per_tenant: d_idempotency_keys(),
         }
     }
 }
@@ -708,6 +728,9 @@ impl Config {
                 }
             }
         }
+        if let Err(e) = crate::listeners::check(self) {
+            return bad(e);
+        }
         if self.log.partitions == 0 || self.log.partitions > 1024 {
             return bad("log.partitions must be 1..=1024".into());
         }
@@ -761,6 +784,10 @@ impl Config {
             ("cold.flush_after_secs", self.cold.flush_after_secs),
             ("cold.janitor_secs", self.cold.janitor_secs),
             ("log.retention_secs", self.log.retention_secs),
+            (
+                "ingest.idempotency_ttl_secs",
+                self.ingest.idempotency_ttl_secs,
+            ),
             (
                 "plugins.rollback_window_secs",
                 self.plugins.rollback_window_secs,

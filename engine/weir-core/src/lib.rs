@@ -15,10 +15,12 @@
 //! - [`time`]: a record's event time (`timestamp`/`@timestamp`/`ts`/`time`) and its
 //!   accepted range.
 //! - [`serving`]: limits of queries, HTTP connections and the metrics endpoint.
+//! - [`listeners`]: the TCP ingest listeners (tenant, stream, format) and `[tcp]`.
 
 pub mod aggregation;
 pub mod batch;
 pub mod config;
+pub mod listeners;
 pub mod metrics;
 pub mod names;
 pub mod partition;

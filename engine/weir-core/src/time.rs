@@ -368,8 +368,64 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// A civil date (year, month, day) of days since 1970-01-01: the inverse of
+/// [`days_from_civil`] (Howard Hinnant's algorithm).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// RFC 3339 text in UTC with nanoseconds (`2026-11-29T16:00:00.123456789Z`) of a time
+/// in nanoseconds since the epoch: the form protocols with nanosecond times (OTLP)
+/// hand to the record rules, read back exactly by [`parse_text_ms`].
+pub fn rfc3339_nanos(nanos: u64) -> String {
+    let secs = (nanos / 1_000_000_000) as i64;
+    let frac = nanos % 1_000_000_000;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn nanosecond_text_reads_back_as_the_same_millisecond() {
+        for nanos in [
+            0u64,
+            999_999,
+            1_764_432_000_123_999_999,
+            951_782_400_000_000_000,   // 2000-02-29
+            7_258_118_399_999_999_999, // 2199-12-31T23:59:59.999999999
+        ] {
+            let text = rfc3339_nanos(nanos);
+            assert_eq!(
+                parse_text_ms(&text),
+                Some((nanos / 1_000_000) as i64),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            rfc3339_nanos(1_764_432_000_000_000_001),
+            "2025-11-29T16:00:00.000000001Z"
+        );
+        for days in [-800_000i64, -1, 0, 59, 20_000, 2_000_000] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
     use super::*;
 
     fn num(n: f64) -> EventTime {

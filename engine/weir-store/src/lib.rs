@@ -35,7 +35,9 @@
 //!   query threads between tenants), `query_funcs` (functions whose
 //!   output outgrows their input, bounded by that memory), [`query_governor`] (admission:
 //!   concurrency per tenant and node), [`query_answer`] (JSON or Arrow IPC encoded batch
-//!   by batch, within row and byte caps).
+//!   by batch, within row and byte caps), [`query_params`] (placeholders of prepared
+//!   statements and the values bound to them), [`query_catalog`] (the tables a tenant's
+//!   SQL can name, with their schemas, for catalog listings).
 //!
 //! Tenant isolation sits below SQL: a query's session only ever holds the tables of
 //! the tenant that asked, built from that tenant's batches, and DDL, DML, `COPY` and
@@ -51,10 +53,12 @@ pub mod metric_rows;
 pub mod quarantine;
 pub mod query;
 pub mod query_answer;
+pub mod query_catalog;
 pub mod query_fair;
 mod query_funcs;
 pub mod query_governor;
 pub mod query_memory;
+pub mod query_params;
 pub mod query_shape;
 pub mod retention;
 mod rollup_route;
@@ -72,5 +76,6 @@ pub use hot::{DeadLetter, HotStore, ReplayOutcome, Segment, StoreError, Table};
 pub use letters::{LetterCounts, LetterLimits};
 pub use quarantine::Quarantined;
 pub use query::{PlannedQuery, QueryError, QueryLimits, QueryResult, QueryStream};
+pub use query_catalog::{TableInfo, TableKind};
 pub use rows::InvalidLine;
 pub use state::{ChainState, StageState};

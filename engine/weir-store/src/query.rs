@@ -31,6 +31,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{Explain, LogicalPlan, PlanType};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::scalar::ScalarValue;
 use serde_json::Value;
 use thiserror::Error;
 
@@ -184,6 +185,11 @@ impl QueryLimits {
 /// A planned query: its answer's schema, and what it reads held until it ends.
 pub struct PlannedQuery {
     pub schema: SchemaRef,
+    /// The statement's parameters (`$1`, `$2`, ...; type `Null` where the plan does not
+    /// tell), empty when it has none.
+    pub parameters: Vec<Field>,
+    /// Planned with placeholders and no values: it cannot execute.
+    unbound: bool,
     df: DataFrame,
     pool: Arc<QueryPool>,
     snapshot: Vec<crate::cold::Tiers>,
@@ -199,6 +205,13 @@ pub struct QueryStream {
 impl PlannedQuery {
     /// Start executing (physical planning, then batches as they come).
     pub async fn execute(self) -> Result<QueryStream, QueryError> {
+        if self.unbound {
+            return Err(QueryError::Sql(format!(
+                "the statement has {} parameter(s) ($1, ... or ?) and no values for them: \
+                 run it as a prepared statement and bind its parameters",
+                self.parameters.len()
+            )));
+        }
         let stream = self
             .df
             .execute_stream()
@@ -245,7 +258,93 @@ impl HotStore {
         limits: &QueryLimits,
         pool: &Arc<QueryPool>,
     ) -> Result<PlannedQuery, QueryError> {
+        self.plan_query_with(tenant, sql, None, limits, pool).await
+    }
+
+    /// [`HotStore::plan_query`] with `params` bound to the statement's placeholders
+    /// (`$1`, `?`, see [`crate::query_params`]) as literals of the plan. Without
+    /// `params`, a statement with placeholders plans (its schema and parameters are
+    /// known) but does not execute.
+    pub async fn plan_query_with(
+        &self,
+        tenant: &str,
+        sql: &str,
+        params: Option<Vec<ScalarValue>>,
+        limits: &QueryLimits,
+        pool: &Arc<QueryPool>,
+    ) -> Result<PlannedQuery, QueryError> {
         crate::query_shape::check_text(sql, &limits.shape).map_err(QueryError::Refused)?;
+        let TenantSession {
+            ctx,
+            snapshot,
+            partials,
+            now_ms,
+            ..
+        } = self.session(tenant, limits, pool, Rows::Read)?;
+        crate::query_funcs::register(&ctx, pool);
+
+        let opts = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let state = ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let mut statement = state
+            .sql_to_statement(sql, &dialect)
+            .map_err(|e| QueryError::Sql(e.to_string()))?;
+        crate::query_shape::check_statement(&statement, &limits.shape)
+            .map_err(QueryError::Refused)?;
+        crate::query_params::number_placeholders(&mut statement).map_err(QueryError::Sql)?;
+        let plan = state
+            .statement_to_plan(statement)
+            .await
+            .map_err(|e| QueryError::Sql(e.to_string()))?;
+        opts.verify_plan(&plan)
+            .map_err(|e| QueryError::Refused(e.to_string()))?;
+        let parameters = crate::query_params::parameter_fields(&plan).map_err(QueryError::Sql)?;
+        let unbound = params.is_none() && !parameters.is_empty();
+        let plan = match params {
+            Some(values) => {
+                let values =
+                    crate::query_params::bind(&parameters, values).map_err(QueryError::Sql)?;
+                plan.with_param_values(values)
+                    .map_err(|e| QueryError::Sql(e.to_string()))?
+            }
+            None => plan,
+        };
+        let df = ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| QueryError::Sql(e.to_string()))?;
+        // A plan with open placeholders only answers for its schema: routing optimizes it.
+        let df = if unbound {
+            df
+        } else {
+            self.route_to_rollups(&ctx, tenant, df, partials, now_ms)
+                .await?
+        };
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        Ok(PlannedQuery {
+            schema,
+            parameters,
+            unbound,
+            df,
+            pool: pool.clone(),
+            snapshot,
+        })
+    }
+
+    /// A session holding `tenant`'s tables (and nothing else), within `limits`, its
+    /// memory in `pool`. [`Rows::SchemaOnly`]: the small tables kept in redb
+    /// (`dead_letters`, `quarantine`, `aggregates`) are registered empty, with their
+    /// schemas — for listing tables without reading rows.
+    pub(crate) fn session(
+        &self,
+        tenant: &str,
+        limits: &QueryLimits,
+        pool: &Arc<QueryPool>,
+        rows: Rows,
+    ) -> Result<TenantSession, QueryError> {
         // No spilling: a query's memory is its pool, and it never writes to disk.
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(pool.clone())
@@ -284,6 +383,7 @@ impl HotStore {
         let mut hot_metrics = None;
         // Each rollup's unmerged partial rows, for the router (its aggregation merges).
         let mut partials = Vec::new();
+        let mut views = Vec::new();
         for (table, (hot, cold)) in tables.iter().zip(&snapshot) {
             let table = *table;
             let (stream, rollup) = match table {
@@ -307,6 +407,7 @@ impl HotStore {
                         None => parts,
                     };
                     partials.push((secs, parts));
+                    views.push(crate::cold::table_name(table));
                     merged
                 }
                 _ => {
@@ -346,9 +447,13 @@ impl HotStore {
             ctx.register_table(crate::cold::table_name(table), view)
                 .map_err(exec)?;
         }
+        let aggs_batch = match rows {
+            Rows::Read => self.aggregates_batch(tenant),
+            Rows::SchemaOnly => RecordBatch::new_empty(crate::aggregates::aggregates_schema()),
+        };
         let aggs = MemTable::try_new(
             crate::aggregates::aggregates_schema(),
-            vec![vec![self.aggregates_batch(tenant)]],
+            vec![vec![aggs_batch]],
         )
         .map_err(|e| QueryError::Execution(e.to_string()))?;
         // Aggregation rows are kept as long as their stream's rollups.
@@ -359,52 +464,52 @@ impl HotStore {
         };
         ctx.register_table("aggregates", aggs.into_view())
             .map_err(exec)?;
-        let dead = self.dead_letters(tenant)?;
+        let dead = match rows {
+            Rows::Read => self.dead_letters(tenant)?,
+            Rows::SchemaOnly => Vec::new(),
+        };
         let dl = MemTable::try_new(dead_letters_schema(), vec![vec![dead_letters_batch(&dead)]])
             .map_err(|e| QueryError::Execution(e.to_string()))?;
         ctx.register_table("dead_letters", Arc::new(dl))
             .map_err(|e| QueryError::Execution(e.to_string()))?;
         // Rows the cold tier quarantined (see crate::quarantine), this tenant's only.
-        let q = crate::quarantine::quarantine_batch(&self.quarantined(tenant)?)?;
+        let quarantined = match rows {
+            Rows::Read => self.quarantined(tenant)?,
+            Rows::SchemaOnly => Vec::new(),
+        };
+        let q = crate::quarantine::quarantine_batch(&quarantined)?;
         let q = MemTable::try_new(crate::quarantine::quarantine_schema(), vec![vec![q]])
             .map_err(|e| QueryError::Execution(e.to_string()))?;
         ctx.register_table("quarantine", Arc::new(q))
             .map_err(|e| QueryError::Execution(e.to_string()))?;
 
-        crate::query_funcs::register(&ctx, pool);
-
-        let opts = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let state = ctx.state();
-        let dialect = state.config().options().sql_parser.dialect;
-        let statement = state
-            .sql_to_statement(sql, &dialect)
-            .map_err(|e| QueryError::Sql(e.to_string()))?;
-        crate::query_shape::check_statement(&statement, &limits.shape)
-            .map_err(QueryError::Refused)?;
-        let plan = state
-            .statement_to_plan(statement)
-            .await
-            .map_err(|e| QueryError::Sql(e.to_string()))?;
-        opts.verify_plan(&plan)
-            .map_err(|e| QueryError::Refused(e.to_string()))?;
-        let df = ctx
-            .execute_logical_plan(plan)
-            .await
-            .map_err(|e| QueryError::Sql(e.to_string()))?;
-        let df = self
-            .route_to_rollups(&ctx, tenant, df, partials, now_ms)
-            .await?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        Ok(PlannedQuery {
-            schema,
-            df,
-            pool: pool.clone(),
+        Ok(TenantSession {
+            ctx,
             snapshot,
+            partials,
+            now_ms,
+            views,
         })
     }
+}
+
+/// Whether a session reads the rows of its small tables (see [`HotStore::session`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rows {
+    Read,
+    SchemaOnly,
+}
+
+/// One tenant's tables registered in a DataFusion session.
+pub(crate) struct TenantSession {
+    pub ctx: SessionContext,
+    /// What the tables read, held until the query ends.
+    pub snapshot: Vec<crate::cold::Tiers>,
+    /// Each rollup's unmerged partial rows, for the router.
+    pub partials: Vec<(u32, DataFrame)>,
+    pub now_ms: i64,
+    /// The tables derived from others (the rollups of `metrics`).
+    pub views: Vec<String>,
 }
 
 impl HotStore {

@@ -10,6 +10,9 @@
 //! appended at offset `o` covers `o..o+count`, and the next entry starts at `o+count`.
 //! Consumers always read and release at entry boundaries.
 //!
+//! Idempotency keys ([`Log::append_once`]) are remembered per tenant in the same
+//! transaction as the entries they cover, for a bounded time and count.
+//!
 //! Invariants:
 //! - An append's receiver resolves `Ok` only after the write transaction holding it has
 //!   been committed with fsync (redb `Durability::Immediate`).
@@ -74,6 +77,37 @@ pub enum LogError {
 /// Resolves when the appended batches are durable (or failed).
 pub type AppendWait = tokio::sync::oneshot::Receiver<Result<Vec<Appended>, LogError>>;
 
+/// An append a client may retry: its idempotency key, remembered for its tenant in the
+/// same transaction as the entries, with the answer the first attempt was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Once {
+    pub tenant: String,
+    pub key: String,
+    /// What the request held: the same key with another fingerprint is another request.
+    pub fingerprint: u64,
+    /// The answer to give every retry (opaque to the log).
+    pub answer: Vec<u8>,
+}
+
+/// What the log remembers of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remembered {
+    pub fingerprint: u64,
+    pub answer: Vec<u8>,
+}
+
+/// The result of [`Log::append_once`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnceOutcome {
+    /// Appended now (durable).
+    Appended(Vec<Appended>),
+    /// The key was remembered: nothing was appended.
+    Repeated(Remembered),
+}
+
+/// Resolves when an [`Log::append_once`] is durable, repeated, or failed.
+pub type OnceWait = tokio::sync::oneshot::Receiver<Result<OnceOutcome, LogError>>;
+
 /// Per-partition figures for metrics and backpressure.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PartitionStats {
@@ -93,6 +127,14 @@ pub trait Log: Send + Sync + 'static {
     /// Fails at once with [`LogError::Backpressure`] or [`LogError::Lagging`] when the
     /// log cannot take more; otherwise the returned receiver resolves once durable.
     fn append(&self, items: Vec<(u32, Batch)>) -> Result<AppendWait, LogError>;
+
+    /// [`Log::append`] under an idempotency key: if `once.key` is remembered for its
+    /// tenant, nothing is appended and the remembered answer comes back; otherwise the
+    /// entries and the key are written in one transaction.
+    fn append_once(&self, items: Vec<(u32, Batch)>, once: Once) -> Result<OnceWait, LogError>;
+
+    /// What is remembered of `tenant`'s `key` (a read; [`Log::append_once`] decides).
+    fn remembered(&self, tenant: &str, key: &str) -> Result<Option<Remembered>, LogError>;
 
     /// Entries of `partition` starting at `from` (an entry boundary), until at least
     /// `max_records` records or the end.

@@ -10,6 +10,10 @@
 //!    ([`crate::samples::check`]);
 //! 3. appends what is kept to the target's log partition and waits until it is durable.
 //!
+//! A request may carry an idempotency key ([`admit_once`]): the log remembers it with
+//! the answer in the transaction that appends the request, and a retry with the same
+//! key appends nothing and gets that answer.
+//!
 //! Nothing reaches the log any other way, so a record that OTLP or syslog produced is
 //! held to exactly the rules of one posted to `/api/v1/logs`. A rejected record costs
 //! only itself; a refusal of the log (backpressure, full disk) refuses the whole request
@@ -18,7 +22,7 @@
 use tokio::sync::SemaphorePermit;
 use weir_core::partition::partition_for;
 use weir_core::Batch;
-use weir_transport::LogError;
+use weir_transport::{LogError, Once, OnceOutcome, Remembered};
 
 use crate::ingest::{parse_body, Parsed};
 use crate::server::{ApiError, AppState};
@@ -95,7 +99,8 @@ pub fn reserve(state: &AppState, bytes: usize) -> Result<SemaphorePermit<'_>, Ap
         .map_err(|_| ApiError::busy("too many bytes in flight; retry later"))
 }
 
-/// Check `ndjson` record by record, append what is kept and wait until it is durable.
+/// Check `ndjson` record by record, append what is kept and wait until it is durable
+/// (the protocols without idempotency keys: TCP, remote-write).
 /// `ts_ms` is the ingest time (and a sample's time when it has none). The answer lists
 /// kept and rejected records (line numbers are 1-based positions in `ndjson`).
 pub async fn admit(
@@ -104,24 +109,87 @@ pub async fn admit(
     ndjson: &[u8],
     ts_ms: i64,
 ) -> Result<Parsed, ApiError> {
-    let mut parsed = parse_body(ndjson, state.config.ingest.max_record_bytes);
-    if target.what == Payload::Metrics {
-        let policy = state.config.series_policy(&target.tenant);
-        parsed =
-            crate::samples::check(parsed, ts_ms, &state.series.tenant(&target.tenant, &policy));
+    match admit_once(state, &[(target.clone(), ndjson)], ts_ms, None, &|_| {
+        Vec::new()
+    })
+    .await?
+    {
+        Admitted::Fresh(mut answers) => Ok(answers.pop().unwrap_or_default()),
+        Admitted::Repeated(_) => Err(ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "a request without an idempotency key was answered as a repeat",
+        )),
     }
-    state.m.rejected(&target.tenant, parsed.rejected);
-    if parsed.count == 0 {
-        return Ok(parsed);
+}
+
+/// The answer of [`admit_once`].
+#[derive(Debug)]
+pub enum Admitted {
+    /// Checked and appended now: per part, what was kept and refused.
+    Fresh(Vec<Parsed>),
+    /// The key was remembered: nothing was appended; the first attempt's answer.
+    Repeated(Vec<u8>),
+}
+
+/// Header (and gRPC metadata key) of idempotent requests.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// An idempotency key is 1 to 255 characters of visible ASCII.
+pub fn check_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::bad_request(
+            "Idempotency-Key must be 1-255 characters of visible ASCII",
+        ));
     }
-    let partition = partition_for(
-        &target.tenant,
-        &target.stream,
-        target.key.as_deref(),
-        state.log.partitions(),
-    );
-    let items: Vec<(u32, Batch)> = split_entries(&parsed.records)
-        .map(|(count, records)| {
+    Ok(())
+}
+
+/// What identifies a request's content under its key: its targets and records.
+fn fingerprint(parts: &[(Target, &[u8])]) -> u64 {
+    let mut fields: Vec<&[u8]> = Vec::with_capacity(parts.len() * 3);
+    for (t, nd) in parts {
+        fields.push(t.stream.as_bytes());
+        fields.push(t.key.as_deref().unwrap_or("").as_bytes());
+        fields.push(nd);
+    }
+    weir_core::partition::fnv1a64(&fields)
+}
+
+/// Check the parts of one request (an OTLP request names a stream per resource) and
+/// append everything kept in one log transaction — all of it is durable, or none of it
+/// is — under an optional idempotency `key` (of the parts' tenant): a key the
+/// log remembers is answered with the answer its first request got (`answer` of what
+/// that request kept and refused, stored with the key in the transaction that appended
+/// it), and nothing is appended; the same key with other content is refused (422).
+pub async fn admit_once(
+    state: &AppState,
+    parts: &[(Target, &[u8])],
+    ts_ms: i64,
+    key: Option<&str>,
+    answer: &(dyn Fn(&[Parsed]) -> Vec<u8> + Sync),
+) -> Result<Admitted, ApiError> {
+    let once = match (key, parts.first()) {
+        (Some(k), Some((t, _))) => {
+            check_key(k)?;
+            let fp = fingerprint(parts);
+            if let Some(r) = state.log.remembered(&t.tenant, k)? {
+                return repeated(r, fp);
+            }
+            Some((t.tenant.clone(), k.to_owned(), fp))
+        }
+        _ => None,
+    };
+    let mut answers = Vec::with_capacity(parts.len());
+    let mut items: Vec<(u32, Batch)> = Vec::new();
+    for (target, ndjson) in parts {
+        let parsed = check(state, target, ndjson, ts_ms);
+        let partition = partition_for(
+            &target.tenant,
+            &target.stream,
+            target.key.as_deref(),
+            state.log.partitions(),
+        );
+        items.extend(split_entries(&parsed.records).map(|(count, records)| {
             (
                 partition,
                 Batch {
@@ -133,16 +201,64 @@ pub async fn admit(
                     replay_of: None,
                 },
             )
-        })
-        .collect();
-    let wait = state.log.append(items)?;
-    match wait.await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Err(e.into()),
-        Err(_) => return Err(LogError::Closed.into()),
+        }));
+        answers.push(parsed);
     }
-    state.m.accepted(&target.tenant, parsed.count);
-    Ok(parsed)
+    match once {
+        None if items.is_empty() => {}
+        None => {
+            let wait = state.log.append(items)?;
+            match wait.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(LogError::Closed.into()),
+            }
+        }
+        // A keyed request is remembered even when it appends nothing, so a retry gets
+        // the same answer.
+        Some((tenant, key, fingerprint)) => {
+            let once = Once {
+                tenant,
+                key,
+                fingerprint,
+                answer: answer(&answers),
+            };
+            let wait = state.log.append_once(items, once)?;
+            match wait.await {
+                Ok(Ok(OnceOutcome::Appended(_))) => {}
+                Ok(Ok(OnceOutcome::Repeated(r))) => return repeated(r, fingerprint),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(LogError::Closed.into()),
+            }
+        }
+    }
+    for ((target, _), parsed) in parts.iter().zip(&answers) {
+        state.m.rejected(&target.tenant, parsed.rejected);
+        state.m.accepted(&target.tenant, parsed.count);
+    }
+    Ok(Admitted::Fresh(answers))
+}
+
+fn repeated(r: Remembered, fingerprint: u64) -> Result<Admitted, ApiError> {
+    if r.fingerprint != fingerprint {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "this Idempotency-Key was used for a request with other content",
+        ));
+    }
+    Ok(Admitted::Repeated(r.answer))
+}
+
+/// The record rules (and for metrics the sample rules and series policy) over `ndjson`.
+fn check(state: &AppState, target: &Target, ndjson: &[u8], ts_ms: i64) -> Parsed {
+    let parsed = parse_body(ndjson, state.config.ingest.max_record_bytes);
+    match target.what {
+        Payload::Logs => parsed,
+        Payload::Metrics => {
+            let policy = state.config.series_policy(&target.tenant);
+            crate::samples::check(parsed, ts_ms, &state.series.tenant(&target.tenant, &policy))
+        }
+    }
 }
 
 /// Split validated NDJSON into entries of at most [`ENTRY_RECORDS`] records and
@@ -189,6 +305,20 @@ mod tests {
         assert_eq!(parts, vec![(1, big.len()), (1, 3)]);
         let total: usize = split_entries(&recs).map(|(_, b)| b.len()).sum();
         assert_eq!(total, recs.len());
+    }
+
+    #[test]
+    fn keys_and_fingerprints() {
+        assert!(check_key("shipper-1:42").is_ok());
+        assert!(check_key("").is_err());
+        assert!(check_key("a b").is_err());
+        assert!(check_key(&"k".repeat(256)).is_err());
+        assert!(check_key("é").is_err());
+        let t = |s: &str| Target::logs("t".into(), s.into(), None).unwrap();
+        let a = fingerprint(&[(t("a"), b"{}\n")]);
+        assert_eq!(a, fingerprint(&[(t("a"), b"{}\n")]));
+        assert_ne!(a, fingerprint(&[(t("b"), b"{}\n")]));
+        assert_ne!(a, fingerprint(&[(t("a"), b"{ }\n")]));
     }
 
     #[test]

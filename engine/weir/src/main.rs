@@ -4,7 +4,7 @@
 //! ships their lines to a server.
 //!
 //! Layout: [`server`] (HTTP data plane), [`admin`] (admin API), [`ingest`] (body
-//! decoding and per-line validation), [`bench`] (load generator), [`cli`] (plugin
+//! decoding and per-line validation), [`tcp`] (TCP ingest: NDJSON and syslog), [`bench`] (load generator), [`cli`] (plugin
 //! scaffolding, builds and admin API client). The layers below live in `engine/weir-*`.
 
 mod admin;
@@ -16,11 +16,13 @@ mod flight;
 mod gate;
 mod ingest;
 mod listener;
+mod otlp;
 mod queries;
 mod samples;
 mod series;
 mod server;
 mod ship;
+mod tcp;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -184,6 +186,8 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
                 retention_bytes: config.log.retention_bytes,
                 retention: std::time::Duration::from_secs(config.log.retention_secs),
                 max_lag_bytes: config.log.max_lag_bytes,
+                key_ttl: std::time::Duration::from_secs(config.ingest.idempotency_ttl_secs),
+                keys_per_tenant: config.ingest.idempotency_keys_per_tenant,
                 ..Default::default()
             },
         )
@@ -307,7 +311,10 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
     // Tests and scripts read this line to find the port.
     println!("weir: http listening on {addr}");
     tracing::info!(%addr, data_dir = %config.data_dir.display(), partitions = config.log.partitions, "weir serving");
-    // The gRPC listener serves Arrow Flight SQL (OTLP over gRPC is not served yet).
+    // TCP ingest (NDJSON, syslog), stopped with the HTTP listener (see `tcp`).
+    let (stop_tcp, tcp_stopped) = tokio::sync::watch::channel(false);
+    let tcp_tasks = tcp::start(state.clone(), &state.registry, tcp_stopped).await?;
+    // The gRPC listener serves Arrow Flight SQL and OTLP logs and metrics.
     let grpc_listener = TcpListener::bind(&config.listen.grpc)
         .await
         .with_context(|| format!("bind {}", config.listen.grpc))?;
@@ -317,11 +324,14 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
         let service = arrow_flight::flight_service_server::FlightServiceServer::new(
             flight::FlightSql::new(config.clone(), store.clone(), queries),
         );
+        let (otlp_logs, otlp_metrics) = otlp::grpc::Otlp::services(state.clone());
         let mut rx = grpc_stopped.clone();
         let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
         tokio::spawn(async move {
             if let Err(e) = tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(otlp_logs)
+                .add_service(otlp_metrics)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = rx.changed().await;
                 })
@@ -331,7 +341,6 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
             }
         })
     };
-    tracing::info!(tcp = %config.listen.tcp, "the TCP listener is not served by this version");
 
     // The admin API runs only with an admin token configured.
     let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
@@ -360,7 +369,15 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
         None
     };
 
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tcp.send(true);
+    };
     listener::serve(listener, server::router(state), &config.http, shutdown).await;
+    // TCP connections admit the batch in hand (durable like any acknowledged request).
+    for t in tcp_tasks {
+        let _ = t.await;
+    }
     let _ = stop_admin.send(true);
     if let Some(t) = admin_task {
         let _ = t.await;

@@ -14,13 +14,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
+use datafusion::arrow::datatypes::{Field, SchemaRef};
+use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use weir_core::metrics::{Counter, Family, Gauge, Histogram, Registry};
 use weir_store::query_answer::{Budget, Encoder};
 use weir_store::query_fair::FairGate;
 use weir_store::query_governor::QueryGovernor;
-use weir_store::{HotStore, QueryError};
+use weir_store::query_memory::QueryPool;
+use weir_store::{HotStore, QueryError, TableInfo};
 
 /// A chunk of an answer, or the error that ended it.
 pub type Chunk = Result<Bytes, QueryError>;
@@ -99,6 +102,18 @@ impl QueryService {
         sql: String,
         encoder: impl Encoder + 'static,
     ) -> Result<Answer, QueryError> {
+        self.run_with(tenant, sql, None, encoder).await
+    }
+
+    /// [`QueryService::run`] with `params` bound to the statement's placeholders (a
+    /// prepared statement; see [`weir_store::query_params`]).
+    pub async fn run_with(
+        self: &Arc<Self>,
+        tenant: &str,
+        sql: String,
+        params: Option<Vec<ScalarValue>>,
+        encoder: impl Encoder + 'static,
+    ) -> Result<Answer, QueryError> {
         let started = Instant::now();
         let admission = self
             .governor
@@ -115,7 +130,7 @@ impl QueryService {
             let work = produce(
                 &this.store,
                 (&this.gate, tenant_owned.as_str()),
-                &sql,
+                (&sql, params),
                 &limits,
                 &admission.pool,
                 encoder,
@@ -167,13 +182,42 @@ impl QueryService {
         }
     }
 
-    /// Plan `sql` for `tenant` (admitted, on the query runtime, within the time limit)
-    /// and return its answer's schema without running it.
-    pub async fn schema(
+    /// Plan `sql` for `tenant` (admitted, on the query runtime, within the time limit),
+    /// with `params` bound (a prepared statement's execution), without running it: its
+    /// answer's schema and the statement's parameters (`$1`, ...; empty when none).
+    pub async fn prepare(
         self: &Arc<Self>,
         tenant: &str,
         sql: String,
-    ) -> Result<datafusion::arrow::datatypes::SchemaRef, QueryError> {
+        params: Option<Vec<ScalarValue>>,
+    ) -> Result<(SchemaRef, Vec<Field>), QueryError> {
+        self.planning(tenant, move |store, tenant, limits, pool| async move {
+            let p = store
+                .plan_query_with(&tenant, &sql, params, &limits, &pool)
+                .await?;
+            Ok((p.schema.clone(), p.parameters.clone()))
+        })
+        .await
+    }
+
+    /// The tables `tenant`'s SQL can name, with their schemas (catalog listings).
+    pub async fn tables(self: &Arc<Self>, tenant: &str) -> Result<Vec<TableInfo>, QueryError> {
+        self.planning(tenant, |store, tenant, limits, pool| async move {
+            store.tables(&tenant, &limits, &pool).await
+        })
+        .await
+    }
+
+    /// Run `work` (planning, no execution) for `tenant`: admitted, on the query runtime,
+    /// with a fair turn, within the time limit.
+    async fn planning<T, F, Fut>(self: &Arc<Self>, tenant: &str, work: F) -> Result<T, QueryError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<HotStore>, String, weir_store::QueryLimits, Arc<QueryPool>) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = Result<T, QueryError>> + Send,
+    {
         let admission = self
             .governor
             .admit(tenant)
@@ -184,12 +228,16 @@ impl QueryService {
             let limits = this.governor.limits;
             let plan = async {
                 let _turn = this.gate.turn(&tenant_owned).await;
-                this.store
-                    .plan_query(&tenant_owned, &sql, &limits, &admission.pool)
-                    .await
+                work(
+                    this.store.clone(),
+                    tenant_owned.clone(),
+                    limits,
+                    admission.pool.clone(),
+                )
+                .await
             };
             match tokio::time::timeout(this.governor.timeout, plan).await {
-                Ok(r) => r.map(|p| p.schema.clone()),
+                Ok(r) => r,
                 Err(_) => Err(QueryError::TooExpensive(format!(
                     "planning took longer than {} s (query.timeout_secs)",
                     this.governor.timeout.as_secs()
@@ -232,7 +280,7 @@ impl QueryService {
 async fn produce(
     store: &HotStore,
     (gate, tenant): (&Arc<FairGate>, &str),
-    sql: &str,
+    (sql, params): (&str, Option<Vec<ScalarValue>>),
     limits: &weir_store::QueryLimits,
     pool: &Arc<weir_store::query_memory::QueryPool>,
     mut enc: impl Encoder,
@@ -242,7 +290,9 @@ async fn produce(
     // Each step takes a fair turn on the query threads (see `query_fair`).
     let planned = {
         let _turn = gate.turn(tenant).await;
-        store.plan_query(tenant, sql, limits, pool).await?
+        store
+            .plan_query_with(tenant, sql, params, limits, pool)
+            .await?
     };
     let mut running = {
         let _turn = gate.turn(tenant).await;

@@ -131,6 +131,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/logs", post(ingest_logs))
         .route("/api/v1/metrics", post(ingest_metrics))
         .route("/api/v1/query", post(query))
+        .route("/v1/logs", post(crate::otlp::http::logs))
+        .route("/v1/metrics", post(crate::otlp::http::metrics))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -159,6 +161,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// An error answer: status and a JSON `{"error": ...}` body.
+#[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     message: String,
@@ -175,6 +178,16 @@ impl ApiError {
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+    /// Whether the client should retry later (answered with `Retry-After`).
+    pub fn retryable(&self) -> bool {
+        self.retry_after
     }
     pub fn busy(message: impl Into<String>) -> Self {
         ApiError {
@@ -313,8 +326,49 @@ async fn ingest_inner(
     // Reserve memory for the body, compressed and decoded, before touching it.
     let _permit = crate::door::reserve(state, body.len())?;
     let decoded = decoded_body(state, headers, &body)?;
-    let parsed = crate::door::admit(state, target, &decoded, now_ms()).await?;
+    let key = idempotency_key(headers)?;
+    let parts = [(target.clone(), &decoded[..])];
+    let admitted =
+        crate::door::admit_once(state, &parts, now_ms(), key, &|p| answer_of(&p[0])).await?;
     drop(decoded);
+    let body = match admitted {
+        crate::door::Admitted::Fresh(p) => answer_of(&p[0]),
+        crate::door::Admitted::Repeated(first) => {
+            return Ok((
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (header::HeaderName::from_static(REPLAYED_HEADER), "true"),
+                ],
+                first,
+            )
+                .into_response())
+        }
+    };
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
+}
+
+/// Response header of an answer repeated for a remembered `Idempotency-Key`.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// The request's `Idempotency-Key`, if any.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    match headers.get(crate::door::IDEMPOTENCY_HEADER) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII")),
+    }
+}
+
+/// The JSON answer of an ingest request.
+fn answer_of(parsed: &crate::ingest::Parsed) -> Vec<u8> {
     let mut body = json!({
         "accepted": parsed.count,
         "rejected": parsed.rejected,
@@ -323,7 +377,7 @@ async fn ingest_inner(
     if parsed.rejected > parsed.errors.len() {
         body["errors_truncated"] = json!(true);
     }
-    Ok((StatusCode::OK, Json(body)).into_response())
+    serde_json::to_vec(&body).unwrap_or_default()
 }
 
 #[derive(Deserialize)]

@@ -4,7 +4,8 @@
 //! [`Batch`]; `next` maps a partition to its next offset. A single committer thread owns
 //! all writes: it takes every append waiting in its queue, writes them in one
 //! transaction, commits with fsync, and only then answers each caller (group commit).
-//! Between appends it applies retention.
+//! Between appends it applies retention. Idempotency keys ([`once`]) live in the same
+//! file and are written by the same commits.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -19,7 +20,12 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use tokio::sync::oneshot;
 use weir_core::Batch;
 
-use crate::{AppendWait, Appended, Entry, Log, LogError, PartitionStats};
+use crate::{
+    AppendWait, Appended, Entry, Log, LogError, Once, OnceOutcome, OnceWait, PartitionStats,
+    Remembered,
+};
+
+mod once;
 
 const ENTRIES: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("entries");
 const NEXT: TableDefinition<u32, u64> = TableDefinition::new("next");
@@ -38,6 +44,10 @@ pub struct RedbLogOptions {
     pub max_lag_bytes: u64,
     /// Most bytes written in one group commit.
     pub max_group_bytes: usize,
+    /// How long idempotency keys are remembered.
+    pub key_ttl: Duration,
+    /// Most idempotency keys remembered per tenant (its oldest are forgotten first).
+    pub keys_per_tenant: u64,
 }
 
 impl Default for RedbLogOptions {
@@ -49,6 +59,8 @@ impl Default for RedbLogOptions {
             retention: Duration::from_secs(24 * 3600),
             max_lag_bytes: 256 << 20,
             max_group_bytes: 32 << 20,
+            key_ttl: Duration::from_secs(24 * 3600),
+            keys_per_tenant: 100_000,
         }
     }
 }
@@ -83,7 +95,22 @@ struct Shared {
 
 struct Request {
     items: Vec<(u32, Batch)>,
-    reply: oneshot::Sender<Result<Vec<Appended>, LogError>>,
+    reply: Reply,
+}
+
+/// Who waits for an append, and for which kind of answer.
+enum Reply {
+    Plain(oneshot::Sender<Result<Vec<Appended>, LogError>>),
+    Once(Once, oneshot::Sender<Result<OnceOutcome, LogError>>),
+}
+
+impl Reply {
+    fn fail(self, e: LogError) {
+        match self {
+            Reply::Plain(tx) => drop(tx.send(Err(e))),
+            Reply::Once(_, tx) => drop(tx.send(Err(e))),
+        }
+    }
 }
 
 /// The embedded log. Dropping it stops the committer after the queued appends.
@@ -188,6 +215,30 @@ impl RedbLog {
     }
 }
 
+impl RedbLog {
+    /// Queue an append for the committer, unless a partition lags or the queue is full.
+    fn enqueue(&self, items: Vec<(u32, Batch)>, reply: Reply) -> Result<(), LogError> {
+        {
+            let parts = self.shared.parts.lock();
+            for (p, _) in &items {
+                let st = parts.get(*p as usize).ok_or(LogError::NoPartition(*p))?;
+                if st.lag_bytes > self.shared.opts.max_lag_bytes {
+                    return Err(LogError::Lagging {
+                        partition: *p,
+                        lag_bytes: st.lag_bytes,
+                    });
+                }
+            }
+        }
+        let tx = self.tx.lock().clone().ok_or(LogError::Closed)?;
+        match tx.try_send(Request { items, reply }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(LogError::Backpressure),
+            Err(TrySendError::Disconnected(_)) => Err(LogError::Closed),
+        }
+    }
+}
+
 impl Drop for RedbLog {
     fn drop(&mut self) {
         self.close();
@@ -201,6 +252,7 @@ fn committer_loop(shared: &Shared, rx: mpsc::Receiver<Request>) {
             Ok(r) => r,
             Err(RecvTimeoutError::Timeout) => {
                 apply_retention(shared);
+                expire_keys(shared);
                 last_retention = std::time::Instant::now();
                 continue;
             }
@@ -220,6 +272,7 @@ fn committer_loop(shared: &Shared, rx: mpsc::Receiver<Request>) {
         commit_group(shared, group);
         if last_retention.elapsed() > Duration::from_secs(1) {
             apply_retention(shared);
+            expire_keys(shared);
             last_retention = std::time::Instant::now();
         }
     }
@@ -227,41 +280,51 @@ fn committer_loop(shared: &Shared, rx: mpsc::Receiver<Request>) {
 
 fn commit_group(shared: &Shared, group: Vec<Request>) {
     let mut ends: Vec<u64> = shared.parts.lock().iter().map(|p| p.end).collect();
-    let mut results: Vec<Vec<Appended>> = Vec::with_capacity(group.len());
+    // Per request: its acks, or the remembered answer of its key.
+    let mut results: Vec<Result<Vec<Appended>, Remembered>> = Vec::with_capacity(group.len());
     let mut metas: Vec<(u32, EntryMeta)> = Vec::new();
+    let now = now_ms();
     let outcome = (|| -> Result<(), LogError> {
         let w = shared.db.begin_write().map_err(storage_err)?;
-        {
+        let mut keys = once::Keys::default();
+        for req in &group {
+            if let Reply::Once(o, _) = &req.reply {
+                if let Some(r) = keys.seen(&w, o)? {
+                    results.push(Err(r));
+                    continue;
+                }
+                keys.remember(&w, o, now, shared.opts.keys_per_tenant)?;
+            }
             let mut entries = w.open_table(ENTRIES).map_err(storage_err)?;
             let mut buf = Vec::new();
-            for req in &group {
-                let mut acks = Vec::with_capacity(req.items.len());
-                for (p, batch) in &req.items {
-                    let offset = ends[*p as usize];
-                    buf.clear();
-                    batch.encode_into(&mut buf);
-                    entries
-                        .insert((*p, offset), buf.as_slice())
-                        .map_err(storage_err)?;
-                    let end = offset + u64::from(batch.count);
-                    ends[*p as usize] = end;
-                    acks.push(Appended {
-                        partition: *p,
-                        first_offset: offset,
-                        count: batch.count,
-                    });
-                    metas.push((
-                        *p,
-                        EntryMeta {
-                            offset,
-                            end,
-                            bytes: buf.len() as u64,
-                            ingest_ts_ms: batch.ingest_ts_ms,
-                        },
-                    ));
-                }
-                results.push(acks);
+            let mut acks = Vec::with_capacity(req.items.len());
+            for (p, batch) in &req.items {
+                let offset = ends[*p as usize];
+                buf.clear();
+                batch.encode_into(&mut buf);
+                entries
+                    .insert((*p, offset), buf.as_slice())
+                    .map_err(storage_err)?;
+                let end = offset + u64::from(batch.count);
+                ends[*p as usize] = end;
+                acks.push(Appended {
+                    partition: *p,
+                    first_offset: offset,
+                    count: batch.count,
+                });
+                metas.push((
+                    *p,
+                    EntryMeta {
+                        offset,
+                        end,
+                        bytes: buf.len() as u64,
+                        ingest_ts_ms: batch.ingest_ts_ms,
+                    },
+                ));
             }
+            results.push(Ok(acks));
+        }
+        {
             let mut next = w.open_table(NEXT).map_err(storage_err)?;
             for (p, end) in ends.iter().enumerate() {
                 next.insert(p as u32, *end).map_err(storage_err)?;
@@ -283,16 +346,44 @@ fn commit_group(shared: &Shared, group: Vec<Request>) {
                 }
             }
             shared.grew.notify_all();
-            for (req, acks) in group.into_iter().zip(results) {
-                let _ = req.reply.send(Ok(acks));
+            for (req, res) in group.into_iter().zip(results) {
+                match (req.reply, res) {
+                    (Reply::Plain(tx), Ok(acks)) => drop(tx.send(Ok(acks))),
+                    (Reply::Once(_, tx), Ok(acks)) => {
+                        drop(tx.send(Ok(OnceOutcome::Appended(acks))))
+                    }
+                    (Reply::Once(_, tx), Err(r)) => drop(tx.send(Ok(OnceOutcome::Repeated(r)))),
+                    (Reply::Plain(tx), Err(_)) => drop(tx.send(Err(LogError::Storage(
+                        "an append without a key was answered as a repeat".into(),
+                    )))),
+                }
             }
         }
         Err(e) => {
             tracing::error!(error = %e, "log commit failed; appends answered with an error");
             for req in group {
-                let _ = req.reply.send(Err(e.clone()));
+                req.reply.fail(e.clone());
             }
         }
+    }
+}
+
+/// Forget idempotency keys older than their time to live.
+fn expire_keys(shared: &Shared) {
+    let cutoff = now_ms().saturating_sub(shared.opts.key_ttl.as_millis() as i64);
+    let res = (|| -> Result<usize, LogError> {
+        if !once::any_expired(&shared.db, cutoff)? {
+            return Ok(0);
+        }
+        let w = shared.db.begin_write().map_err(storage_err)?;
+        let n = once::expire(&w, cutoff)?;
+        w.commit().map_err(storage_err)?;
+        Ok(n)
+    })();
+    match res {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(keys = n, "idempotency keys expired"),
+        Err(e) => tracing::warn!(error = %e, "expiring idempotency keys failed; will retry"),
     }
 }
 
@@ -349,25 +440,26 @@ impl Log for RedbLog {
     }
 
     fn append(&self, items: Vec<(u32, Batch)>) -> Result<AppendWait, LogError> {
-        {
-            let parts = self.shared.parts.lock();
-            for (p, _) in &items {
-                let st = parts.get(*p as usize).ok_or(LogError::NoPartition(*p))?;
-                if st.lag_bytes > self.shared.opts.max_lag_bytes {
-                    return Err(LogError::Lagging {
-                        partition: *p,
-                        lag_bytes: st.lag_bytes,
-                    });
-                }
-            }
-        }
         let (reply, rx) = oneshot::channel();
-        let tx = self.tx.lock().clone().ok_or(LogError::Closed)?;
-        match tx.try_send(Request { items, reply }) {
-            Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err(LogError::Backpressure),
-            Err(TrySendError::Disconnected(_)) => Err(LogError::Closed),
-        }
+        self.enqueue(items, Reply::Plain(reply))?;
+        Ok(rx)
+    }
+
+    fn append_once(&self, items: Vec<(u32, Batch)>, once: Once) -> Result<OnceWait, LogError> {
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(items, Reply::Once(once, reply))?;
+        Ok(rx)
+    }
+
+    fn remembered(&self, tenant: &str, key: &str) -> Result<Option<Remembered>, LogError> {
+        let r = self.shared.db.begin_read().map_err(storage_err)?;
+        let keys = match r.open_table(once::KEYS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(storage_err(e)),
+        };
+        let got = keys.get((tenant, key)).map_err(storage_err)?;
+        Ok(got.and_then(|v| once::decode(v.value())))
     }
 
     fn read(&self, partition: u32, from: u64, max_records: usize) -> Result<Vec<Entry>, LogError> {

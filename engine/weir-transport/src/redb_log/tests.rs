@@ -230,3 +230,175 @@ fn out_of_space_is_reported_as_disk_full() {
         LogError::Storage(_)
     ));
 }
+
+fn once(tenant: &str, key: &str, fingerprint: u64, answer: &str) -> Once {
+    Once {
+        tenant: tenant.into(),
+        key: key.into(),
+        fingerprint,
+        answer: answer.as_bytes().to_vec(),
+    }
+}
+
+async fn append_once(log: &RedbLog, items: Vec<(u32, Batch)>, o: Once) -> OnceOutcome {
+    log.append_once(items, o).unwrap().await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn a_repeated_key_appends_nothing_and_gets_the_first_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.redb");
+    let log = RedbLog::open(&path, opts(1)).unwrap();
+    let first = append_once(
+        &log,
+        vec![(0, batch("t", 3, now_ms()))],
+        once("t", "k1", 7, "first"),
+    )
+    .await;
+    assert!(matches!(first, OnceOutcome::Appended(ref a) if a[0].count == 3));
+    let again = append_once(
+        &log,
+        vec![(0, batch("t", 3, now_ms()))],
+        once("t", "k1", 7, "second"),
+    )
+    .await;
+    assert_eq!(
+        again,
+        OnceOutcome::Repeated(Remembered {
+            fingerprint: 7,
+            answer: b"first".to_vec()
+        })
+    );
+    assert_eq!(log.end_offset(0), 3);
+    // Keys are per tenant: another tenant's k1 is another key.
+    let other = append_once(
+        &log,
+        vec![(0, batch("u", 1, now_ms()))],
+        once("u", "k1", 7, "u"),
+    )
+    .await;
+    assert!(matches!(other, OnceOutcome::Appended(_)));
+    assert_eq!(log.end_offset(0), 4);
+    // Two appends with one key in the same commit group: one lands.
+    let (a, b) = (
+        log.append_once(vec![(0, batch("t", 2, now_ms()))], once("t", "k2", 1, "a"))
+            .unwrap(),
+        log.append_once(vec![(0, batch("t", 2, now_ms()))], once("t", "k2", 1, "b"))
+            .unwrap(),
+    );
+    let outcomes = [a.await.unwrap().unwrap(), b.await.unwrap().unwrap()];
+    let appended = outcomes
+        .iter()
+        .filter(|o| matches!(o, OnceOutcome::Appended(_)))
+        .count();
+    assert_eq!(appended, 1, "{outcomes:?}");
+    assert_eq!(log.end_offset(0), 6);
+    // Remembered across a restart, with the first answer.
+    drop(log);
+    let log = RedbLog::open(&path, opts(1)).unwrap();
+    assert_eq!(
+        log.remembered("t", "k1").unwrap(),
+        Some(Remembered {
+            fingerprint: 7,
+            answer: b"first".to_vec()
+        })
+    );
+    assert_eq!(log.remembered("t", "nope").unwrap(), None);
+    let again = append_once(
+        &log,
+        vec![(0, batch("t", 3, now_ms()))],
+        once("t", "k1", 7, "x"),
+    )
+    .await;
+    assert!(matches!(again, OnceOutcome::Repeated(_)));
+    assert_eq!(log.end_offset(0), 6);
+}
+
+#[tokio::test]
+async fn a_refused_append_is_not_remembered() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RedbLog::open(
+        &dir.path().join("log.redb"),
+        RedbLogOptions {
+            partitions: 1,
+            max_lag_bytes: 10,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    append_once(
+        &log,
+        vec![(0, batch("t", 3, now_ms()))],
+        once("t", "a", 1, "a"),
+    )
+    .await;
+    // The partition now lags: the next append is refused, and its key stays unknown.
+    let refused = log.append_once(vec![(0, batch("t", 1, now_ms()))], once("t", "b", 1, "b"));
+    assert!(matches!(refused, Err(LogError::Lagging { .. })));
+    assert_eq!(log.remembered("t", "b").unwrap(), None);
+    log.release(0, 3);
+    let retried = append_once(
+        &log,
+        vec![(0, batch("t", 1, now_ms()))],
+        once("t", "b", 1, "b"),
+    )
+    .await;
+    assert!(matches!(retried, OnceOutcome::Appended(_)));
+}
+
+#[tokio::test]
+async fn keys_are_bounded_per_tenant_and_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RedbLog::open(
+        &dir.path().join("log.redb"),
+        RedbLogOptions {
+            partitions: 1,
+            keys_per_tenant: 3,
+            key_ttl: Duration::from_millis(300),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for i in 0..5 {
+        append_once(
+            &log,
+            vec![(0, batch("t", 1, now_ms()))],
+            once("t", &format!("k{i}"), i, ""),
+        )
+        .await;
+    }
+    append_once(
+        &log,
+        vec![(0, batch("u", 1, now_ms()))],
+        once("u", "k0", 0, ""),
+    )
+    .await;
+    let known: Vec<bool> = (0..5)
+        .map(|i| log.remembered("t", &format!("k{i}")).unwrap().is_some())
+        .collect();
+    assert_eq!(
+        known,
+        [false, false, true, true, true],
+        "the oldest go first"
+    );
+    assert!(
+        log.remembered("u", "k0").unwrap().is_some(),
+        "another tenant's keys stay"
+    );
+    // After the time to live, the committer's idle pass forgets them all.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while log.remembered("t", "k4").unwrap().is_some()
+        || log.remembered("u", "k0").unwrap().is_some()
+    {
+        assert!(std::time::Instant::now() < deadline, "keys never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A forgotten key appends again.
+    let again = append_once(
+        &log,
+        vec![(0, batch("t", 1, now_ms()))],
+        once("t", "k4", 4, ""),
+    )
+    .await;
+    assert!(matches!(again, OnceOutcome::Appended(_)));
+}
