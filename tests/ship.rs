@@ -147,7 +147,7 @@ fn config(dir: &Path) -> String {
 [tenants.t]
 tokens = ["{TOKEN}"]
 [tenants.t.streams.app]
-plugins = [{{ plugin = "file:{}", config = {{ mode = "slow", pause_ms = 100 }} }}]
+plugins = [{{ plugin = "file:{}", config = {{ mode = "slow", pause_ms = 300 }} }}]
 [log]
 partitions = 1
 max_lag_bytes = 30000
@@ -235,7 +235,8 @@ async fn a_spike_against_429_and_kill9_of_server_and_shipper_deliver_every_line_
     let ship = Shipper::start(dir.path(), &args);
     let writer = write_with_spike(logs.clone(), total);
 
-    // In the spike: the server answers 429, then dies.
+    // In the spike the slow pipeline falls behind (one 2000-line batch per 300 ms
+    // against 10000 lines/s): the server answers 429, then dies.
     ship.wait_for("weir_ship_retries_total{reason=\"429\"}", 1, 60)
         .await;
     let acked = ship.wait_for("weir_ship_lines_acked_total", 1000, 60).await;
@@ -256,6 +257,7 @@ async fn a_spike_against_429_and_kill9_of_server_and_shipper_deliver_every_line_
     let throttled = ship
         .counter("weir_ship_retries_total{reason=\"429\"}")
         .await;
+    let replayed_before = ship.counter("weir_ship_replayed_total").await;
     ship.kill9();
     let ship = Shipper::start(dir.path(), &args);
     writer.join().unwrap();
@@ -280,7 +282,7 @@ async fn a_spike_against_429_and_kill9_of_server_and_shipper_deliver_every_line_
     assert_eq!(st, 200);
     assert_eq!(v["rows"][0], serde_json::json!([0, total - 1]));
     eprintln!(
-        "429 retries before the shipper's kill: {throttled}; after its restart: replayed={} acked={}",
+        "before the shipper's kill: 429 retries={throttled} replayed={replayed_before}; after its restart: replayed={} acked={}",
         ship.counter("weir_ship_replayed_total").await,
         ship.counter("weir_ship_lines_acked_total").await,
     );
