@@ -60,6 +60,12 @@ impl Server {
 
     /// [`Server::start`] with extra environment variables (fault injection).
     pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Server {
+        Server::start_at(dir, config, env, "127.0.0.1:0")
+    }
+
+    /// [`Server::start_with_env`] with the HTTP listener on `http` (`HOST:PORT`), e.g. to
+    /// restart a server where its clients expect it.
+    pub fn start_at(dir: &Path, config: &str, env: &[(&str, &str)], http: &str) -> Server {
         let cfg = dir.join("weir.toml");
         std::fs::write(&cfg, config).unwrap();
         let stderr = std::fs::OpenOptions::new()
@@ -74,7 +80,7 @@ impl Server {
             .arg(&cfg)
             .arg("--data-dir")
             .arg(dir.join("data"))
-            .args(["--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+            .args(["--http-addr", http, "--admin-addr", "127.0.0.1:0"])
             .args(["--grpc-addr", "127.0.0.1:0", "--tcp-addr", "127.0.0.1:0"])
             .envs(env.iter().copied())
             .stdout(Stdio::piped())

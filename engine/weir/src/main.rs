@@ -1,6 +1,7 @@
 //! `weir`: the binary. `weir serve` runs the engine; `weir bench` drives a running server
 //! with realistic logs and reports throughput and ack latency; `weir plugin ...` and
-//! `weir pipeline ...` are the plugin developer's tools.
+//! `weir pipeline ...` are the plugin developer's tools; `weir ship` tails files and
+//! ships their lines to a server.
 //!
 //! Layout: [`server`] (HTTP data plane), [`admin`] (admin API), [`ingest`] (body
 //! decoding and per-line validation), [`tcp`] (TCP ingest: NDJSON and syslog), [`bench`] (load generator), [`cli`] (plugin
@@ -21,6 +22,7 @@ mod remote_write;
 mod samples;
 mod series;
 mod server;
+mod ship;
 mod tcp;
 mod tls;
 
@@ -53,6 +55,8 @@ enum Command {
     Serve(ServeArgs),
     /// Drive a running server with realistic logs; report events/s and ack latency.
     Bench(bench::BenchArgs),
+    /// Tail files and/or stdin and ship the lines to a server, spooled, exactly once.
+    Ship(ship::ShipArgs),
     /// Create, build, run and upload plugins.
     #[command(subcommand)]
     Plugin(cli::PluginCommand),
@@ -136,6 +140,7 @@ fn main() -> Result<()> {
             r
         }
         Command::Bench(args) => rt.block_on(bench::run(args)),
+        Command::Ship(args) => rt.block_on(ship::run(args)),
         Command::Plugin(cmd) => rt.block_on(cli::plugin(cmd)),
         Command::Pipeline(cmd) => rt.block_on(cli::pipeline(cmd)),
         Command::CompilePlugin { .. } => unreachable!("handled above"),
