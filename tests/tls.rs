@@ -9,31 +9,74 @@ use std::process::Command;
 
 use support::Server;
 
-/// A self-signed certificate for 127.0.0.1 and its key, written to `dir`.
+/// A test CA and a server certificate for 127.0.0.1 it signed, written to `dir`:
+/// (CA certificate, server certificate, server key). (rustls, unlike OpenSSL, refuses a
+/// self-signed CA certificate used as the server's own.)
 fn certificate(dir: &Path) -> (String, String) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=weir-test",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert.display().to_string(), key.display().to_string())
+    let p = |n: &str| dir.join(n).display().to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=weir-test-ca",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.pem"),
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &p("key.pem"),
+        "-out",
+        &p("leaf.csr"),
+    ]);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("leaf.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &p("leaf.ext"),
+        "-out",
+        &p("cert.pem"),
+    ]);
+    (p("cert.pem"), p("key.pem"))
+}
+
+/// The CA that signed [`certificate`]'s server certificate.
+fn ca(dir: &Path) -> String {
+    dir.join("ca.pem").display().to_string()
 }
 
 const CLIENT: &str = r#"
@@ -100,8 +143,9 @@ key_file = "{key}"
     );
     assert!(s.base.starts_with("https://"), "{}", s.base);
     let tcp = s.tcp_addr("ta", "secure", "syslog");
+    let ca = ca(dir.path());
     let args = |syslog: &'static str, app: &'static str| {
-        [s.base.as_str(), tcp.as_str(), cert.as_str(), syslog, app].map(std::ffi::OsStr::new)
+        [s.base.as_str(), tcp.as_str(), ca.as_str(), syslog, app].map(std::ffi::OsStr::new)
     };
     let out = support::python(CLIENT, &args("3", "2"));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -178,9 +222,10 @@ async fn otlp_and_flight_sql_over_tls_on_the_grpc_listener() {
         .strip_prefix("grpc+tls://")
         .expect("a TLS gRPC listener")
         .to_owned();
+    let ca = ca(dir.path());
     let out = support::python(
         GRPC_CLIENT,
-        &[addr.as_str(), cert.as_str()].map(std::ffi::OsStr::new),
+        &[addr.as_str(), ca.as_str()].map(std::ffi::OsStr::new),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -188,6 +233,83 @@ async fn otlp_and_flight_sql_over_tls_on_the_grpc_listener() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    s.stop();
+}
+
+#[tokio::test]
+async fn weir_ship_delivers_over_https_trusting_a_given_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path());
+    let s = Server::start(
+        dir.path(),
+        &format!("[tenants.ta]\ntokens = [\"ta\"]\n[tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n"),
+    );
+    let input = dir.path().join("in.log");
+    let lines: String = (0..500).map(|n| format!("{{\"n\":{n}}}\n")).collect();
+    std::fs::write(&input, lines).unwrap();
+    let ship = |ca: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
+        c.args([
+            "ship", "--to", &s.base, "--token", "ta", "--stream", "shipped", "--once",
+        ])
+        .arg("--file")
+        .arg(&input)
+        .arg("--spool")
+        .arg(dir.path().join(if ca.is_some() {
+            "spool"
+        } else {
+            "spool-untrusted"
+        }))
+        .args(["--timeout-secs", "5"]);
+        if let Some(ca) = ca {
+            c.args(["--ca-file", ca]);
+        }
+        c
+    };
+    let ca = ca(dir.path());
+    let out = ship(Some(&ca)).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let check = format!(
+        r#"
+import json, ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile="{ca}")
+req = urllib.request.Request("{base}/api/v1/query", method="POST",
+    data=json.dumps({{"sql": "SELECT count(*), count(DISTINCT json_get_int(record, 'n')) FROM logs WHERE stream = 'shipped'"}}).encode(),
+    headers={{"authorization": "Bearer ta"}})
+import time
+for _ in range(200):
+    rows = json.loads(urllib.request.urlopen(req, context=ctx).read())["rows"]
+    if rows[0][0] == 500:
+        break
+    time.sleep(0.05)
+print("shipped", rows)
+"#,
+        base = s.base
+    );
+    let out = support::python(&check, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("shipped [[500, 500]]"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without the certificate the shipper does not trust the server: nothing is sent,
+    // it keeps retrying (its spool holds the lines) until stopped.
+    let mut untrusted = ship(None)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        untrusted.try_wait().unwrap().is_none(),
+        "it keeps the lines and retries"
+    );
+    untrusted.kill().unwrap();
+    untrusted.wait().unwrap();
     s.stop();
 }
 

@@ -140,6 +140,10 @@ pub struct ShipArgs {
     /// (a last line without a newline stays for the next run).
     #[arg(long)]
     once: bool,
+    /// A PEM certificate (or several) to trust for an https:// server, besides the
+    /// system's roots (e.g. a private CA or a self-signed server certificate).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
 }
 
 /// How often the producer looks at the sources when they had nothing.
@@ -152,9 +156,8 @@ pub async fn run(args: ShipArgs) -> Result<()> {
     if !weir_core::names::is_valid_name(&args.stream) {
         bail!("--stream must be 1-64 characters of [A-Za-z0-9_.-]");
     }
-    if !args.to.starts_with("http://") {
-        // This build's HTTP client has no TLS: refuse now rather than retry forever.
-        bail!("--to must be an http:// URL (the server's base URL; https is not supported by this build)");
+    if !args.to.starts_with("http://") && !args.to.starts_with("https://") {
+        bail!("--to must be an http:// or https:// URL (the server's base URL)");
     }
     if args.batch_lines == 0 || args.batch_bytes == 0 || args.spool_max_mb == 0 {
         bail!("--batch-lines, --batch-bytes and --spool-max-mb must be positive");
@@ -187,11 +190,16 @@ pub async fn run(args: ShipArgs) -> Result<()> {
         None => None,
     };
 
+    let ca = match &args.ca_file {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("--ca-file {}", p.display()))?),
+        None => None,
+    };
     let mut sender = Sender::new(
         &args.to,
         &args.stream,
         args.token.clone(),
         Duration::from_secs(args.timeout_secs.max(1)),
+        ca.as_deref(),
     )?;
     sender.max_backoff = Duration::from_millis(args.max_backoff_ms);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

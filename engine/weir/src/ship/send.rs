@@ -97,18 +97,36 @@ pub struct Sender {
     pub max_backoff: Duration,
 }
 
+/// An error with its causes (reqwest's own text hides TLS and connection reasons).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 impl Sender {
     pub fn new(
         to: &str,
         stream: &str,
         token: Option<String>,
         timeout: Duration,
+        ca_pem: Option<&[u8]>,
     ) -> reqwest::Result<Self> {
+        let mut client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)));
+        if let Some(pem) = ca_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)? {
+                client = client.add_root_certificate(cert);
+            }
+        }
         Ok(Sender {
-            client: reqwest::Client::builder()
-                .timeout(timeout)
-                .connect_timeout(timeout.min(Duration::from_secs(10)))
-                .build()?,
+            client: client.build()?,
             url: format!("{}/api/v1/logs?stream={stream}", to.trim_end_matches('/')),
             token,
             max_backoff: MAX_DELAY,
@@ -132,7 +150,7 @@ impl Sender {
                 return Attempt::Retry {
                     reason: "network",
                     after: None,
-                    why: e.to_string(),
+                    why: chain(&e),
                 }
             }
         };
