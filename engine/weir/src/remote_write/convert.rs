@@ -144,18 +144,14 @@ fn series_v1(
     s: &Series<'_>,
     max_ndjson: usize,
 ) -> Result<(), ConvertError> {
-    let labels: Vec<(&str, &str)> = s
-        .labels
-        .iter()
-        .map(|l| (l.name.as_str(), l.value.as_str()))
-        .collect();
+    let labels = &s.labels;
     let name = labels
         .iter()
         .find(|l| l.0 == "__name__")
         .map_or("", |l| l.1);
     let input = SeriesIn {
         index: s.index,
-        labels: &labels,
+        labels,
         label_count: s.label_count,
         kind: kind_of(meta, name),
         histograms: s.histograms,

@@ -27,7 +27,8 @@
 //! 16 to 96 bytes of memory for as little as 2 bytes on the wire (an empty message),
 //! so decoding a 64 MiB body into structs could take gigabytes. The walker instead visits
 //! the repeated containers (`WriteRequest`, `TimeSeries`) in place, one series at a
-//! time ([`each_series`]), and decodes only the leaves (`Label`, `Sample`, `MetricMetadata`) with prost;
+//! time ([`each_series`]), reads `Label`s in place and decodes the other leaves (`Sample`,
+//! `MetricMetadata`) with prost;
 //! it keeps at most [`MAX_SERIES_LABELS`] labels of a series. Its result equals
 //! prost's own decoding of [`WriteRequest`] (a property test checks it). Every length
 //! is checked against the bytes left ([`super::wire`]), unknown fields are skipped
@@ -70,7 +71,8 @@ pub struct TimeSeries {
     pub histograms: Vec<Histogram>,
 }
 
-/// `prometheus.Label`.
+/// `prometheus.Label` (read in place by the walker).
+#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Clone, PartialEq, Message)]
 pub struct Label {
     #[prost(string, tag = "1")]
@@ -148,8 +150,8 @@ pub fn metric_kind(t: i32) -> Option<&'static str> {
 pub struct Series<'a> {
     /// Its position in the request (0-based).
     pub index: usize,
-    /// Its first [`MAX_SERIES_LABELS`] labels, in wire order.
-    pub labels: Vec<Label>,
+    /// Its first [`MAX_SERIES_LABELS`] labels `(name, value)`, in wire order.
+    pub labels: Vec<(&'a str, &'a str)>,
     /// All its labels, counted.
     pub label_count: usize,
     pub exemplars: usize,
@@ -172,6 +174,27 @@ impl Series<'_> {
     }
 }
 
+/// A `Label` read in place as `(name, value)`: as prost reads it (the last of a
+/// repeated field wins, unknown fields skipped), without copying its strings.
+fn label(b: &[u8]) -> Result<(&str, &str), WireError> {
+    let (mut name, mut value) = ("", "");
+    for field in Fields::new(b, "Label") {
+        let (tag, f) = field?;
+        if tag == 1 || tag == 2 {
+            let text = std::str::from_utf8(f.bytes("Label", tag)?).map_err(|e| {
+                let what = if tag == 1 { "name" } else { "value" };
+                WireError::Invalid("Label", format!("its {what} is not UTF-8: {e}"))
+            })?;
+            if tag == 1 {
+                name = text;
+            } else {
+                value = text;
+            }
+        }
+    }
+    Ok((name, value))
+}
+
 /// Check one `TimeSeries` and gather what [`Series`] tells about it.
 fn series(index: usize, body: &[u8]) -> Result<Series<'_>, WireError> {
     let mut s = Series {
@@ -189,8 +212,7 @@ fn series(index: usize, body: &[u8]) -> Result<Series<'_>, WireError> {
                 let b = p.bytes("TimeSeries", 1)?;
                 s.label_count += 1;
                 if s.labels.len() < MAX_SERIES_LABELS {
-                    s.labels
-                        .push(Label::decode(b).map_err(|e| WireError::Proto("Label", e))?);
+                    s.labels.push(label(b)?);
                 }
             }
             2 => {
@@ -258,7 +280,14 @@ mod tests {
         each_series::<WireError>(body, |s| {
             assert_eq!(s.index, req.timeseries.len());
             req.timeseries.push(TimeSeries {
-                labels: s.labels.clone(),
+                labels: s
+                    .labels
+                    .iter()
+                    .map(|(n, v)| Label {
+                        name: n.to_string(),
+                        value: v.to_string(),
+                    })
+                    .collect(),
                 samples: s.samples().collect(),
                 exemplars: vec![Exemplar::default(); s.exemplars],
                 histograms: vec![Histogram::default(); s.histograms],
