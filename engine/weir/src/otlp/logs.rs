@@ -25,7 +25,9 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use serde_json::{Map, Value};
 
-use super::values::{hex_id, json_of, object_of, stream_name, string_attr};
+use super::values::{
+    hex_id, object_of, stream_name, string_attr, write_any, write_object, write_str,
+};
 
 /// The stream of records whose resource names no usable `service.name`.
 pub const DEFAULT_STREAM: &str = "otlp";
@@ -55,9 +57,9 @@ pub enum Refused {
 }
 
 impl LogParts {
-    /// Append `record` with `tail` (`"scope":...,"resource":...`, already JSON, shared
-    /// by every record of a scope) spliced in before its closing brace.
-    fn push(&mut self, stream: &str, record: &Value, tail: &[u8]) {
+    /// Append `lr` as one record, with `tail` (`"scope":...,"resource":...`, already
+    /// JSON, shared by every record of a scope) before its closing brace.
+    fn push(&mut self, stream: &str, lr: &LogRecord, tail: &[u8]) {
         let i = match self.index.get(stream) {
             Some(i) => *i,
             None => {
@@ -67,17 +69,8 @@ impl LogParts {
             }
         };
         let buf = &mut self.parts[i].1;
-        // Serializing a Value cannot fail (string keys only).
         let before = buf.len();
-        let _ = serde_json::to_writer(&mut *buf, record);
-        if !tail.is_empty() && buf.last() == Some(&b'}') {
-            buf.pop();
-            if buf.len() - before > 1 {
-                buf.push(b',');
-            }
-            buf.extend_from_slice(tail);
-            buf.push(b'}');
-        }
+        write_record(buf, lr, tail);
         buf.push(b'\n');
         self.bytes += buf.len() - before;
         self.records += 1;
@@ -138,7 +131,7 @@ pub fn records(
                 tail.extend_from_slice(r);
             }
             for lr in &sl.log_records {
-                out.push(&target, &record(lr), &tail);
+                out.push(&target, lr, &tail);
                 if out.bytes > max_bytes {
                     return Err(Refused::TooLarge(max_bytes));
                 }
@@ -164,67 +157,80 @@ pub fn severity_name(n: i32) -> Option<&'static str> {
     })
 }
 
-/// A record's own fields (its scope and resource are added by [`LogParts::push`]).
-fn record(lr: &LogRecord) -> Value {
-    let mut m = Map::new();
+/// One record as JSON, written field by field (no value tree per record): its own
+/// fields, then `tail` (its scope and resource).
+fn write_record(out: &mut Vec<u8>, lr: &LogRecord, tail: &[u8]) {
+    let mut first = true;
+    let mut key = |out: &mut Vec<u8>, k: &str| {
+        out.extend_from_slice(if first { b"{\"" } else { b",\"" });
+        first = false;
+        out.extend_from_slice(k.as_bytes()); // our own keys: nothing to escape
+        out.extend_from_slice(b"\":");
+    };
     let time = if lr.time_unix_nano != 0 {
         lr.time_unix_nano
     } else {
         lr.observed_time_unix_nano
     };
     if time != 0 {
-        m.insert(
-            "ts".into(),
-            Value::String(weir_core::time::rfc3339_nanos(time)),
-        );
+        key(out, "ts");
+        write_str(out, &weir_core::time::rfc3339_nanos(time));
     }
     if lr.observed_time_unix_nano != 0 {
-        m.insert(
-            "observed_ts".into(),
-            Value::String(weir_core::time::rfc3339_nanos(lr.observed_time_unix_nano)),
-        );
+        key(out, "observed_ts");
+        write_str(out, &weir_core::time::rfc3339_nanos(lr.observed_time_unix_nano));
     }
-    let level = if lr.severity_text.is_empty() {
-        severity_name(lr.severity_number).map(str::to_owned)
-    } else {
-        Some(lr.severity_text.clone())
-    };
-    if let Some(level) = level {
-        m.insert("level".into(), Value::String(level));
+    if !lr.severity_text.is_empty() {
+        key(out, "level");
+        write_str(out, &lr.severity_text);
+    } else if let Some(name) = severity_name(lr.severity_number) {
+        key(out, "level");
+        write_str(out, name);
     }
     if lr.severity_number != 0 {
-        m.insert("severity_number".into(), Value::from(lr.severity_number));
+        key(out, "severity_number");
+        let _ = serde_json::to_writer(&mut *out, &lr.severity_number);
     }
     if let Some(b) = lr.body.as_ref() {
         match &b.value {
             Some(Any::StringValue(s)) => {
-                m.insert("message".into(), Value::String(s.clone()));
+                key(out, "message");
+                write_str(out, s);
             }
             Some(_) => {
-                m.insert("body".into(), json_of(b));
+                key(out, "body");
+                write_any(out, b);
             }
             None => {}
         }
     }
     if let Some(t) = hex_id(&lr.trace_id) {
-        m.insert("trace_id".into(), Value::String(t));
+        key(out, "trace_id");
+        write_str(out, &t);
     }
-    if let Some(s) = hex_id(&lr.span_id) {
-        m.insert("span_id".into(), Value::String(s));
+    if let Some(sp) = hex_id(&lr.span_id) {
+        key(out, "span_id");
+        write_str(out, &sp);
     }
     if lr.flags != 0 {
-        m.insert("flags".into(), Value::from(lr.flags));
+        key(out, "flags");
+        let _ = serde_json::to_writer(&mut *out, &lr.flags);
     }
     if !lr.event_name.is_empty() {
-        m.insert("event_name".into(), Value::String(lr.event_name.clone()));
+        key(out, "event_name");
+        write_str(out, &lr.event_name);
     }
     if !lr.attributes.is_empty() {
-        m.insert(
-            "attributes".into(),
-            Value::Object(object_of(&lr.attributes)),
-        );
+        key(out, "attributes");
+        write_object(out, &lr.attributes);
     }
-    Value::Object(m)
+    if first {
+        out.push(b'{');
+    } else if !tail.is_empty() {
+        out.push(b',');
+    }
+    out.extend_from_slice(tail);
+    out.push(b'}');
 }
 
 #[cfg(test)]

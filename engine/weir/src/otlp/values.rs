@@ -25,6 +25,73 @@ pub fn json_of(v: &AnyValue) -> Value {
     }
 }
 
+/// Write `v` as JSON into `out`, exactly as [`json_of`] would render it (objects keep
+/// their attribute order), without building a value tree.
+pub fn write_any(out: &mut Vec<u8>, v: &AnyValue) {
+    match &v.value {
+        None | Some(Any::StringValueStrindex(_)) => out.extend_from_slice(b"null"),
+        Some(Any::StringValue(s)) => write_str(out, s),
+        Some(Any::BoolValue(b)) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Some(Any::IntValue(i)) => {
+            let _ = serde_json::to_writer(&mut *out, i);
+        }
+        Some(Any::DoubleValue(d)) => {
+            let _ = serde_json::to_writer(&mut *out, &double(*d));
+        }
+        Some(Any::ArrayValue(a)) => {
+            out.push(b'[');
+            for (i, item) in a.values.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_any(out, item);
+            }
+            out.push(b']');
+        }
+        Some(Any::KvlistValue(kv)) => write_object(out, &kv.values),
+        Some(Any::BytesValue(b)) => write_str(out, &base64(b)),
+    }
+}
+
+/// A JSON string (escaped by serde_json).
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// An attribute list as a JSON object. Keys are unique in OTLP, but a list that repeats
+/// one is written through [`object_of`] (its last value wins), so the record rules never
+/// see a duplicate key.
+pub fn write_object(out: &mut Vec<u8>, attrs: &[KeyValue]) {
+    if has_duplicate_keys(attrs) {
+        let _ = serde_json::to_writer(&mut *out, &object_of(attrs));
+        return;
+    }
+    out.push(b'{');
+    for (i, kv) in attrs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, &kv.key);
+        out.push(b':');
+        match &kv.value {
+            Some(v) => write_any(out, v),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.push(b'}');
+}
+
+fn has_duplicate_keys(attrs: &[KeyValue]) -> bool {
+    if attrs.len() <= 16 {
+        return attrs
+            .iter()
+            .enumerate()
+            .any(|(i, a)| attrs[..i].iter().any(|b| b.key == a.key));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(attrs.len());
+    !attrs.iter().all(|kv| seen.insert(kv.key.as_str()))
+}
+
 /// A double as JSON: finite ones as numbers, the others as text.
 pub fn double(d: f64) -> Value {
     match serde_json::Number::from_f64(d) {
@@ -222,6 +289,46 @@ mod tests {
         );
         assert_eq!(double(f64::NEG_INFINITY), Value::String("-Infinity".into()));
         assert_eq!(double(1.5), serde_json::json!(1.5));
+    }
+
+    #[test]
+    fn written_json_is_what_json_of_renders() {
+        let kv = |k: &str, v: Any| KeyValue {
+            key: k.into(),
+            value: Some(AnyValue { value: Some(v) }),
+            ..Default::default()
+        };
+        let nested = AnyValue {
+            value: Some(Any::KvlistValue(KeyValueList {
+                values: vec![
+                    kv("s", Any::StringValue("a\"b\n\u{1}é".into())),
+                    kv("i", Any::IntValue(-7)),
+                    kv("d", Any::DoubleValue(f64::INFINITY)),
+                    kv("b", Any::BytesValue(vec![0xff, 0])),
+                    kv(
+                        "a",
+                        Any::ArrayValue(ArrayValue {
+                            values: vec![s("x"), AnyValue { value: None }],
+                        }),
+                    ),
+                ],
+            })),
+        };
+        let mut out = Vec::new();
+        write_any(&mut out, &nested);
+        let back: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back, json_of(&nested));
+        // A repeated key: the last value, once.
+        let dup = vec![kv("k", Any::IntValue(1)), kv("k", Any::IntValue(2))];
+        let mut out = Vec::new();
+        write_object(&mut out, &dup);
+        assert_eq!(out, br#"{"k":2}"#);
+        let many: Vec<KeyValue> = (0..40)
+            .map(|i| kv(&format!("k{}", i % 39), Any::IntValue(i)))
+            .collect();
+        let mut out = Vec::new();
+        write_object(&mut out, &many);
+        assert_eq!(serde_json::from_slice::<Value>(&out).unwrap()["k0"], 39);
     }
 
     #[test]
