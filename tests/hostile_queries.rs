@@ -529,3 +529,48 @@ print("a:", reader.read_all().to_pylist())
     );
     s.stop();
 }
+
+#[tokio::test]
+async fn idle_connections_hold_at_most_the_grpc_listeners_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        &format!("{TENANTS}\n[http]\nmax_connections = 2\n"),
+    );
+    let addr = s.grpc.strip_prefix("grpc://").unwrap().to_owned();
+    let script = format!(
+        r#"
+import socket, time
+import pyarrow.flight as fl
+def ask():
+    c = fl.FlightClient("{grpc}")
+    opts = fl.FlightCallOptions(timeout=3, headers=[(b"authorization", b"Bearer ta")])
+    try:
+        c.list_actions(opts)
+        return "answered"
+    except Exception as e:
+        return "waited"
+print("free:", ask())
+hogs = [socket.create_connection(("{host}", {port})) for _ in range(2)]
+time.sleep(0.5)
+print("full:", ask())
+for h in hogs:
+    h.close()
+time.sleep(0.5)
+print("freed:", ask())
+"#,
+        grpc = s.grpc,
+        host = addr.rsplit_once(':').unwrap().0,
+        port = addr.rsplit_once(':').unwrap().1,
+    );
+    let out = support::python(&script, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("free: answered")
+            && stdout.contains("full: waited")
+            && stdout.contains("freed: answered"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.stop();
+}

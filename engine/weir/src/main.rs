@@ -14,6 +14,7 @@ mod cli;
 mod door;
 mod flight;
 mod gate;
+mod grpc_listener;
 mod ingest;
 mod listener;
 mod otlp;
@@ -345,17 +346,11 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
             let _ = rx.changed().await;
         };
         let handshake = std::time::Duration::from_secs(config.http.header_timeout_secs);
+        let max_connections = config.http.max_connections;
         tokio::spawn(async move {
-            let served = match grpc_tls {
-                None => {
-                    let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
-                    router.serve_with_incoming_shutdown(incoming, stopped).await
-                }
-                Some(acceptor) => {
-                    let incoming = tls::grpc_incoming(grpc_listener, acceptor, handshake);
-                    router.serve_with_incoming_shutdown(incoming, stopped).await
-                }
-            };
+            let incoming =
+                grpc_listener::incoming(grpc_listener, grpc_tls, max_connections, handshake);
+            let served = router.serve_with_incoming_shutdown(incoming, stopped).await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "the gRPC listener stopped");
             }

@@ -9,17 +9,11 @@
 //! client that never finishes one holds only its own slot.
 
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 use weir_core::config::TlsConfig;
 
 /// Why the certificate could not be served.
@@ -84,87 +78,6 @@ fn with_alpn(config: &TlsConfig, alpn: &[u8]) -> Result<Option<TlsAcceptor>, Tls
     server.send_tls13_tickets = 0;
     server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Some(TlsAcceptor::from(Arc::new(server))))
-}
-
-/// A TLS connection of the gRPC listener: tonic sees the TCP peer as for a plain one
-/// (`Request::remote_addr`, which open mode's loopback check reads).
-pub struct GrpcTls {
-    inner: tokio_rustls::server::TlsStream<TcpStream>,
-    info: TcpConnectInfo,
-}
-
-impl Connected for GrpcTls {
-    type ConnectInfo = TcpConnectInfo;
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for GrpcTls {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for GrpcTls {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// The TLS connections of `listener` for tonic: each handshake runs in its own task
-/// within `handshake` time, so a client that never finishes one delays no other.
-pub fn grpc_incoming(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    handshake: Duration,
-) -> impl futures::Stream<Item = Result<GrpcTls, std::io::Error>> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<GrpcTls, std::io::Error>>(64);
-    tokio::spawn(async move {
-        loop {
-            let (stream, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "gRPC accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                // The server stopped taking connections.
-                _ = tx.closed() => return,
-            };
-            let info = TcpConnectInfo {
-                local_addr: stream.local_addr().ok(),
-                remote_addr: Some(peer),
-            };
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
-                match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                    Ok(Ok(inner)) => {
-                        let _ = tx.send(Ok(GrpcTls { inner, info })).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "gRPC TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "gRPC TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
 }
 
 #[cfg(test)]

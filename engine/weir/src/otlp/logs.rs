@@ -178,7 +178,10 @@ fn write_record(out: &mut Vec<u8>, lr: &LogRecord, tail: &[u8]) {
     }
     if lr.observed_time_unix_nano != 0 {
         key(out, "observed_ts");
-        write_str(out, &weir_core::time::rfc3339_nanos(lr.observed_time_unix_nano));
+        write_str(
+            out,
+            &weir_core::time::rfc3339_nanos(lr.observed_time_unix_nano),
+        );
     }
     if !lr.severity_text.is_empty() {
         key(out, "level");
