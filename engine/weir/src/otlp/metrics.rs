@@ -34,7 +34,7 @@ use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as Number;
 use opentelemetry_proto::tonic::metrics::v1::{
     ExponentialHistogramDataPoint, HistogramDataPoint, NumberDataPoint, SummaryDataPoint,
 };
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::values::{label_name, label_value, metric_name, string_attr};
 
@@ -83,11 +83,21 @@ impl MetricSamples {
         if self.ndjson.len() > self.limit {
             return;
         }
-        let mut s = json!({ "name": name, "value": super::values::double(value), "labels": labels, "kind": kind });
+        // Written field by field: no value tree, no copy of the labels per sample.
+        let out = &mut self.ndjson;
+        out.extend_from_slice(b"{\"name\":");
+        super::values::write_str(out, name);
+        out.extend_from_slice(b",\"value\":");
+        let _ = serde_json::to_writer(&mut *out, &super::values::double(value));
+        out.extend_from_slice(b",\"labels\":");
+        let _ = serde_json::to_writer(&mut *out, labels);
+        out.extend_from_slice(b",\"kind\":");
+        super::values::write_str(out, kind);
         if let Some(ts) = ts {
-            s["ts"] = Value::from(ts);
+            out.extend_from_slice(b",\"ts\":");
+            let _ = serde_json::to_writer(&mut *out, &ts);
         }
-        let _ = serde_json::to_writer(&mut self.ndjson, &s);
+        out.push(b'}');
         self.ndjson.push(b'\n');
         self.samples += 1;
         self.point_of.push(self.points);
@@ -539,7 +549,7 @@ mod tests {
         let l = lines(&out);
         assert_eq!(
             l[0],
-            json!({"name":"queue.depth","value":7.0,"ts":1_764_432_000_500i64,"kind":"gauge",
+            serde_json::json!({"name":"queue.depth","value":7.0,"ts":1_764_432_000_500i64,"kind":"gauge",
                    "labels":{"service_name":"shop","http_method":"GET"}})
         );
         assert_eq!(l[1]["kind"], "counter");
