@@ -1630,6 +1630,38 @@ mod tests {
         assert_eq!(s.evicted_rows(), 0);
     }
 
+    /// A restart while the hot tier is over its bound (after an object-store outage, say)
+    /// flushes those rows once the cold tier is attached; it must not delete them first.
+    #[tokio::test]
+    async fn a_restart_over_the_bound_flushes_instead_of_deleting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        {
+            let s = HotStore::open(&path, usize::MAX).unwrap();
+            for off in 0..3u64 {
+                let b = weir_core::Batch {
+                    tenant: "t".into(),
+                    stream: "s".into(),
+                    ingest_ts_ms: 1,
+                    count: 2,
+                    records: b"{\"m\":1}\n{\"m\":2}\n".to_vec(),
+                    replay_of: None,
+                };
+                let seg = crate::Segment::new(0, off, b).unwrap();
+                s.commit(0, off + 1, &[seg], &[], &[]).unwrap();
+            }
+        }
+        let s = HotStore::open(&path, 1)
+            .unwrap()
+            .with_cold(&dir.path().join("cold"))
+            .unwrap();
+        s.enforce_bound().unwrap();
+        assert_eq!(s.evicted_rows(), 0, "nothing deleted");
+        assert_eq!(s.tiers("t", Table::Logs).0.len(), 3, "all still hot");
+        let stats = s.flush_cold(Duration::from_secs(3600)).await.unwrap();
+        assert_eq!((stats.files, stats.rows), (1, 6));
+    }
+
     #[test]
     fn dates() {
         assert_eq!(super::date_of(0), "1970-01-01");

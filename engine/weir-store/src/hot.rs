@@ -387,8 +387,16 @@ impl HotStore {
         store.letters_committed(delta);
         store.load_retention()?;
         store.load_aggregates()?;
-        store.evict_over_bound()?;
+        // No eviction here: whether rows over the bound are deleted or flushed depends on
+        // the cold tier, attached after `open`; the caller calls `enforce_bound` once it
+        // is (deleting here lost rows a restart over the bound should have flushed).
         Ok(store)
+    }
+
+    /// Hold the memory bound after opening (and attaching the cold tier, if any): without
+    /// a cold tier the oldest rows over it are evicted; with one they wait for its flush.
+    pub fn enforce_bound(&self) -> Result<(), StoreError> {
+        self.evict_over_bound()
     }
 
     /// The next log offset to process for `partition` (0 when never committed).
@@ -909,6 +917,13 @@ mod tests {
         drop(s);
         let s = HotStore::open(&path, usize::MAX).unwrap();
         assert_eq!(rows(&s, "a"), 200, "evicted rows are gone from disk too");
+        drop(s);
+        // Reopened under a smaller bound without a cold tier: open keeps everything, the
+        // bound is held once the caller says no cold tier is coming.
+        let s = HotStore::open(&path, one + one / 2).unwrap();
+        assert_eq!(rows(&s, "a"), 200);
+        s.enforce_bound().unwrap();
+        assert_eq!(rows(&s, "a"), 100);
     }
 
     /// With a cold tier that cannot take rows, the hot tier refuses new rows past twice

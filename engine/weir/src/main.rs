@@ -224,6 +224,10 @@ async fn serve(config: Config, query_rt: tokio::runtime::Handle) -> Result<()> {
             .with_cold_at(&location, options)
             .context("open the cold tier")?;
     }
+    // Only now that the cold tier is attached (or not) may rows over the memory bound
+    // be evicted: with a cold tier they are flushed instead.
+    hot.enforce_bound()
+        .context("hold the hot tier's memory bound")?;
     // Files of ours a crash left unnamed by the manifest; if the store cannot be reached
     // now (an object store down), the janitor retries before its first flush.
     let swept = sweep(&hot).await;
