@@ -293,7 +293,12 @@ impl FieldAcc {
             min,
             max,
             sketch: if flags & 1 != 0 {
-                Some(DDSketch::decode(r.bytes()?)?)
+                let s = DDSketch::decode(r.bytes()?)?;
+                // Every accumulator's sketch has this accuracy; another cannot merge.
+                if s.alpha() != QUANTILE_ALPHA {
+                    return Err(DecodeError("sketch of another accuracy"));
+                }
+                Some(s)
             } else {
                 None
             },

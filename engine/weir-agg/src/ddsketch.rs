@@ -14,6 +14,10 @@ use crate::DecodeError;
 /// Magnitudes below this count as zero.
 pub const MIN_INDEXABLE: f64 = 1e-9;
 
+/// The largest bucket index (either sign) a decoded sketch may hold: a sketch of 1e-4
+/// relative accuracy indexes every f64 within ±(709 / 2e-4) ≈ ±3.6M.
+pub const MAX_DECODED_INDEX: i32 = 1 << 22;
+
 /// Counts of consecutive bucket indexes starting at `offset`.
 #[derive(Debug, Clone, PartialEq, Default)]
 struct Store {
@@ -37,12 +41,15 @@ impl Store {
         } else if index >= self.offset + self.counts.len() as i32 {
             self.counts.resize((index - self.offset + 1) as usize, 0);
         }
-        self.counts[(index - self.offset) as usize] += n;
-        self.total += n;
+        let slot = &mut self.counts[(index - self.offset) as usize];
+        *slot = slot.saturating_add(n);
+        self.total = self.total.saturating_add(n);
         if self.counts.len() > max {
             // Collapse the lowest buckets into the lowest one kept.
             let cut = self.counts.len() - max;
-            let folded: u64 = self.counts[..=cut].iter().sum();
+            let folded: u64 = self.counts[..=cut]
+                .iter()
+                .fold(0u64, |a, c| a.saturating_add(*c));
             self.counts.drain(..cut);
             self.counts[0] = folded;
             self.offset += cut as i32;
@@ -125,7 +132,9 @@ impl DDSketch {
     }
 
     pub fn count(&self) -> u64 {
-        self.positive.total + self.negative.total + self.zero
+        self.zero
+            .saturating_add(self.positive.total)
+            .saturating_add(self.negative.total)
     }
 
     pub fn sum(&self) -> f64 {
@@ -149,17 +158,17 @@ impl DDSketch {
         let rank = (q * (n - 1) as f64).floor() as u64;
         let mut seen = 0u64;
         for (i, c) in self.negative.iter().rev() {
-            seen += c;
+            seen = seen.saturating_add(c);
             if seen > rank {
                 return Some(-self.value(i).clamp(-self.max, -self.min));
             }
         }
-        seen += self.zero;
+        seen = seen.saturating_add(self.zero);
         if seen > rank {
             return Some(0.0);
         }
         for (i, c) in self.positive.iter() {
-            seen += c;
+            seen = seen.saturating_add(c);
             if seen > rank {
                 return Some(self.value(i).clamp(self.min, self.max));
             }
@@ -178,7 +187,7 @@ impl DDSketch {
         for (i, c) in other.negative.iter() {
             self.negative.add(i, c, self.max_buckets);
         }
-        self.zero += other.zero;
+        self.zero = self.zero.saturating_add(other.zero);
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
         self.sum += other.sum;
@@ -217,7 +226,8 @@ impl DDSketch {
         }
         let f64_ = |b: &mut &[u8]| take(b, 8).map(|x| f64::from_le_bytes(x.try_into().expect("8")));
         let alpha = f64_(&mut b)?;
-        if !(alpha > 0.0 && alpha < 1.0) {
+        // At 1e-4 or coarser every f64 indexes within MAX_DECODED_INDEX.
+        if !((1e-4..1.0).contains(&alpha)) {
             return Err(DecodeError("ddsketch accuracy out of range"));
         }
         let max = u32::from_le_bytes(take(&mut b, 4)?.try_into().expect("4")) as usize;
@@ -229,17 +239,37 @@ impl DDSketch {
         for store in [&mut s.positive, &mut s.negative] {
             store.offset = i32::from_le_bytes(take(&mut b, 4)?.try_into().expect("4"));
             let len = u32::from_le_bytes(take(&mut b, 4)?.try_into().expect("4")) as usize;
-            if len > 1 << 20 {
+            if len > MAX_DECODED_INDEX as usize {
                 return Err(DecodeError("ddsketch store too large"));
+            }
+            // Bucket indexes stay where a sketch of any sane accuracy puts them, so
+            // index arithmetic never overflows and merging two stores never allocates
+            // more than their span.
+            let end = i64::from(store.offset) + len as i64;
+            if i64::from(store.offset) < -i64::from(MAX_DECODED_INDEX)
+                || end > i64::from(MAX_DECODED_INDEX)
+            {
+                return Err(DecodeError("ddsketch bucket index out of range"));
             }
             for _ in 0..len {
                 let c = u64::from_le_bytes(take(&mut b, 8)?.try_into().expect("8"));
                 store.counts.push(c);
-                store.total += c;
+                store.total = store
+                    .total
+                    .checked_add(c)
+                    .ok_or(DecodeError("ddsketch counts overflow"))?;
             }
         }
         if !b.is_empty() {
             return Err(DecodeError("trailing bytes after ddsketch"));
+        }
+        let n = s
+            .zero
+            .checked_add(s.positive.total)
+            .and_then(|n| n.checked_add(s.negative.total))
+            .ok_or(DecodeError("ddsketch counts overflow"))?;
+        if n > 0 && (s.min.is_nan() || s.max.is_nan() || s.min > s.max) {
+            return Err(DecodeError("ddsketch min and max out of order"));
         }
         Ok(s)
     }
@@ -248,6 +278,51 @@ impl DDSketch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn sample() -> Vec<u8> {
+            let mut s = DDSketch::new(0.01, 64);
+            for x in [-3.5, -0.2, 0.0, 1e-12, 0.7, 12.0, 1e9] {
+                s.add(x);
+            }
+            s.encode()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            /// Whatever bytes decode, the sketch can be merged, queried and re-encoded
+            /// without a panic (or an allocation beyond its index range).
+            #[test]
+            fn mutated_sketches_never_panic(
+                edits in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 1..6),
+            ) {
+                let mut b = sample();
+                for (at, v) in edits {
+                    let i = at.index(b.len());
+                    b[i] = v;
+                }
+                if let Ok(d) = DDSketch::decode(&b) {
+                    let mut fresh = DDSketch::new(0.01, 64);
+                    fresh.add(5.0);
+                    let _ = fresh.merge(&d);
+                    let mut other = d.clone();
+                    let _ = other.merge(&d);
+                    other.add(3.0);
+                    other.add(-1e300);
+                    for q in [0.0, 0.5, 0.99, 1.0] {
+                        let _ = d.quantile(q);
+                        let _ = other.quantile(q);
+                        let _ = fresh.quantile(q);
+                    }
+                    let _ = DDSketch::decode(&other.encode());
+                }
+            }
+        }
+    }
     use crate::testdata::Rng;
 
     fn exact(sorted: &[f64], q: f64) -> f64 {
