@@ -24,13 +24,13 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use prost::Message;
 use tonic::codec::CompressionEncoding;
@@ -237,13 +237,7 @@ impl LogsService for Otlp {
         crate::server::count_body(state, &tenant, req.encoded_len());
         let res = super::export_logs(state, &tenant, stream.as_deref(), key.as_deref(), &req).await;
         self.done("otlp_grpc_logs", &res);
-        let o = res.map_err(status_of)?;
-        Ok(Response::new(ExportLogsServiceResponse {
-            partial_success: (o.rejected > 0).then_some(ExportLogsPartialSuccess {
-                rejected_log_records: o.rejected as i64,
-                error_message: o.message,
-            }),
-        }))
+        Ok(Response::new(super::logs_response(res.map_err(status_of)?)))
     }
 }
 
@@ -261,13 +255,9 @@ impl MetricsService for Otlp {
         crate::server::count_body(state, &tenant, req.encoded_len());
         let res = super::export_metrics(state, &tenant, key.as_deref(), &req).await;
         self.done("otlp_grpc_metrics", &res);
-        let o = res.map_err(status_of)?;
-        Ok(Response::new(ExportMetricsServiceResponse {
-            partial_success: (o.rejected > 0).then_some(ExportMetricsPartialSuccess {
-                rejected_data_points: o.rejected as i64,
-                error_message: o.message,
-            }),
-        }))
+        Ok(Response::new(super::metrics_response(
+            res.map_err(status_of)?,
+        )))
     }
 }
 

@@ -16,15 +16,12 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use prost::Message;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::SemaphorePermit;
 
 use super::{Outcome, STREAM_HEADER};
 use crate::gate::Tenant;
@@ -126,14 +123,7 @@ pub async fn logs(
         Ok(enc) => (enc, logs_inner(&state, &tenant, &headers, enc, &body).await),
         Err(e) => (Encoding::Json, Err(e)),
     };
-    answer(&state, "otlp_logs", enc, res, |o| {
-        ExportLogsServiceResponse {
-            partial_success: (o.rejected > 0).then_some(ExportLogsPartialSuccess {
-                rejected_log_records: o.rejected as i64,
-                error_message: o.message,
-            }),
-        }
-    })
+    answer(&state, "otlp_logs", enc, res, super::logs_response)
 }
 
 async fn logs_inner(
@@ -143,20 +133,31 @@ async fn logs_inner(
     enc: Encoding,
     body: &[u8],
 ) -> Result<Outcome, ApiError> {
-    crate::server::count_body(state, tenant, body.len());
     let stream = stream_of(headers)?;
-    let _permit = crate::door::reserve(state, body.len())?;
+    let (req, _held) = decode::<ExportLogsServiceRequest>(state, tenant, headers, enc, body)?;
+    let key = crate::server::idempotency_key(headers)?;
+    super::export_logs(state, tenant, stream.as_deref(), key, &req).await
+}
+
+/// Count, decompress and decode an OTLP body, holding its share of the ingest memory
+/// budget for as long as the caller keeps the permits: the body (sent and decoded), and
+/// `DECODE_FACTOR` times its decoded size for the structures (413 past the whole
+/// budget).
+fn decode<'s, T: Message + Default + DeserializeOwned>(
+    state: &'s AppState,
+    tenant: &str,
+    headers: &HeaderMap,
+    enc: Encoding,
+    body: &[u8],
+) -> Result<(T, [SemaphorePermit<'s>; 2]), ApiError> {
+    crate::server::count_body(state, tenant, body.len());
+    let body_permit = crate::door::reserve(state, body.len())?;
     let decoded = crate::server::decoded_body(state, headers, body)?;
-    // Decoded structures take up to DECODE_FACTOR times the bytes: hold that much of
-    // the ingest budget while the request is handled (413 past the whole budget).
-    let _held = crate::door::reserve_kib(
+    let structures = crate::door::reserve_kib(
         state,
         (decoded.len() / 1024 + 1).saturating_mul(super::grpc::DECODE_FACTOR),
     )?;
-    let req: ExportLogsServiceRequest = enc.decode(&decoded)?;
-    drop(decoded);
-    let key = crate::server::idempotency_key(headers)?;
-    super::export_logs(state, tenant, stream.as_deref(), key, &req).await
+    Ok((enc.decode(&decoded)?, [body_permit, structures]))
 }
 
 /// `POST /v1/metrics`.
@@ -173,14 +174,7 @@ pub async fn metrics(
         ),
         Err(e) => (Encoding::Json, Err(e)),
     };
-    answer(&state, "otlp_metrics", enc, res, |o| {
-        ExportMetricsServiceResponse {
-            partial_success: (o.rejected > 0).then_some(ExportMetricsPartialSuccess {
-                rejected_data_points: o.rejected as i64,
-                error_message: o.message,
-            }),
-        }
-    })
+    answer(&state, "otlp_metrics", enc, res, super::metrics_response)
 }
 
 async fn metrics_inner(
@@ -190,17 +184,7 @@ async fn metrics_inner(
     enc: Encoding,
     body: &[u8],
 ) -> Result<Outcome, ApiError> {
-    crate::server::count_body(state, tenant, body.len());
-    let _permit = crate::door::reserve(state, body.len())?;
-    let decoded = crate::server::decoded_body(state, headers, body)?;
-    // Decoded structures take up to DECODE_FACTOR times the bytes: hold that much of
-    // the ingest budget while the request is handled (413 past the whole budget).
-    let _held = crate::door::reserve_kib(
-        state,
-        (decoded.len() / 1024 + 1).saturating_mul(super::grpc::DECODE_FACTOR),
-    )?;
-    let req: ExportMetricsServiceRequest = enc.decode(&decoded)?;
-    drop(decoded);
+    let (req, _held) = decode::<ExportMetricsServiceRequest>(state, tenant, headers, enc, body)?;
     let key = crate::server::idempotency_key(headers)?;
     super::export_metrics(state, tenant, key, &req).await
 }

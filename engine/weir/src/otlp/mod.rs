@@ -27,8 +27,12 @@ pub mod logs;
 pub mod metrics;
 pub mod values;
 
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 
 use crate::door::{self, Target};
 use crate::server::{ApiError, AppState};
@@ -55,6 +59,26 @@ impl Outcome {
                 self.message = w.to_owned();
             }
         }
+    }
+}
+
+/// The logs answer of both transports: `partial_success` when records were refused.
+pub fn logs_response(o: Outcome) -> ExportLogsServiceResponse {
+    ExportLogsServiceResponse {
+        partial_success: (o.rejected > 0).then_some(ExportLogsPartialSuccess {
+            rejected_log_records: o.rejected as i64,
+            error_message: o.message,
+        }),
+    }
+}
+
+/// The metrics answer of both transports: `partial_success` when points were refused.
+pub fn metrics_response(o: Outcome) -> ExportMetricsServiceResponse {
+    ExportMetricsServiceResponse {
+        partial_success: (o.rejected > 0).then_some(ExportMetricsPartialSuccess {
+            rejected_data_points: o.rejected as i64,
+            error_message: o.message,
+        }),
     }
 }
 
